@@ -1,0 +1,97 @@
+"""Language-model clients and the ``backend=`` registry.
+
+``get_client(backend, backend_kwargs)`` builds a client by name. Built-in
+backends register here exactly like user ones do (``register_backend``), and
+each provider module is imported only when its backend is used, so a missing
+optional SDK costs nothing until it is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from rlm.clients.base_lm import BaseLM, Generation, UsageTracker, to_messages
+from rlm.utils.exceptions import ConfigurationError
+
+Factory = Callable[[dict[str, Any]], BaseLM]
+
+_REGISTRY: dict[str, Factory] = {}
+
+
+def register_backend(name: str, factory: Factory) -> None:
+    """Make ``backend=name`` build a client with ``factory(backend_kwargs)``."""
+    _REGISTRY[name] = factory
+
+
+def available_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_client(backend: str, backend_kwargs: dict[str, Any] | None) -> BaseLM:
+    """Build the client for ``backend``. Raises ``ConfigurationError`` for an unknown name."""
+    factory = _REGISTRY.get(backend)
+    if factory is None:
+        raise ConfigurationError(
+            f"Unknown backend {backend!r}. Available backends: {', '.join(available_backends())}"
+        )
+    return factory(dict(backend_kwargs or {}))
+
+
+def _lazy(module: str, cls: str, extra: str | None = None, **defaults: Any) -> Factory:
+    """A factory importing ``module.cls`` on first use, with ``defaults`` under the user's kwargs."""
+
+    def factory(kwargs: dict[str, Any]) -> BaseLM:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            hint = f' Install it with: pip install "rlm[{extra}]"' if extra else ""
+            raise ConfigurationError(f"{cls} could not be imported ({exc}).{hint}") from exc
+        return getattr(mod, cls)(**{**defaults, **kwargs})
+
+    return factory
+
+
+def _vllm(kwargs: dict[str, Any]) -> BaseLM:
+    if not kwargs.get("base_url"):
+        raise ConfigurationError(
+            "backend='vllm' needs backend_kwargs['base_url'], the address of your server "
+            "(e.g. 'http://127.0.0.1:8000/v1')"
+        )
+    return _lazy("rlm.clients.openai", "OpenAIClient")(kwargs)
+
+
+register_backend("openai", _lazy("rlm.clients.openai", "OpenAIClient"))
+register_backend("vllm", _vllm)
+register_backend(
+    "openrouter",
+    _lazy(
+        "rlm.clients.openai",
+        "OpenAIClient",
+        base_url="https://openrouter.ai/api/v1",
+        api_key_env="OPENROUTER_API_KEY",
+    ),
+)
+register_backend(
+    "vercel",
+    _lazy(
+        "rlm.clients.openai",
+        "OpenAIClient",
+        base_url="https://ai-gateway.vercel.sh/v1",
+        api_key_env="AI_GATEWAY_API_KEY",
+    ),
+)
+register_backend("scripted", _lazy("rlm.clients.scripted", "ScriptedLM"))
+register_backend("mock", _lazy("rlm.clients.scripted", "ScriptedLM"))
+register_backend("llama_cpp", _lazy("rlm.clients.llama_cpp", "LlamaCppClient", extra="local"))
+
+__all__ = [
+    "BaseLM",
+    "Generation",
+    "UsageTracker",
+    "available_backends",
+    "get_client",
+    "register_backend",
+    "to_messages",
+]

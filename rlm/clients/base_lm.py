@@ -1,0 +1,182 @@
+"""The one seam between the RLM and a language model.
+
+A provider implements ``_generate(messages, model=None)`` (and optionally
+``_agenerate``), returning a :class:`Generation`: the text *and* the usage of
+that one call. Everything else -- prompt normalisation, per-model usage
+accounting, ``completion()``/``acompletion()``, ``get_usage_summary()`` -- is
+shared here, so concurrent calls never read each other's usage.
+
+Clients written against the public ``rlms`` package (subclasses overriding
+``completion``/``acompletion``/``get_usage_summary``/``get_last_usage``) keep
+working: the handler falls back to those methods when ``_generate`` is not
+implemented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from rlm.core.types import ModelUsageSummary, UsageSummary
+
+DEFAULT_TIMEOUT: float = 300.0
+
+Messages = list[dict[str, Any]]
+
+
+@dataclass
+class Generation:
+    """One model call: its text and what it cost."""
+
+    text: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost: float | None = None
+
+    def usage(self) -> ModelUsageSummary:
+        return ModelUsageSummary(
+            total_calls=1,
+            total_input_tokens=self.input_tokens,
+            total_output_tokens=self.output_tokens,
+            total_cost=self.cost,
+            total_cached_tokens=self.cached_tokens,
+        )
+
+
+def to_messages(prompt: Any) -> Messages:
+    """Normalise any prompt into chat messages.
+
+    A string becomes one user message; a message dict or a list of message
+    dicts (each with ``role``) passes through; anything else (a list of
+    strings, a dict of data, bytes) is rendered as the content of one user message.
+    """
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, dict) and "role" in prompt:
+        return [prompt]
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(m, dict) and "role" in m for m in prompt)
+    ):
+        return prompt
+    if isinstance(prompt, (bytes, bytearray)):
+        return [{"role": "user", "content": bytes(prompt).decode("utf-8", errors="replace")}]
+    if isinstance(prompt, list) and all(isinstance(m, str) for m in prompt):
+        return [{"role": "user", "content": "\n".join(prompt)}]
+    try:
+        content = json.dumps(prompt, ensure_ascii=False, default=repr)
+    except Exception:
+        content = repr(prompt)
+    return [{"role": "user", "content": content}]
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate: about four characters per token (documented approximation)."""
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def estimate_message_tokens(messages: Messages) -> int:
+    total = 0
+    for message in messages:
+        content = message.get("content", "")
+        if not isinstance(content, str):
+            content = json.dumps(content, default=repr)
+        total += estimate_tokens(content) + 4  # role and framing
+    return total
+
+
+class UsageTracker:
+    """Thread-safe per-model totals, fed one :class:`Generation` at a time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._per_model: dict[str, ModelUsageSummary] = {}
+        self._last = ModelUsageSummary()
+        self._local = threading.local()
+
+    def record(self, model: str, usage: ModelUsageSummary) -> None:
+        with self._lock:
+            self._per_model.setdefault(model, ModelUsageSummary()).add(usage)
+            self._last = usage
+        self._local.last = usage
+
+    def summary(self) -> UsageSummary:
+        with self._lock:
+            return UsageSummary(
+                model_usage_summaries={
+                    model: ModelUsageSummary(**vars(s)) for model, s in self._per_model.items()
+                }
+            )
+
+    def last(self) -> ModelUsageSummary:
+        """The last call made by the current thread (or by any thread, if this one made none)."""
+        return getattr(self._local, "last", None) or self._last
+
+
+class BaseLM:
+    """Base class of every client. Subclasses implement ``_generate``."""
+
+    #: True for clients that run on the caller's machine and cost nothing per token.
+    is_local: bool = False
+
+    def __init__(
+        self,
+        model_name: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        sampling_args: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        self.model_name = model_name or "unknown"
+        self.timeout = timeout
+        self.sampling_args: dict[str, Any] = dict(sampling_args or {})
+        self.kwargs = kwargs
+        self._usage = UsageTracker()
+
+    # -- provider hooks -------------------------------------------------------
+
+    def _generate(self, messages: Messages, model: str | None = None) -> Generation:
+        raise NotImplementedError(f"{type(self).__name__} does not implement _generate()")
+
+    async def _agenerate(self, messages: Messages, model: str | None = None) -> Generation:
+        return await asyncio.to_thread(self._generate, messages, model)
+
+    # -- shared machinery -------------------------------------------------------
+
+    @classmethod
+    def implements_generate(cls) -> bool:
+        """Whether this client returns per-call usage (new-style) or only text (0.1.x style)."""
+        return cls._generate is not BaseLM._generate
+
+    def generate(self, prompt: Any, model: str | None = None) -> Generation:
+        generation = self._generate(to_messages(prompt), model)
+        self._usage.record(generation.model, generation.usage())
+        return generation
+
+    async def agenerate(self, prompt: Any, model: str | None = None) -> Generation:
+        generation = await self._agenerate(to_messages(prompt), model)
+        self._usage.record(generation.model, generation.usage())
+        return generation
+
+    def completion(self, prompt: Any, model: str | None = None) -> str:
+        return self.generate(prompt, model).text
+
+    async def acompletion(self, prompt: Any, model: str | None = None) -> str:
+        return (await self.agenerate(prompt, model)).text
+
+    def get_usage_summary(self) -> UsageSummary:
+        return self._usage.summary()
+
+    def get_last_usage(self) -> ModelUsageSummary:
+        return self._usage.last()
+
+    def close(self) -> None:
+        """Release connections or loaded weights. Safe to call twice."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model_name={self.model_name!r})"

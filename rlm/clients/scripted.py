@@ -1,0 +1,127 @@
+"""A deterministic, offline language model for tests (ours and yours).
+
+``ScriptedLM`` answers from a script instead of a network:
+
+* ``responses``: a list of strings (replayed in order, per client instance),
+  an iterator (consumed across clients, so one script can span several
+  ``completion()`` calls), or a callable ``fn(messages) -> str``;
+* ``sub_responses``: the same, for sub-calls (``llm_query`` and friends).
+  When omitted, sub-calls are answered by ``responses`` too.
+
+A call counts as a *root* call when its first message is a system message
+(the RLM loop always sends one); everything else is a sub-call. Usage is
+estimated at four characters per token; set ``input_price``/``output_price``
+(USD per million tokens) to give calls a cost. ``delay`` (seconds) makes each
+call sleep, in the async path without blocking the event loop.
+
+Use it through ``RLM(backend="scripted", backend_kwargs={...})``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from rlm.clients.base_lm import (
+    BaseLM,
+    Generation,
+    Messages,
+    estimate_message_tokens,
+    estimate_tokens,
+)
+
+Script = list[str] | Iterator[str] | Callable[[Messages], str]
+
+
+class ScriptExhaustedError(RuntimeError):
+    """The script ran out of responses."""
+
+
+class _Source:
+    def __init__(self, script: Any, label: str):
+        self.label = label
+        self._lock = threading.Lock()
+        self._fn: Callable[[Messages], str] | None = None
+        self._iter: Iterator[str] | None = None
+        if callable(script) and not isinstance(script, (list, tuple)):
+            self._fn = script
+        elif isinstance(script, (list, tuple)):
+            self._iter = iter(list(script))
+        elif isinstance(script, Iterable):
+            self._iter = iter(script)
+        else:
+            raise TypeError(f"{label} must be a list of strings, an iterator or a callable")
+
+    def next(self, messages: Messages) -> str:
+        if self._fn is not None:
+            return str(self._fn(messages))
+        with self._lock:
+            try:
+                return str(next(self._iter))  # type: ignore[arg-type]
+            except StopIteration:
+                raise ScriptExhaustedError(f"the scripted LM ran out of {self.label}") from None
+
+
+def is_root_call(messages: Messages) -> bool:
+    return bool(messages) and messages[0].get("role") == "system"
+
+
+class ScriptedLM(BaseLM):
+    """An LM that answers from a script; see the module docstring."""
+
+    is_local = True
+
+    def __init__(
+        self,
+        responses: Script | None = None,
+        sub_responses: Script | None = None,
+        model_name: str = "scripted",
+        delay: float = 0.0,
+        input_price: float | None = None,
+        output_price: float | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(model_name=model_name, **kwargs)
+        if responses is None and sub_responses is None:
+            raise TypeError("ScriptedLM needs responses= or sub_responses=")
+        self._root = _Source(responses, "responses") if responses is not None else None
+        self._sub = _Source(sub_responses, "sub_responses") if sub_responses is not None else None
+        self.delay = float(delay)
+        self.input_price = input_price
+        self.output_price = output_price
+        self.calls: list[Messages] = []  # every prompt received, for assertions
+
+    def _answer(self, messages: Messages, model: str | None) -> Generation:
+        self.calls.append(messages)
+        source = self._root if is_root_call(messages) else self._sub
+        source = source or self._root or self._sub
+        assert source is not None
+        text = source.next(messages)
+        input_tokens = estimate_message_tokens(messages)
+        output_tokens = estimate_tokens(text)
+        cost = None
+        if self.input_price is not None or self.output_price is not None:
+            cost = (
+                input_tokens * (self.input_price or 0.0)
+                + output_tokens * (self.output_price or 0.0)
+            ) / 1_000_000
+        return Generation(
+            text=text,
+            model=model or self.model_name,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost=cost,
+        )
+
+    def _generate(self, messages: Messages, model: str | None = None) -> Generation:
+        if self.delay:
+            time.sleep(self.delay)
+        return self._answer(messages, model)
+
+    async def _agenerate(self, messages: Messages, model: str | None = None) -> Generation:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return self._answer(messages, model)

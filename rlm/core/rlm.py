@@ -1,0 +1,641 @@
+"""The RLM loop.
+
+``RLM(...).completion(prompt)`` puts ``prompt`` into a REPL as ``context``,
+lets the root model write ```repl code that inspects it and calls sub-models,
+and returns the answer the model submits, as an :class:`RLMChatCompletion`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rlm.clients import BaseLM, get_client
+from rlm.core.lm_handler import LMHandler
+from rlm.core.types import (
+    ClientBackend,
+    CodeBlock,
+    EnvironmentType,
+    ModelUsageSummary,
+    QueryMetadata,
+    RLMChatCompletion,
+    RLMIteration,
+    RLMMetadata,
+    UsageSummary,
+)
+from rlm.environments import (
+    BaseEnv,
+    SupportsPersistence,
+    available_environments,
+    get_environment,
+    validate_custom_tools,
+)
+from rlm.logger import RLMLogger, VerbosePrinter
+from rlm.utils.exceptions import (
+    BudgetExceededError,
+    CancellationError,
+    ConfigurationError,
+    ErrorThresholdExceededError,
+    TimeoutExceededError,
+    TokenLimitExceededError,
+)
+from rlm.utils.parsing import find_code_blocks, find_final_answer, format_iteration
+from rlm.utils.prompts import (
+    RLM_SYSTEM_PROMPT,
+    build_final_answer_prompt,
+    build_rlm_system_prompt,
+    build_user_prompt,
+)
+from rlm.utils.rlm_utils import filter_sensitive_keys
+
+#: Environments that keep their namespace across completion() calls.
+_PERSISTENT_ENVIRONMENTS = {"local"}
+
+
+def _fire(callback: Callable[..., Any] | None, *args: Any) -> None:
+    """Call a user callback; a callback that raises never breaks the run."""
+    if callback is None:
+        return
+    try:
+        callback(*args)
+    except Exception:
+        pass
+
+
+class _Run:
+    """The state of one completion() call (so concurrent calls on one RLM do not mix)."""
+
+    def __init__(self, rlm: RLM):
+        self.start = time.perf_counter()
+        self.deadline = self.start + rlm.max_timeout if rlm.max_timeout is not None else None
+        self.cancelled = threading.Event()
+        self.best_partial: str | None = None
+        self.consecutive_errors = 0
+        self.last_error: str | None = None
+        self.handler: LMHandler | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return self.deadline - time.perf_counter()
+
+
+class RLM:
+    """A Recursive Language Model: a drop-in ``completion()`` for prompts of any size.
+
+    The constructor takes the same arguments as the public ``rlms`` package;
+    see ``docs/api.md`` for each one. Clients are built (and configuration
+    checked) here, so a missing key or an unknown backend fails at once.
+    """
+
+    def __init__(
+        self,
+        backend: ClientBackend | str = "openai",
+        backend_kwargs: dict[str, Any] | None = None,
+        environment: EnvironmentType | str = "local",
+        environment_kwargs: dict[str, Any] | None = None,
+        depth: int = 0,
+        max_depth: int = 1,
+        max_iterations: int = 30,
+        max_budget: float | None = None,
+        max_timeout: float | None = None,
+        max_tokens: int | None = None,
+        max_errors: int | None = None,
+        custom_system_prompt: str | None = None,
+        other_backends: list[ClientBackend | str] | None = None,
+        other_backend_kwargs: list[dict[str, Any]] | None = None,
+        logger: RLMLogger | None = None,
+        verbose: bool = False,
+        persistent: bool = False,
+        custom_tools: dict[str, Any] | None = None,
+        custom_sub_tools: dict[str, Any] | None = None,
+        compaction: bool = False,
+        compaction_threshold_pct: float = 0.85,
+        max_concurrent_subcalls: int = 4,
+        on_subcall_start: Callable[[int, str, str], None] | None = None,
+        on_subcall_complete: Callable[[int, str, float, str | None], None] | None = None,
+        on_iteration_start: Callable[[int, int], None] | None = None,
+        on_iteration_complete: Callable[[int, int, float], None] | None = None,
+        sampling_args: dict[str, Any] | None = None,
+        sub_sampling_args: dict[str, Any] | None = None,
+        orchestrator: bool = True,
+        user_prologue: str | None = None,
+        max_concurrent_lm_calls: int = 16,
+    ):
+        self._validate_numbers(
+            depth=depth,
+            max_depth=max_depth,
+            max_iterations=max_iterations,
+            max_budget=max_budget,
+            max_timeout=max_timeout,
+            max_tokens=max_tokens,
+            max_errors=max_errors,
+            max_concurrent_subcalls=max_concurrent_subcalls,
+            max_concurrent_lm_calls=max_concurrent_lm_calls,
+        )
+        if not 0 < compaction_threshold_pct <= 1:
+            raise ConfigurationError("compaction_threshold_pct must be in (0, 1]")
+        if environment not in available_environments():
+            raise ConfigurationError(
+                f"Unknown environment {environment!r}. Available: {', '.join(available_environments())}"
+            )
+        if persistent and environment not in _PERSISTENT_ENVIRONMENTS:
+            raise ConfigurationError(
+                f"persistent=True is not supported by environment {environment!r}; "
+                f"supported: {sorted(_PERSISTENT_ENVIRONMENTS)}"
+            )
+        validate_custom_tools(custom_tools)
+        validate_custom_tools(custom_sub_tools)
+
+        backend_kwargs = dict(backend_kwargs or {})
+        if sampling_args:
+            backend_kwargs["sampling_args"] = {
+                **(backend_kwargs.get("sampling_args") or {}),
+                **sampling_args,
+            }
+        other_backends = list(other_backends) if other_backends else None
+        other_backend_kwargs = (
+            [dict(kw or {}) for kw in other_backend_kwargs] if other_backend_kwargs else None
+        )
+        if other_backends and other_backend_kwargs is None:
+            other_backend_kwargs = [{} for _ in other_backends]
+        if other_backends and len(other_backends) != len(other_backend_kwargs or []):
+            raise ConfigurationError(
+                f"other_backends has {len(other_backends)} entries but other_backend_kwargs has "
+                f"{len(other_backend_kwargs or [])}; give one kwargs dict per backend"
+            )
+        if sub_sampling_args:
+            if not other_backends:
+                # Sub-calls get their own client, configured like the root one.
+                other_backends = [backend]
+                other_backend_kwargs = [
+                    {k: v for k, v in backend_kwargs.items() if k != "sampling_args"}
+                ]
+            assert other_backend_kwargs is not None
+            first = other_backend_kwargs[0]
+            first["sampling_args"] = {**(first.get("sampling_args") or {}), **sub_sampling_args}
+
+        self.backend = backend
+        self.backend_kwargs = backend_kwargs
+        self.environment_type = environment
+        self.environment_kwargs = dict(environment_kwargs or {})
+        self.other_backends = other_backends
+        self.other_backend_kwargs = other_backend_kwargs
+        self.depth = depth
+        self.max_depth = max_depth
+        self.max_iterations = max_iterations
+        self.max_budget = max_budget
+        self.max_timeout = max_timeout
+        self.max_tokens = max_tokens
+        self.max_errors = max_errors
+        self.system_prompt = custom_system_prompt or RLM_SYSTEM_PROMPT
+        self.logger = logger
+        self.verbose = VerbosePrinter(enabled=verbose)
+        self.persistent = persistent
+        self.custom_tools = custom_tools
+        self.custom_sub_tools = custom_sub_tools if custom_sub_tools is not None else custom_tools
+        self.compaction = compaction
+        self.compaction_threshold_pct = compaction_threshold_pct
+        self.max_concurrent_subcalls = max_concurrent_subcalls
+        self.max_concurrent_lm_calls = max_concurrent_lm_calls
+        self.on_subcall_start = on_subcall_start
+        self.on_subcall_complete = on_subcall_complete
+        self.on_iteration_start = on_iteration_start
+        self.on_iteration_complete = on_iteration_complete
+        self.sampling_args = sampling_args
+        self.sub_sampling_args = sub_sampling_args
+        self.orchestrator = orchestrator
+        self.user_prologue = user_prologue
+
+        # Clients are built once, here: configuration errors surface at construction.
+        self.client: BaseLM = get_client(backend, backend_kwargs)
+        self.other_clients: list[BaseLM] = [
+            get_client(b, kw)
+            for b, kw in zip(other_backends or [], other_backend_kwargs or [], strict=True)
+        ]
+        self._persistent_env: BaseEnv | None = None
+        self._persistent_lock = threading.Lock()
+
+        if self.logger is not None:
+            self.logger.log_metadata(self._metadata())
+
+    @staticmethod
+    def _validate_numbers(**values: Any) -> None:
+        for name in ("depth",):
+            if not isinstance(values[name], int) or values[name] < 0:
+                raise ConfigurationError(f"{name} must be an integer >= 0, got {values[name]!r}")
+        for name in (
+            "max_depth",
+            "max_iterations",
+            "max_concurrent_subcalls",
+            "max_concurrent_lm_calls",
+        ):
+            if not isinstance(values[name], int) or values[name] < 1:
+                raise ConfigurationError(f"{name} must be an integer >= 1, got {values[name]!r}")
+        for name in ("max_budget", "max_timeout", "max_tokens", "max_errors"):
+            value = values[name]
+            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigurationError(f"{name} must be a positive number or None, got {value!r}")
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def root_model(self) -> str:
+        return self.client.model_name
+
+    def _metadata(self) -> RLMMetadata:
+        return RLMMetadata(
+            root_model=self.root_model,
+            max_depth=self.max_depth,
+            max_iterations=self.max_iterations,
+            backend=str(self.backend),
+            backend_kwargs=filter_sensitive_keys(self.backend_kwargs),
+            environment_type=str(self.environment_type),
+            environment_kwargs=filter_sensitive_keys(self.environment_kwargs),
+            other_backends=[str(b) for b in self.other_backends] if self.other_backends else None,
+        )
+
+    def _make_handler(self, run: _Run) -> LMHandler:
+        handler = LMHandler(
+            self.client,
+            other_backend_client=self.other_clients[0] if self.other_clients else None,
+            batch_max_concurrent=self.max_concurrent_lm_calls,
+        )
+        for client in self.other_clients:
+            handler.register_client(client.model_name, client)
+        handler.guard = lambda request: self._refusal(run, handler)
+        handler.subcall_fn = lambda prompt, model, depth: self._subcall(
+            run, handler, prompt, model, depth
+        )
+        return handler
+
+    def _refusal(self, run: _Run, handler: LMHandler) -> str | None:
+        """Why a sub-call must not start now (a limit is spent), or None."""
+        if run.cancelled.is_set():
+            return "the run was cancelled"
+        remaining = run.remaining()
+        if remaining is not None and remaining <= 0:
+            return f"time limit reached ({run.elapsed():.1f}s of {self.max_timeout:g}s)"
+        if self.max_budget is not None or self.max_tokens is not None:
+            usage = handler.get_usage_summary()
+            cost = usage.total_cost or 0.0
+            if self.max_budget is not None and cost >= self.max_budget:
+                return f"budget exhausted (spent ${cost:.6f} of ${self.max_budget:.6f})"
+            if self.max_tokens is not None and usage.total_tokens >= self.max_tokens:
+                return f"token limit reached ({usage.total_tokens:,} of {self.max_tokens:,} tokens)"
+        return None
+
+    def _subcall(
+        self, run: _Run, handler: LMHandler, prompt: Any, model: str | None, depth: int
+    ) -> RLMChatCompletion:
+        """Serve ``rlm_query``: a plain model call one level down (recursion builds on this)."""
+        preview = prompt if isinstance(prompt, str) else repr(prompt)
+        model_label = model or (handler.get_client(model, depth).model_name)
+        _fire(self.on_subcall_start, depth, model_label, preview[:80])
+        start = time.perf_counter()
+        error: str | None = None
+        try:
+            return handler.completion_record(prompt, model, depth)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            _fire(self.on_subcall_complete, depth, model_label, time.perf_counter() - start, error)
+
+    def _environment(self, prompt: Any, handler: LMHandler) -> BaseEnv:
+        if self.persistent and self._persistent_env is not None:
+            env = self._persistent_env
+            assert isinstance(env, SupportsPersistence)
+            env.update_handler_address(handler.address)
+            env.add_context(prompt)
+            return env
+        kwargs = dict(self.environment_kwargs)
+        kwargs.update(
+            lm_handler_address=handler.address,
+            context_payload=prompt,
+            depth=self.depth + 1,
+            max_concurrent_subcalls=self.max_concurrent_subcalls,
+        )
+        if self.custom_tools is not None:
+            kwargs["custom_tools"] = self.custom_tools
+        if self.custom_sub_tools is not None:
+            kwargs["custom_sub_tools"] = self.custom_sub_tools
+        if self.compaction:
+            kwargs["compaction"] = True
+        if self.persistent:
+            kwargs["persistent"] = True
+        env = get_environment(self.environment_type, kwargs)
+        if self.persistent:
+            self._persistent_env = env
+        return env
+
+    def _setup_prompt(self, prompt: Any, root_prompt: str | None = None) -> list[dict[str, Any]]:
+        messages = build_rlm_system_prompt(
+            system_prompt=self.system_prompt,
+            query_metadata=QueryMetadata(prompt),
+            custom_tools=self.custom_tools,
+            root_prompt=root_prompt,
+            orchestrator=self.orchestrator,
+        )
+        if self.user_prologue:
+            messages.append({"role": "user", "content": self.user_prologue})
+        return messages
+
+    # ------------------------------------------------------------------ limits
+
+    def _check_time(self, run: _Run, where: str) -> None:
+        if run.cancelled.is_set():
+            raise CancellationError(
+                partial_answer=run.best_partial, message="The run was cancelled"
+            )
+        remaining = run.remaining()
+        if remaining is not None and remaining <= 0:
+            elapsed = run.elapsed()
+            self.verbose.print_limit_exceeded("timeout", f"{elapsed:.1f}s of {self.max_timeout:g}s")
+            raise TimeoutExceededError(
+                elapsed=elapsed,
+                timeout=float(self.max_timeout or 0),
+                partial_answer=run.best_partial,
+                message=f"Timeout exceeded {where}: {elapsed:.1f}s of {self.max_timeout:g}s limit",
+            )
+
+    def _check_limits(
+        self, run: _Run, iteration: RLMIteration, number: int, handler: LMHandler
+    ) -> None:
+        errors = [b.result for b in iteration.code_blocks if b.result.error is not None]
+        if errors:
+            run.consecutive_errors += 1
+            run.last_error = errors[0].error
+        elif iteration.code_blocks:
+            run.consecutive_errors = 0
+        if self.max_errors is not None and run.consecutive_errors >= self.max_errors:
+            self.verbose.print_limit_exceeded(
+                "errors", f"{run.consecutive_errors} consecutive errors (limit {self.max_errors})"
+            )
+            raise ErrorThresholdExceededError(
+                error_count=run.consecutive_errors,
+                threshold=self.max_errors,
+                last_error=run.last_error,
+                partial_answer=run.best_partial,
+            )
+        usage = handler.get_usage_summary()
+        if self.max_budget is not None:
+            spent = usage.total_cost or 0.0
+            if spent > self.max_budget:
+                self.verbose.print_budget_exceeded(spent, self.max_budget)
+                raise BudgetExceededError(
+                    spent=spent,
+                    budget=self.max_budget,
+                    partial_answer=run.best_partial,
+                    message=(
+                        f"Budget exceeded after iteration {number}: spent ${spent:.6f} "
+                        f"of ${self.max_budget:.6f} budget"
+                    ),
+                )
+        if self.max_tokens is not None and usage.total_tokens > self.max_tokens:
+            self.verbose.print_limit_exceeded(
+                "tokens", f"{usage.total_tokens:,} of {self.max_tokens:,}"
+            )
+            raise TokenLimitExceededError(
+                tokens_used=usage.total_tokens,
+                token_limit=self.max_tokens,
+                partial_answer=run.best_partial,
+                message=(
+                    f"Token limit exceeded after iteration {number}: "
+                    f"{usage.total_tokens:,} of {self.max_tokens:,} tokens"
+                ),
+            )
+        self._check_time(run, f"after iteration {number}")
+
+    # ------------------------------------------------------------------ model calls
+
+    def _ask_root(self, run: _Run, handler: LMHandler, messages: list[dict[str, Any]]) -> str:
+        """One root-model call, abandoned (with TimeoutExceededError) if it outlives max_timeout."""
+        if run.deadline is None:
+            return handler.completion(messages)
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                box["text"] = handler.completion(messages)
+            except BaseException as exc:  # re-raised in the caller's thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name="rlm-root-call", daemon=True).start()
+        remaining = run.remaining()
+        if not done.wait(max(0.0, remaining if remaining is not None else 0.0)):
+            self._check_time(run, "while waiting for the root model")
+        done.wait()  # only reached when the deadline had not passed yet
+        if "error" in box:
+            raise box["error"]
+        return box["text"]
+
+    def _run_iteration(
+        self, run: _Run, handler: LMHandler, env: BaseEnv, messages: list[dict[str, Any]]
+    ) -> RLMIteration:
+        start = time.perf_counter()
+        prompt_snapshot = list(messages)
+        response = self._ask_root(run, handler, prompt_snapshot)
+        if response.strip():
+            run.best_partial = response
+        blocks: list[CodeBlock] = []
+        final_answer: str | None = None
+        for code in find_code_blocks(response):
+            self._check_time(run, "before running a code block")
+            if env.supports_cell_timeout:
+                result = env.execute_code(code, timeout=run.remaining())  # type: ignore[call-arg]
+            else:
+                result = env.execute_code(code)
+            blocks.append(CodeBlock(code=code, result=result))
+            if result.final_answer is not None:
+                final_answer = result.final_answer
+                break  # the first block that answers ends the run
+        if final_answer is None:
+            final_answer = find_final_answer(response, environment=env)
+        return RLMIteration(
+            prompt=prompt_snapshot,
+            response=response,
+            code_blocks=blocks,
+            final_answer=final_answer,
+            iteration_time=time.perf_counter() - start,
+        )
+
+    def _fallback_completion(self, prompt: Any, run: _Run) -> RLMChatCompletion:
+        """At depth >= max_depth the RLM is a plain model call, with the same result type."""
+        generation_usage: ModelUsageSummary
+        if self.client.implements_generate():
+            generation = self.client.generate(prompt)
+            text, model, generation_usage = generation.text, generation.model, generation.usage()
+        else:
+            text = self.client.completion(prompt)
+            model = self.client.model_name
+            generation_usage = self.client.get_last_usage()
+        return RLMChatCompletion(
+            root_model=model,
+            prompt=prompt,
+            response=text,
+            usage_summary=UsageSummary({model: generation_usage}),
+            execution_time=run.elapsed(),
+        )
+
+    # ------------------------------------------------------------------ public API
+
+    def completion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
+        """Answer ``prompt`` (any size; str, list, dict...) by running the RLM loop.
+
+        ``root_prompt`` is an optional short question the root model sees
+        directly (the context itself is only reachable through the REPL).
+        Raises a limit error (with ``partial_answer``) when a limit stops the
+        run, and ``CancellationError`` on Ctrl-C.
+        """
+        return self._completion(prompt, root_prompt, _Run(self))
+
+    async def acompletion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
+        """``completion()`` without blocking the event loop; cancelling the task cancels the run."""
+        run = _Run(self)
+        task = asyncio.ensure_future(asyncio.to_thread(self._completion, prompt, root_prompt, run))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            run.cancelled.set()
+            raise
+
+    def _completion(self, prompt: Any, root_prompt: str | None, run: _Run) -> RLMChatCompletion:
+        if self.depth >= self.max_depth:
+            return self._fallback_completion(prompt, run)
+        if self.logger is not None:
+            self.logger.clear_iterations()
+        metadata = QueryMetadata(prompt)
+        self.verbose.print_header(
+            backend=str(self.backend),
+            model=self.root_model,
+            environment=str(self.environment_type),
+            max_iterations=self.max_iterations,
+            max_depth=self.max_depth,
+            context_type=metadata.context_type,
+            context_length=metadata.context_total_length,
+            other_backends=[str(b) for b in self.other_backends] if self.other_backends else None,
+        )
+        handler = self._make_handler(run)
+        handler.start()
+        env: BaseEnv | None = None
+        lock = self._persistent_lock if self.persistent else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            env = self._environment(prompt, handler)
+            messages = self._setup_prompt(prompt, root_prompt)
+            return self._loop(run, handler, env, messages, prompt, root_prompt)
+        except KeyboardInterrupt:
+            run.cancelled.set()
+            self.verbose.print_limit_exceeded("cancelled", "interrupted by the user")
+            raise CancellationError(
+                partial_answer=run.best_partial, message="Execution cancelled by user (Ctrl-C)"
+            ) from None
+        finally:
+            handler.stop()
+            if env is not None and not self.persistent:
+                env.cleanup()
+            if lock is not None:
+                lock.release()
+
+    def _loop(
+        self,
+        run: _Run,
+        handler: LMHandler,
+        env: BaseEnv,
+        messages: list[dict[str, Any]],
+        prompt: Any,
+        root_prompt: str | None,
+    ) -> RLMChatCompletion:
+        context_count = env.get_context_count() if isinstance(env, SupportsPersistence) else 1
+        history_count = env.get_history_count() if isinstance(env, SupportsPersistence) else 0
+        for number in range(1, self.max_iterations + 1):
+            self._check_time(run, f"before iteration {number}")
+            _fire(self.on_iteration_start, self.depth, number)
+            messages.append(
+                build_user_prompt(
+                    root_prompt,
+                    number - 1,
+                    context_count,
+                    history_count,
+                    max_iterations=self.max_iterations,
+                )
+            )
+            iteration = self._run_iteration(run, handler, env, messages)
+            if iteration.final_answer is not None:
+                run.best_partial = iteration.final_answer
+            if self.logger is not None:
+                self.logger.log(iteration)
+            self.verbose.print_iteration(iteration, number)
+            _fire(self.on_iteration_complete, self.depth, number, iteration.iteration_time or 0.0)
+            self._check_limits(run, iteration, number, handler)
+            if iteration.final_answer is not None:
+                return self._finish(
+                    run, handler, env, messages, prompt, iteration.final_answer, number
+                )
+            messages.extend(format_iteration(iteration))
+
+        # Out of iterations: ask once for the best answer from what was learned.
+        final_messages = [*messages, build_final_answer_prompt(root_prompt)]
+        start = time.perf_counter()
+        response = self._ask_root(run, handler, final_messages)
+        answer = find_final_answer(response, environment=env) or response.strip()
+        if self.logger is not None:
+            self.logger.log(
+                RLMIteration(
+                    prompt=final_messages,
+                    response=response,
+                    code_blocks=[],
+                    final_answer=answer,
+                    iteration_time=time.perf_counter() - start,
+                )
+            )
+        return self._finish(run, handler, env, messages, prompt, answer, self.max_iterations)
+
+    def _finish(
+        self,
+        run: _Run,
+        handler: LMHandler,
+        env: BaseEnv,
+        messages: list[dict[str, Any]],
+        prompt: Any,
+        answer: str,
+        iterations: int,
+    ) -> RLMChatCompletion:
+        usage = handler.get_usage_summary()
+        elapsed = run.elapsed()
+        self.verbose.print_final_answer(answer)
+        self.verbose.print_summary(iterations, elapsed, usage)
+        if self.persistent and isinstance(env, SupportsPersistence):
+            env.add_history(messages)
+        return RLMChatCompletion(
+            root_model=self.root_model,
+            prompt=prompt,
+            response=answer,
+            usage_summary=usage,
+            execution_time=elapsed,
+            metadata=self.logger.get_trajectory() if self.logger is not None else None,
+        )
+
+    def close(self) -> None:
+        """Release the persistent environment (if any) and the clients. Safe to call twice."""
+        if self._persistent_env is not None:
+            self._persistent_env.cleanup()
+            self._persistent_env = None
+
+    def __enter__(self) -> RLM:
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        self.close()
+        return False

@@ -1,0 +1,413 @@
+"""Plain data types shared by the loop, the handler, the environments and the logger.
+
+Every type has ``to_dict()``; the ones that round-trip also have ``from_dict()``.
+Field names and dict keys match the public ``rlms`` package so trajectories and
+wire frames stay interchangeable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Literal
+
+ClientBackend = Literal[
+    "openai",
+    "vllm",
+    "openrouter",
+    "vercel",
+    "azure_openai",
+    "anthropic",
+    "gemini",
+    "litellm",
+    "portkey",
+    "scripted",
+    "llama_cpp",
+]
+EnvironmentType = Literal[
+    "local", "ipython", "docker", "modal", "e2b", "daytona", "prime", "subprocess"
+]
+
+
+def _serialize_value(value: Any) -> Any:
+    """A JSON-safe rendering of an arbitrary REPL value (full size; see logger for summaries)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, ModuleType):
+        return f"<module '{value.__name__}'>"
+    if isinstance(value, (list, tuple)):
+        return [_serialize_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _serialize_value(v) for k, v in value.items()}
+    if callable(value):
+        return f"<{type(value).__name__} '{getattr(value, '__name__', '?')}'>"
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+
+
+# --------------------------------------------------------------------------
+# Usage accounting
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class ModelUsageSummary:
+    """Usage of one model: calls, tokens and cost (USD, ``None`` when unknown)."""
+
+    total_calls: int = 0
+    total_input_tokens: int = 0
+    total_output_tokens: int = 0
+    total_cost: float | None = None
+    total_cached_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "total_calls": self.total_calls,
+            "total_input_tokens": self.total_input_tokens,
+            "total_output_tokens": self.total_output_tokens,
+        }
+        if self.total_cost is not None:
+            out["total_cost"] = self.total_cost
+        if self.total_cached_tokens:
+            out["total_cached_tokens"] = self.total_cached_tokens
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelUsageSummary:
+        return cls(
+            total_calls=int(data.get("total_calls") or 0),
+            total_input_tokens=int(data.get("total_input_tokens") or 0),
+            total_output_tokens=int(data.get("total_output_tokens") or 0),
+            total_cost=data.get("total_cost"),
+            total_cached_tokens=int(data.get("total_cached_tokens") or 0),
+        )
+
+    def add(self, other: ModelUsageSummary) -> None:
+        """Add ``other`` into this summary (cost stays ``None`` only if both are unknown)."""
+        self.total_calls += other.total_calls
+        self.total_input_tokens += other.total_input_tokens
+        self.total_output_tokens += other.total_output_tokens
+        self.total_cached_tokens += other.total_cached_tokens
+        if other.total_cost is not None:
+            self.total_cost = (self.total_cost or 0.0) + other.total_cost
+
+
+@dataclass
+class UsageSummary:
+    """Usage per model name."""
+
+    model_usage_summaries: dict[str, ModelUsageSummary] = field(default_factory=dict)
+
+    @property
+    def total_cost(self) -> float | None:
+        costs = [
+            s.total_cost for s in self.model_usage_summaries.values() if s.total_cost is not None
+        ]
+        return sum(costs) if costs else None
+
+    @property
+    def total_input_tokens(self) -> int:
+        return sum(s.total_input_tokens for s in self.model_usage_summaries.values())
+
+    @property
+    def total_output_tokens(self) -> int:
+        return sum(s.total_output_tokens for s in self.model_usage_summaries.values())
+
+    @property
+    def total_cached_tokens(self) -> int:
+        return sum(s.total_cached_tokens for s in self.model_usage_summaries.values())
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total_input_tokens + self.total_output_tokens
+
+    @property
+    def total_calls(self) -> int:
+        return sum(s.total_calls for s in self.model_usage_summaries.values())
+
+    def merge(self, other: UsageSummary) -> UsageSummary:
+        """Return a new summary with ``other`` added to this one."""
+        merged = UsageSummary()
+        for source in (self, other):
+            for model, summary in source.model_usage_summaries.items():
+                merged.model_usage_summaries.setdefault(model, ModelUsageSummary()).add(summary)
+        return merged
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model_usage_summaries": {
+                model: summary.to_dict() for model, summary in self.model_usage_summaries.items()
+            }
+        }
+        if self.total_cost is not None:
+            out["total_cost"] = self.total_cost
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> UsageSummary:
+        data = data or {}
+        return cls(
+            model_usage_summaries={
+                model: ModelUsageSummary.from_dict(summary)
+                for model, summary in (data.get("model_usage_summaries") or {}).items()
+            }
+        )
+
+
+# --------------------------------------------------------------------------
+# Completions, REPL results and iterations
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class RLMChatCompletion:
+    """The result of ``RLM.completion()`` and of every sub-call made from the REPL."""
+
+    root_model: str
+    prompt: Any
+    response: str
+    usage_summary: UsageSummary
+    execution_time: float
+    metadata: dict[str, Any] | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "root_model": self.root_model,
+            "prompt": self.prompt,
+            "response": self.response,
+            "usage_summary": self.usage_summary.to_dict(),
+            "execution_time": self.execution_time,
+        }
+        if self.metadata is not None:
+            out["metadata"] = self.metadata
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RLMChatCompletion:
+        return cls(
+            root_model=data.get("root_model") or "unknown",
+            prompt=data.get("prompt"),
+            response=data.get("response") or "",
+            usage_summary=UsageSummary.from_dict(data.get("usage_summary")),
+            execution_time=float(data.get("execution_time") or 0.0),
+            metadata=data.get("metadata"),
+            error=data.get("error"),
+        )
+
+
+class REPLResult:
+    """What one executed code block produced.
+
+    ``error`` is ours: the exception text when the block raised (``None`` when it
+    ran to the end). It is written to logs only when set.
+    """
+
+    def __init__(
+        self,
+        stdout: str,
+        stderr: str,
+        locals: dict[str, Any],
+        execution_time: float | None = None,
+        rlm_calls: list[RLMChatCompletion] | None = None,
+        final_answer: str | None = None,
+        error: str | None = None,
+    ):
+        self.stdout = stdout
+        self.stderr = stderr
+        self.locals = locals
+        self.execution_time = execution_time
+        self.rlm_calls = list(rlm_calls or [])
+        self.final_answer = final_answer
+        self.error = error
+
+    # The 0.1.x dataclass exposed this alias; some user code reads it.
+    @property
+    def llm_calls(self) -> list[RLMChatCompletion]:
+        return self.rlm_calls
+
+    def __repr__(self) -> str:
+        return (
+            f"REPLResult(stdout={self.stdout!r:.80}, stderr={self.stderr!r:.80}, "
+            f"locals={len(self.locals)} names, execution_time={self.execution_time}, "
+            f"rlm_calls={len(self.rlm_calls)}, final_answer={self.final_answer!r:.80})"
+        )
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, REPLResult):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "locals": {k: _serialize_value(v) for k, v in self.locals.items()},
+            "execution_time": self.execution_time,
+            "rlm_calls": [call.to_dict() for call in self.rlm_calls],
+            "final_answer": self.final_answer,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> REPLResult:
+        return cls(
+            stdout=data.get("stdout") or "",
+            stderr=data.get("stderr") or "",
+            locals=dict(data.get("locals") or {}),
+            execution_time=data.get("execution_time"),
+            rlm_calls=[RLMChatCompletion.from_dict(c) for c in data.get("rlm_calls") or []],
+            final_answer=data.get("final_answer"),
+            error=data.get("error"),
+        )
+
+
+@dataclass
+class CodeBlock:
+    code: str
+    result: REPLResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "result": self.result.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CodeBlock:
+        return cls(
+            code=data.get("code") or "", result=REPLResult.from_dict(data.get("result") or {})
+        )
+
+
+@dataclass
+class RLMIteration:
+    prompt: Any
+    response: str
+    code_blocks: list[CodeBlock]
+    final_answer: str | None = None
+    iteration_time: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "response": self.response,
+            "code_blocks": [block.to_dict() for block in self.code_blocks],
+            "final_answer": self.final_answer,
+            "iteration_time": self.iteration_time,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RLMIteration:
+        return cls(
+            prompt=data.get("prompt"),
+            response=data.get("response") or "",
+            code_blocks=[CodeBlock.from_dict(b) for b in data.get("code_blocks") or []],
+            final_answer=data.get("final_answer"),
+            iteration_time=data.get("iteration_time"),
+        )
+
+
+# --------------------------------------------------------------------------
+# Run metadata and query metadata
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class RLMMetadata:
+    """Configuration of one RLM run (the first line of a trajectory log)."""
+
+    root_model: str
+    max_depth: int
+    max_iterations: int
+    backend: str
+    backend_kwargs: dict[str, Any]
+    environment_type: str
+    environment_kwargs: dict[str, Any]
+    other_backends: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root_model": self.root_model,
+            "max_depth": self.max_depth,
+            "max_iterations": self.max_iterations,
+            "backend": self.backend,
+            "backend_kwargs": {k: _serialize_value(v) for k, v in self.backend_kwargs.items()},
+            "environment_type": self.environment_type,
+            "environment_kwargs": {
+                k: _serialize_value(v) for k, v in self.environment_kwargs.items()
+            },
+            "other_backends": self.other_backends,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RLMMetadata:
+        return cls(
+            root_model=data.get("root_model") or "unknown",
+            max_depth=int(data.get("max_depth") or 1),
+            max_iterations=int(data.get("max_iterations") or 0),
+            backend=data.get("backend") or "unknown",
+            backend_kwargs=dict(data.get("backend_kwargs") or {}),
+            environment_type=data.get("environment_type") or "local",
+            environment_kwargs=dict(data.get("environment_kwargs") or {}),
+            other_backends=data.get("other_backends"),
+        )
+
+
+def _measure(chunk: Any) -> int:
+    """Size of one piece of context, in characters (bytes for binary data)."""
+    if isinstance(chunk, (str, bytes, bytearray, memoryview)):
+        return len(chunk)
+    if isinstance(chunk, dict) and "content" in chunk and isinstance(chunk["content"], str):
+        return len(chunk["content"])
+    try:
+        return len(json.dumps(chunk, default=repr))
+    except Exception:
+        try:
+            return len(repr(chunk))
+        except Exception:
+            return 0
+
+
+@dataclass(init=False)
+class QueryMetadata:
+    """Shape of the context: its type and the size of each piece.
+
+    Accepts anything a user may pass as a prompt (str, bytes, list of anything,
+    dict, nested or unserialisable objects) and never raises.
+    """
+
+    context_lengths: list[int]
+    context_total_length: int
+    context_type: str
+
+    def __init__(self, prompt: Any):
+        if isinstance(prompt, str):
+            self.context_type = "str"
+            self.context_lengths = [len(prompt)]
+        elif isinstance(prompt, (bytes, bytearray, memoryview)):
+            self.context_type = "bytes"
+            self.context_lengths = [len(prompt)]
+        elif isinstance(prompt, dict):
+            self.context_type = "dict"
+            self.context_lengths = [_measure(v) for v in prompt.values()]
+        elif isinstance(prompt, (list, tuple)):
+            self.context_type = "list"
+            self.context_lengths = [_measure(v) for v in prompt] or [0]
+        else:
+            self.context_type = type(prompt).__name__
+            self.context_lengths = [_measure(prompt)]
+        self.context_total_length = sum(self.context_lengths)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "context_lengths": list(self.context_lengths),
+            "context_total_length": self.context_total_length,
+            "context_type": self.context_type,
+        }

@@ -1,0 +1,81 @@
+"""REPL environments and the ``environment=`` registry."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from rlm.environments.base_env import (
+    RESERVED_TOOL_NAMES,
+    BaseEnv,
+    IsolatedEnv,
+    NonIsolatedEnv,
+    SupportsCustomTools,
+    SupportsPersistence,
+    ToolInfo,
+    extract_tool_value,
+    format_tools_for_prompt,
+    parse_custom_tools,
+    parse_tool_entry,
+    validate_custom_tools,
+)
+from rlm.environments.local_repl import LocalREPL
+from rlm.utils.exceptions import ConfigurationError
+
+EnvFactory = Callable[[dict[str, Any]], BaseEnv]
+
+_REGISTRY: dict[str, EnvFactory] = {}
+
+
+def register_environment(name: str, factory: EnvFactory) -> None:
+    """Make ``environment=name`` build an environment with ``factory(environment_kwargs)``."""
+    _REGISTRY[name] = factory
+
+
+def available_environments() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_environment(environment: str, environment_kwargs: dict[str, Any] | None) -> BaseEnv:
+    """Build the environment called ``environment``."""
+    factory = _REGISTRY.get(environment)
+    if factory is None:
+        raise ConfigurationError(
+            f"Unknown environment {environment!r}. Available: {', '.join(available_environments())}"
+        )
+    return factory(dict(environment_kwargs or {}))
+
+
+def _lazy(module: str, cls: str, extra: str | None = None) -> EnvFactory:
+    def factory(kwargs: dict[str, Any]) -> BaseEnv:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            hint = f' Install it with: pip install "rlm[{extra}]"' if extra else ""
+            raise ConfigurationError(f"{cls} could not be imported ({exc}).{hint}") from exc
+        return getattr(mod, cls)(**kwargs)
+
+    return factory
+
+
+register_environment("local", lambda kwargs: LocalREPL(**kwargs))
+
+__all__ = [
+    "RESERVED_TOOL_NAMES",
+    "BaseEnv",
+    "IsolatedEnv",
+    "LocalREPL",
+    "NonIsolatedEnv",
+    "SupportsCustomTools",
+    "SupportsPersistence",
+    "ToolInfo",
+    "available_environments",
+    "extract_tool_value",
+    "format_tools_for_prompt",
+    "get_environment",
+    "parse_custom_tools",
+    "parse_tool_entry",
+    "register_environment",
+    "validate_custom_tools",
+]

@@ -1,0 +1,189 @@
+"""The environment seam: what the RLM loop needs from a REPL, and custom-tool helpers."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from rlm.core.types import REPLResult
+
+#: Names custom tools may not take: the REPL provides them and restores them after every cell.
+RESERVED_TOOL_NAMES: frozenset[str] = frozenset(
+    {
+        "llm_query",
+        "llm_query_batched",
+        "rlm_query",
+        "rlm_query_batched",
+        "SHOW_VARS",
+        "FINAL_VAR",
+        "answer",
+        "context",
+        "history",
+    }
+)
+
+
+# ---------------------------------------------------------------------------
+# Custom tools
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ToolInfo:
+    """One custom tool: its REPL name, its value and an optional description."""
+
+    name: str
+    value: Any
+    description: str | None = None
+
+    @property
+    def is_callable(self) -> bool:
+        return callable(self.value)
+
+
+def parse_tool_entry(name: str, entry: Any) -> ToolInfo:
+    """Read one entry: a plain value, or ``{"tool": value, "description": "..."}``."""
+    if isinstance(entry, dict) and "tool" in entry:
+        description = entry.get("description")
+        return ToolInfo(name, entry["tool"], description if isinstance(description, str) else None)
+    return ToolInfo(name, entry, None)
+
+
+def parse_custom_tools(custom_tools: dict[str, Any] | None) -> list[ToolInfo]:
+    return [parse_tool_entry(name, entry) for name, entry in (custom_tools or {}).items()]
+
+
+def extract_tool_value(entry: Any) -> Any:
+    return parse_tool_entry("", entry).value
+
+
+def format_tools_for_prompt(custom_tools: dict[str, Any] | None) -> str | None:
+    """One line per tool for the system prompt, or None when there are none."""
+    lines = []
+    for tool in parse_custom_tools(custom_tools):
+        if tool.description:
+            what = tool.description
+        elif tool.is_callable:
+            what = "a function"
+        else:
+            what = f"a {type(tool.value).__name__} value"
+        call = "()" if tool.is_callable else ""
+        lines.append(f"- `{tool.name}{call}`: {what}")
+    return "\n".join(lines) or None
+
+
+def validate_custom_tools(custom_tools: dict[str, Any] | None) -> None:
+    """Raise ``ValueError`` if a tool name is reserved or not a Python identifier."""
+    if not custom_tools:
+        return
+    if not isinstance(custom_tools, dict):
+        raise ValueError(
+            f"custom_tools must be a dict of name -> tool, not {type(custom_tools).__name__}"
+        )
+    conflicts = sorted(set(custom_tools) & RESERVED_TOOL_NAMES)
+    if conflicts:
+        raise ValueError(
+            f"Custom tools cannot use reserved REPL names: {conflicts}. "
+            f"Reserved names: {sorted(RESERVED_TOOL_NAMES)}"
+        )
+    bad = sorted(str(n) for n in custom_tools if not (isinstance(n, str) and n.isidentifier()))
+    if bad:
+        raise ValueError(f"Custom tool names must be Python identifiers: {bad}")
+
+
+# ---------------------------------------------------------------------------
+# Capabilities
+# ---------------------------------------------------------------------------
+
+
+@runtime_checkable
+class SupportsCustomTools(Protocol):
+    """An environment that puts ``custom_tools`` into its namespace."""
+
+    custom_tools: dict[str, Any]
+
+
+@runtime_checkable
+class SupportsPersistence(Protocol):
+    """An environment that survives across ``completion()`` calls (``persistent=True``).
+
+    Each call adds ``context_N`` (``context`` stays ``context_0``) and each
+    finished call adds ``history_N`` (``history`` stays ``history_0``).
+    """
+
+    def update_handler_address(self, address: tuple[str, int]) -> None: ...
+
+    def add_context(self, context_payload: Any, context_index: int | None = None) -> int: ...
+
+    def get_context_count(self) -> int: ...
+
+    def add_history(
+        self, message_history: list[dict[str, Any]], history_index: int | None = None
+    ) -> int: ...
+
+    def get_history_count(self) -> int: ...
+
+
+# ---------------------------------------------------------------------------
+# Base classes
+# ---------------------------------------------------------------------------
+
+
+class BaseEnv(ABC):
+    """A REPL the RLM loop runs code in.
+
+    Subclasses implement ``setup``, ``load_context`` and ``execute_code``; they
+    may accept ``execute_code(code, timeout=...)`` and say so with
+    ``supports_cell_timeout = True``, and should release everything in
+    ``cleanup()`` (also called by ``__exit__``).
+    """
+
+    supports_cell_timeout: bool = False
+
+    def __init__(
+        self,
+        persistent: bool = False,
+        depth: int = 1,
+        max_concurrent_subcalls: int = 4,
+        **kwargs: Any,
+    ):
+        self.persistent = persistent
+        self.depth = depth
+        self.max_concurrent_subcalls = max_concurrent_subcalls
+        self.kwargs = kwargs
+
+    @abstractmethod
+    def setup(self) -> None: ...
+
+    @abstractmethod
+    def load_context(self, context_payload: Any) -> None: ...
+
+    @abstractmethod
+    def execute_code(self, code: str) -> REPLResult: ...
+
+    def resolve_final_var(self, name: str) -> str | None:
+        """The value of REPL variable ``name`` as text (for a ``FINAL_VAR(name)`` response line)."""
+        result = self.execute_code(f"print(FINAL_VAR({name!r}))")
+        text = result.stdout.strip()
+        if not text or text.startswith("Error:"):
+            return None
+        return text
+
+    def cleanup(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release processes, files and sandboxes. Safe to call twice."""
+
+    def __enter__(self) -> BaseEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        self.cleanup()
+        return False
+
+
+class NonIsolatedEnv(BaseEnv, ABC):
+    """Runs model code in (or beside) the host process: convenient, not a security boundary."""
+
+
+class IsolatedEnv(BaseEnv, ABC):
+    """Runs model code somewhere the host's secrets and files cannot be reached."""

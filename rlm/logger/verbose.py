@@ -1,0 +1,441 @@
+"""Human-readable progress of an RLM run, rendered with Rich.
+
+Every event (header, iteration, model response, code execution, sub-call,
+limits, final answer, usage summary) becomes one Rich renderable printed to a
+``Console``. Three rules keep this safe for arbitrary model and program output:
+
+- Text that comes from a model, a program or a user is always wrapped in
+  ``rich.text.Text`` and never parsed as console markup, so ``"[bold]"`` or
+  ``"[/]"`` prints literally. Terminal control characters (ESC and friends) are
+  shown as visible escapes instead of reaching the terminal.
+- Every long string is cut with :func:`rlm.utils.text.truncate_middle` (or
+  ``truncate_end`` for one-line previews) *before* a renderable is built, so
+  the cost of rendering does not depend on how big the output was.
+- A disabled printer is a null object: its ``print_*`` methods are no-ops bound
+  in the constructor, so callers never guard with ``if verbose:``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.panel import Panel
+from rich.rule import Rule
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from rlm.core.types import (
+    CodeBlock,
+    ModelUsageSummary,
+    RLMChatCompletion,
+    RLMIteration,
+    RLMMetadata,
+    UsageSummary,
+)
+from rlm.utils.text import truncate_end, truncate_middle
+
+# Longest single-line preview of a sub-call's prompt or response.
+_PREVIEW_CHARS = 80
+# Longest configuration value shown in the header (model names, backend names).
+_FIELD_CHARS = 200
+# Most sub-call lines shown under one code block; the rest are summarised in one line.
+_MAX_SUBCALL_LINES = 32
+
+# C0 and C1 control characters other than tab and newline are shown as visible
+# escapes: an ESC sequence printed by a model or a program must not drive the
+# terminal. Carriage returns are dropped (Rich drops them too).
+_CONTROL_ESCAPES: dict[int, str | None] = {
+    code: f"\\x{code:02x}"
+    for code in (*range(0x00, 0x20), *range(0x7F, 0xA0))
+    if code not in (0x09, 0x0A, 0x0D)
+}
+_CONTROL_ESCAPES[0x0D] = None
+
+
+def _neutralise(text: str) -> str:
+    """Replace terminal control characters by visible escapes (O(len(text)))."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
+def _one_line(text: str, limit: int) -> str:
+    """A bounded single-line preview: cut first, then fold newlines and tabs."""
+    return _neutralise(truncate_end(text, limit)).replace("\n", " ").replace("\t", " ")
+
+
+def _prompt_text(prompt: Any) -> str:
+    """The text worth previewing from a sub-call prompt, without repr-ing a huge object.
+
+    A string is itself; a chat message is its ``content``; a list of messages
+    previews its last one (the newest turn). Anything else is described by type.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, dict) and isinstance(prompt.get("content"), str):
+        return prompt["content"]
+    if isinstance(prompt, (list, tuple)) and prompt:
+        last = prompt[-1]
+        if isinstance(last, str):
+            return last
+        if isinstance(last, dict) and isinstance(last.get("content"), str):
+            return last["content"]
+        return f"<{type(prompt).__name__} of {len(prompt)} items>"
+    return f"<{type(prompt).__name__}>"
+
+
+def _format_seconds(seconds: float) -> str:
+    return f"{seconds:.2f}s"
+
+
+def _format_cost(cost: float | None) -> str:
+    """USD with enough digits to tell small costs from zero; ``unknown`` when not priced."""
+    if cost is None:
+        return "unknown"
+    return f"${cost:,.6f}" if abs(cost) < 0.01 else f"${cost:,.4f}"
+
+
+def _section(label: str, style: str) -> Rule:
+    """A left-aligned rule naming one part of a code-execution panel."""
+    return Rule(Text(label, style=style), align="left", style="dim")
+
+
+def _noop(*_args: Any, **_kwargs: Any) -> None:
+    """What every ``print_*`` method of a disabled printer is."""
+
+
+class VerbosePrinter:
+    """Prints the progress of an RLM run to a Rich console.
+
+    ``VerbosePrinter(enabled=False)`` is a null printer: every ``print_*`` method
+    does nothing and builds nothing. ``max_display_chars`` bounds every long
+    string shown (model response, code, stdout, stderr, final answer); the cut
+    is announced in place.
+    """
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        console: Console | None = None,
+        max_display_chars: int = 4000,
+    ) -> None:
+        if max_display_chars < 1:
+            raise ValueError(f"max_display_chars must be at least 1, got {max_display_chars!r}")
+        self.enabled = enabled
+        self.max_display_chars = max_display_chars
+        self.console = console if console is not None else Console(stderr=False)
+        if not enabled:
+            for name in _EVENT_METHODS:
+                setattr(self, name, _noop)
+
+    # ------------------------------------------------------------------
+    # Helpers
+    # ------------------------------------------------------------------
+
+    def _emit(self, *renderables: RenderableType) -> None:
+        self.console.print(*renderables)
+
+    def _display(self, text: str, style: str = "") -> Text:
+        """A long piece of model or program output, cut to ``max_display_chars``.
+
+        The trailing newline that ``print()`` leaves is dropped after the cut,
+        so the strip never scans more than the bounded text.
+        """
+        shown = _neutralise(truncate_middle(text, self.max_display_chars)).rstrip("\n")
+        return Text(shown, style=style)
+
+    def _field(self, value: object) -> Text:
+        """A short configuration value (a name, a number) shown literally."""
+        return Text(_neutralise(truncate_end(str(value), _FIELD_CHARS)))
+
+    # ------------------------------------------------------------------
+    # Run header
+    # ------------------------------------------------------------------
+
+    def print_header(
+        self,
+        *,
+        backend: str,
+        model: str,
+        environment: str,
+        max_iterations: int,
+        max_depth: int,
+        context_type: str | None = None,
+        context_length: int | None = None,
+        other_backends: list[str] | None = None,
+    ) -> None:
+        """The configuration of a run, printed once before the first iteration."""
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold")
+        grid.add_column()
+        grid.add_row("Backend", self._field(backend))
+        grid.add_row("Model", self._field(model))
+        grid.add_row("Environment", self._field(environment))
+        grid.add_row("Max iterations", self._field(max_iterations))
+        grid.add_row("Max depth", self._field(max_depth))
+        if context_type is not None or context_length is not None:
+            parts = []
+            if context_type is not None:
+                parts.append(context_type)
+            if context_length is not None:
+                parts.append(f"{context_length:,} characters")
+            grid.add_row("Context", self._field(", ".join(parts)))
+        if other_backends:
+            grid.add_row("Other backends", self._field(", ".join(map(str, other_backends))))
+        self._emit(
+            Panel(
+                grid,
+                title=Text("Recursive Language Model", style="bold"),
+                title_align="left",
+                border_style="cyan",
+                expand=False,
+            )
+        )
+
+    def print_metadata(self, metadata: RLMMetadata) -> None:
+        """The run header, taken from the metadata the logger records."""
+        self.print_header(
+            backend=metadata.backend,
+            model=metadata.root_model,
+            environment=metadata.environment_type,
+            max_iterations=metadata.max_iterations,
+            max_depth=metadata.max_depth,
+            other_backends=metadata.other_backends,
+        )
+
+    # ------------------------------------------------------------------
+    # Iterations
+    # ------------------------------------------------------------------
+
+    def print_iteration_start(self, iteration: int) -> None:
+        """A rule announcing iteration ``iteration`` (1-based)."""
+        self._emit(Rule(Text(f"Iteration {iteration}", style="bold cyan"), style="cyan"))
+
+    def print_completion(self, response: str, iteration_time: float | None = None) -> None:
+        """The root model's response, printed literally."""
+        self._emit(
+            Panel(
+                self._display(response),
+                title=Text("Model response", style="bold magenta"),
+                title_align="left",
+                subtitle=None if iteration_time is None else _format_seconds(iteration_time),
+                subtitle_align="right",
+                border_style="magenta",
+            )
+        )
+
+    def print_code_execution(self, code_block: CodeBlock) -> None:
+        """One executed block: code, stdout, stderr/error, time, then one line per sub-call."""
+        result = code_block.result
+        failed = bool(result.error) or bool(result.stderr)
+        parts: list[RenderableType] = [
+            Syntax(
+                _neutralise(truncate_middle(code_block.code, self.max_display_chars)),
+                "python",
+                word_wrap=True,
+                background_color="default",
+            )
+        ]
+        if result.stdout:
+            parts.append(_section("stdout", "bold"))
+            parts.append(self._display(result.stdout))
+        if result.stderr:
+            parts.append(_section("stderr", "bold red"))
+            parts.append(self._display(result.stderr, style="red"))
+        if result.error:
+            parts.append(_section("error", "bold red"))
+            parts.append(self._display(result.error, style="red"))
+        if result.final_answer is not None:
+            parts.append(_section("final answer set", "bold green"))
+            parts.append(self._display(str(result.final_answer), style="green"))
+        subtitle = None
+        if result.execution_time is not None:
+            subtitle = _format_seconds(result.execution_time)
+        panel = Panel(
+            Group(*parts),
+            title=Text("Code execution", style="bold red" if failed else "bold blue"),
+            title_align="left",
+            subtitle=subtitle,
+            subtitle_align="right",
+            border_style="red" if failed else "blue",
+        )
+        # One buffered write: sub-call lines printed from other threads cannot
+        # land between the panel and its own sub-calls.
+        with self.console:
+            self._emit(panel)
+            calls = result.rlm_calls
+            for call in calls[:_MAX_SUBCALL_LINES]:
+                self._print_call(call)
+            hidden = calls[_MAX_SUBCALL_LINES:]
+            if hidden:
+                seconds = sum(call.execution_time or 0.0 for call in hidden)
+                self._emit(
+                    Text(
+                        f"  ... {len(hidden):,} more sub-calls ({_format_seconds(seconds)})",
+                        style="dim",
+                    )
+                )
+
+    def _print_call(self, call: RLMChatCompletion) -> None:
+        self.print_subcall(
+            model=call.root_model,
+            prompt_preview=_prompt_text(call.prompt),
+            response_preview=call.response,
+            execution_time=call.execution_time,
+            error=call.error,
+        )
+
+    def print_subcall(
+        self,
+        model: str,
+        prompt_preview: str,
+        response_preview: str,
+        execution_time: float | None = None,
+        error: str | None = None,
+        depth: int | None = None,
+    ) -> None:
+        """One line for one sub-call (``llm_query`` or a child RLM)."""
+        limit = min(_PREVIEW_CHARS, self.max_display_chars)
+        line = Text("  ↳ ", style="dim")
+        line.append("sub-call", style="bold")
+        if depth is not None:
+            line.append(f" depth {depth}", style="dim")
+        line.append(" ")
+        line.append(_one_line(model, _FIELD_CHARS), style="cyan")
+        if execution_time is not None:
+            line.append(f" {_format_seconds(execution_time)}", style="dim")
+        line.append(": ")
+        line.append(_one_line(prompt_preview, limit))
+        if error:
+            line.append(" -> error: ", style="bold red")
+            line.append(_one_line(error, limit), style="red")
+        else:
+            line.append(" -> ", style="dim")
+            line.append(_one_line(response_preview, limit), style="green")
+        self._emit(line)
+
+    def print_iteration(self, iteration: RLMIteration, iteration_num: int) -> None:
+        """A whole iteration: its start rule, the response and every code block."""
+        with self.console:
+            self.print_iteration_start(iteration_num)
+            self.print_completion(iteration.response, iteration.iteration_time)
+            for block in iteration.code_blocks:
+                self.print_code_execution(block)
+
+    # ------------------------------------------------------------------
+    # Limits and compaction
+    # ------------------------------------------------------------------
+
+    def print_budget_exceeded(self, spent: float, budget: float) -> None:
+        """The run stopped because it spent more than ``max_budget`` (USD)."""
+        self._emit(
+            Panel(
+                Text(f"Spent {_format_cost(spent)} of a {_format_cost(budget)} budget."),
+                title=Text("Budget exceeded", style="bold red"),
+                title_align="left",
+                border_style="red",
+            )
+        )
+
+    def print_limit_exceeded(self, limit_type: str, details: str) -> None:
+        """The run stopped on a limit (timeout, tokens, errors, iterations...)."""
+        self._emit(
+            Panel(
+                self._display(details),
+                title=Text(f"Limit exceeded: {_one_line(limit_type, _FIELD_CHARS)}", "bold red"),
+                title_align="left",
+                border_style="red",
+            )
+        )
+
+    def print_compaction_status(
+        self, current_tokens: int, threshold_tokens: int, max_tokens: int
+    ) -> None:
+        """How full the root model's context is, and where compaction starts."""
+        share = f" ({current_tokens / max_tokens:.0%})" if max_tokens > 0 else ""
+        self._emit(
+            Text(
+                f"Context: {current_tokens:,} / {max_tokens:,} tokens{share}, "
+                f"compaction at {threshold_tokens:,}",
+                style="yellow" if current_tokens >= threshold_tokens else "dim",
+            )
+        )
+
+    def print_compaction(self) -> None:
+        """The history is being summarised to fit the context window."""
+        self._emit(Rule(Text("Compacting history", style="bold yellow"), style="yellow"))
+
+    # ------------------------------------------------------------------
+    # End of run
+    # ------------------------------------------------------------------
+
+    def print_final_answer(self, answer: object) -> None:
+        """The final answer, printed literally."""
+        text = answer if isinstance(answer, str) else str(answer)
+        self._emit(
+            Panel(
+                self._display(text),
+                title=Text("Final answer", style="bold green"),
+                title_align="left",
+                border_style="green",
+            )
+        )
+
+    def print_summary(
+        self,
+        total_iterations: int,
+        total_time: float,
+        usage_summary: dict[str, Any] | UsageSummary,
+    ) -> None:
+        """Iterations, time, and a usage table with one row per model plus totals."""
+        usage = (
+            usage_summary
+            if isinstance(usage_summary, UsageSummary)
+            else UsageSummary.from_dict(usage_summary)
+        )
+        table = Table(title=None, header_style="bold", expand=False)
+        table.add_column("Model")
+        for heading in ("Calls", "Input tokens", "Output tokens", "Cached tokens", "Cost"):
+            table.add_column(heading, justify="right")
+        for model, summary in usage.model_usage_summaries.items():
+            table.add_row(self._field(model), *self._usage_cells(summary))
+        total = ModelUsageSummary()
+        for summary in usage.model_usage_summaries.values():
+            total.add(summary)
+        total_cells = self._usage_cells(total)
+        priced = [s.total_cost is not None for s in usage.model_usage_summaries.values()]
+        if any(priced) and not all(priced):
+            total_cells[-1] = Text(f"{_format_cost(total.total_cost)} + unknown")
+        table.add_section()
+        table.add_row(Text("Total", style="bold"), *total_cells, style="bold")
+        self._emit(
+            Panel(
+                Group(
+                    Text(
+                        f"Iterations: {total_iterations}   "
+                        f"Total time: {_format_seconds(total_time)}"
+                    ),
+                    table,
+                ),
+                title=Text("Summary", style="bold"),
+                title_align="left",
+                border_style="cyan",
+                expand=False,
+            )
+        )
+
+    @staticmethod
+    def _usage_cells(summary: ModelUsageSummary) -> list[Text]:
+        return [
+            Text(f"{summary.total_calls:,}"),
+            Text(f"{summary.total_input_tokens:,}"),
+            Text(f"{summary.total_output_tokens:,}"),
+            Text(f"{summary.total_cached_tokens:,}"),
+            Text(_format_cost(summary.total_cost)),
+        ]
+
+
+# Every event method; a disabled printer replaces each of these by ``_noop``.
+_EVENT_METHODS: tuple[str, ...] = tuple(
+    name for name in vars(VerbosePrinter) if name.startswith("print_")
+)

@@ -1,0 +1,187 @@
+"""Reading model responses: ```repl blocks and final answers; formatting REPL output for the model."""
+
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+from typing import TYPE_CHECKING, Any
+
+from rlm.core.types import REPLResult, RLMIteration
+from rlm.utils.text import truncate_middle
+
+if TYPE_CHECKING:
+    from rlm.environments.base_env import BaseEnv
+
+_OPEN_FENCE = re.compile(r"^[ \t]*```[ \t]*repl[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_ANY_FENCE_OPEN = re.compile(r"^[ \t]*```[^\n`]*$", re.MULTILINE)
+_CLOSE_FENCE = re.compile(r"^[ \t]*```[ \t]*$", re.MULTILINE)
+_FINAL_START = re.compile(r"^[ \t]*(FINAL_VAR|FINAL)\(", re.MULTILINE)
+
+
+def _normalise(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _clean(code: str) -> str:
+    return textwrap.dedent(code).strip("\n").rstrip()
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def _repl_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, code) of every ```repl block in normalised ``text``.
+
+    A block ends at the first bare closing fence after which the code parses;
+    that way a fence inside a string literal does not cut a well-formed block
+    short. If no candidate parses (the code has a real syntax error) the first
+    closing fence ends the block, so the error is reported when it runs.
+    """
+    spans = []
+    pos = 0
+    while True:
+        opening = _OPEN_FENCE.search(text, pos)
+        if opening is None:
+            return spans
+        body_start = opening.end() + 1
+        body_start = min(body_start, len(text))
+        closings = list(_CLOSE_FENCE.finditer(text, body_start))
+        if not closings:
+            return spans  # an unterminated block is not run
+        chosen = closings[0]
+        for candidate in closings:
+            if _parses(_clean(text[body_start : candidate.start()])):
+                chosen = candidate
+                break
+        spans.append((opening.start(), chosen.end(), _clean(text[body_start : chosen.start()])))
+        pos = chosen.end()
+
+
+def find_code_blocks(text: str) -> list[str]:
+    """The code of every ```repl block in ``text``, in order.
+
+    Tolerates ``REPL``/``Repl``, spaces around the language tag, CRLF line
+    endings and indented fences; see :func:`_repl_spans` for fences inside strings.
+    """
+    if not text or "```" not in text:
+        return []
+    return [code for _, _, code in _repl_spans(_normalise(text))]
+
+
+def _strip_fenced(text: str) -> str:
+    """``text`` with every fenced region (```repl or any other) blanked out."""
+    text = _normalise(text)
+    out = []
+    pos = 0
+    for start, end, _ in _repl_spans(text):
+        out.append(text[pos:start])
+        pos = end
+    rest = text[pos:]
+    # Other fences (```python examples and the like) are not final-answer lines either.
+    cleaned = []
+    inside = False
+    for line in rest.split("\n"):
+        if _ANY_FENCE_OPEN.match(line) and not inside:
+            inside = True
+            continue
+        if inside and _CLOSE_FENCE.match(line):
+            inside = False
+            continue
+        if not inside:
+            cleaned.append(line)
+    out.append("\n".join(cleaned))
+    return "\n".join(out)
+
+
+def _final_argument(text: str, start: int) -> str | None:
+    """The argument of FINAL(...)/FINAL_VAR(...) that opens at ``start``: up to the last
+    ``)`` that ends a line (so nested parentheses and multi-line answers survive)."""
+    best = None
+    for match in re.finditer(r"\)[ \t]*(?:\n|$)", text[start:]):
+        best = match
+    if best is None:
+        return None
+    return text[start : start + best.start()].strip()
+
+
+def find_final_answer(text: str, environment: BaseEnv | None = None) -> str | None:
+    """A final answer written in the response text (outside code), or None.
+
+    ``FINAL_VAR(name)`` on its own line is resolved in ``environment`` (None if
+    there is none or the variable does not exist); ``FINAL(text)`` returns the
+    text. Lines inside code fences never count.
+    """
+    if not text or "FINAL" not in text:
+        return None
+    prose = _strip_fenced(text)
+    match = _FINAL_START.search(prose)
+    if match is None:
+        return None
+    argument = _final_argument(prose, match.end())
+    if argument is None:
+        return None
+    if match.group(1) == "FINAL_VAR":
+        if environment is None:
+            return None
+        name = argument.strip().strip("\"'")
+        return environment.resolve_final_var(name)
+    return argument
+
+
+# ---------------------------------------------------------------------------
+# Feeding results back to the model
+# ---------------------------------------------------------------------------
+
+
+def format_execution_result(result: REPLResult, max_variables: int = 40) -> str:
+    """One block's output as the model will read it."""
+    parts = []
+    if result.stdout:
+        parts.append(result.stdout.rstrip("\n"))
+    if result.stderr:
+        parts.append(result.stderr.rstrip("\n"))
+    if not parts:
+        parts.append("(no output)")
+    names = [k for k, v in result.locals.items() if not k.startswith("_") and not callable(v)]
+    if names:
+        shown = ", ".join(names[:max_variables])
+        more = f" (+{len(names) - max_variables} more)" if len(names) > max_variables else ""
+        parts.append(f"REPL variables: {shown}{more}")
+    return "\n".join(parts)
+
+
+def format_iteration(
+    iteration: RLMIteration, max_character_length: int = 20000
+) -> list[dict[str, str]]:
+    """The messages one iteration adds to the history: the model's response, then
+    one user message with the output of every block (each cut to ``max_character_length``)."""
+    messages = [{"role": "assistant", "content": iteration.response}]
+    blocks = iteration.code_blocks
+    parts = []
+    for i, block in enumerate(blocks, start=1):
+        output = truncate_middle(format_execution_result(block.result), max_character_length)
+        header = f"REPL output (block {i} of {len(blocks)}):" if len(blocks) > 1 else "REPL output:"
+        parts.append(f"{header}\n{output}")
+    if parts:
+        messages.append({"role": "user", "content": "\n\n".join(parts)})
+    return messages
+
+
+def convert_context_for_repl(context: Any) -> tuple[Any, str | None]:
+    """Kept for code written against 0.1.x: ``(data, text)`` views of a context."""
+    if isinstance(context, str):
+        return None, context
+    if (
+        isinstance(context, list)
+        and context
+        and isinstance(context[0], dict)
+        and "content" in context[0]
+    ):
+        return [m.get("content", "") for m in context], None
+    return context, None

@@ -1,0 +1,155 @@
+"""The root model's prompts: the system prompt, the context description and the per-turn prompt.
+
+Written to be followed by small local models (Qwen2.5-Coder-1.5B) as well as
+frontier ones: short sentences, every REPL name described once, one worked
+example, and the question repeated every turn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlm.core.types import QueryMetadata
+
+__all__ = [
+    "RLM_SYSTEM_PROMPT",
+    "ORCHESTRATOR_ADDENDUM",
+    "USER_PROMPT",
+    "QueryMetadata",
+    "build_rlm_system_prompt",
+    "build_user_prompt",
+    "build_final_answer_prompt",
+]
+
+RLM_SYSTEM_PROMPT = """You answer questions about a context that is too long to read at once.
+The context is stored in a Python REPL in the variable `context`. You cannot see it directly: you only see what your code prints.
+
+To run code, write it in a block that starts with ```repl and ends with ```. Example:
+```repl
+print(len(context))
+print(context[:2000])
+```
+The REPL keeps your variables between blocks. Long output is cut, so print short slices, counts and search results, not the whole context.
+
+Names you can use in the REPL:
+- `context`: the input data (a string, a list or a dict).
+- `llm_query(prompt, model=None) -> str`: asks a language model one question and returns its answer. It can read a few thousand words at once: give it one chunk of the context plus your question.
+- `llm_query_batched(prompts, model=None) -> list[str]`: asks many questions in parallel and returns the answers in the same order. Use it instead of calling llm_query in a loop.
+- `rlm_query(prompt, model=None) -> str` and `rlm_query_batched(prompts, model=None) -> list[str]`: like llm_query, but each question goes to a helper that has its own REPL, for sub-tasks that need several steps.
+- `SHOW_VARS() -> str`: lists the variables you have created.
+- `answer`: a dict for your final answer. Set answer["content"] to the answer, then set answer["ready"] = True.
+- `FINAL_VAR(x)`: submits the value of variable x as the final answer (same effect as `answer`).{custom_tools_section}
+
+How to work:
+1. Look at the context first: its type, its length, its beginning.
+2. To find facts, search with Python: `in`, str.find, re.findall, splitting into lines or paragraphs. Print what you find.
+3. To understand or summarise long parts, split the context into chunks and ask llm_query_batched about each chunk, then combine the answers.
+4. Read the printed output before you decide. Do not guess what the context says.
+5. When the output shows the answer, submit it in a repl block:
+```repl
+answer["content"] = "your final answer"
+answer["ready"] = True
+```
+You can also write FINAL(your final answer) on its own line, outside any code block."""
+
+ORCHESTRATOR_ADDENDUM = (
+    "You are the orchestrator: keep your own messages short, let code and sub-calls do the "
+    "reading, and build the answer from their results."
+)
+
+USER_PROMPT = "Turn {iter_1} of {max_iter}."
+
+_DEFAULT_MAX_ITERATIONS = 30
+
+
+def _describe_context(metadata: QueryMetadata) -> str:
+    pieces = len(metadata.context_lengths)
+    if metadata.context_type == "str":
+        shape = f"a string of {metadata.context_total_length:,} characters"
+    elif metadata.context_type == "bytes":
+        shape = f"bytes, {metadata.context_total_length:,} in all"
+    elif metadata.context_type in ("list", "dict"):
+        unit = "items" if metadata.context_type == "list" else "keys"
+        shape = (
+            f"a {metadata.context_type} of {pieces:,} {unit}, "
+            f"{metadata.context_total_length:,} characters in all"
+        )
+    else:
+        shape = f"a {metadata.context_type} of about {metadata.context_total_length:,} characters"
+    return f"The variable `context` holds {shape}."
+
+
+def build_rlm_system_prompt(
+    system_prompt: str,
+    query_metadata: QueryMetadata,
+    custom_tools: dict[str, Any] | None = None,
+    root_prompt: str | None = None,
+    orchestrator: bool = True,
+) -> list[dict[str, str]]:
+    """The opening messages: the system prompt (with tools) and the context description."""
+    from rlm.environments.base_env import format_tools_for_prompt
+
+    tools = format_tools_for_prompt(custom_tools)
+    section = f"\n\nCustom tools and data in the REPL:\n{tools}" if tools else ""
+    # str.replace, not str.format: a user's own prompt may contain braces.
+    if "{custom_tools_section}" in system_prompt:
+        text = system_prompt.replace("{custom_tools_section}", section)
+    else:
+        text = system_prompt + section
+    if orchestrator:
+        text = f"{text}\n\n{ORCHESTRATOR_ADDENDUM}"
+    description = _describe_context(query_metadata)
+    if root_prompt:
+        description = f"Question: {root_prompt}\n\n{description}"
+    return [
+        {"role": "system", "content": text},
+        {"role": "user", "content": description},
+    ]
+
+
+def build_user_prompt(
+    root_prompt: str | None = None,
+    iteration: int = 0,
+    context_count: int = 1,
+    history_count: int = 0,
+    max_iterations: int = _DEFAULT_MAX_ITERATIONS,
+) -> dict[str, str]:
+    """The user message that opens turn ``iteration`` (0-based)."""
+    lines = [USER_PROMPT.format(iter_1=iteration + 1, max_iter=max_iterations)]
+    if iteration == 0:
+        lines.append(
+            "You have not looked at the context yet. Start with a ```repl block that inspects it; "
+            "do not give a final answer yet."
+        )
+    else:
+        lines.append(
+            "Continue: write the next ```repl block, or submit the final answer if the output "
+            "above contains it."
+        )
+    if root_prompt:
+        lines.append(f"Question: {root_prompt}")
+    if context_count > 1:
+        lines.append(
+            f"There are {context_count} contexts: context_0 to context_{context_count - 1} "
+            "(`context` is context_0)."
+        )
+    if history_count == 1:
+        lines.append("The previous conversation is in the variable `history` (a list of messages).")
+    elif history_count > 1:
+        lines.append(
+            f"There are {history_count} previous conversations: history_0 to "
+            f"history_{history_count - 1} (`history` is history_0)."
+        )
+    return {"role": "user", "content": "\n".join(lines)}
+
+
+def build_final_answer_prompt(root_prompt: str | None = None) -> dict[str, str]:
+    """Asked once when the iterations run out."""
+    question = f" to the question: {root_prompt}" if root_prompt else ""
+    return {
+        "role": "user",
+        "content": (
+            f"You have no turns left. Reply now with your best final answer{question}. "
+            "Write only the answer, as plain text, with no code."
+        ),
+    }
