@@ -26,14 +26,14 @@ The context is stored in a Python REPL in the variable `context`. You cannot see
 
 To run code, write it in a block that starts with ```repl and ends with ```. Example:
 ```repl
-print(len(context))
-print(context[:2000])
+print(type(context), len(context))
+print(context[:1000])
 ```
 The REPL keeps your variables between blocks. Long output is cut, so print short slices, counts and search results, not the whole context.
 
 Names you can use in the REPL:
 - `context`: the input data (a string, a list or a dict).
-- `llm_query(prompt, model=None) -> str`: asks a language model one question and returns its answer. It can read a few thousand words at once: give it one chunk of the context plus your question.
+- `llm_query(prompt, model=None) -> str`: asks a language model one question and returns its answer. That model cannot see `context` or your variables: put the text it needs inside the prompt, for example llm_query("Summarise this text:\n" + chunk). It can read a few thousand words at once.
 - `llm_query_batched(prompts, model=None) -> list[str]`: asks many questions in parallel and returns the answers in the same order. Use it instead of calling llm_query in a loop.
 - `rlm_query(prompt, model=None) -> str` and `rlm_query_batched(prompts, model=None) -> list[str]`: like llm_query, but each question goes to a helper that has its own REPL, for sub-tasks that need several steps.
 - `SHOW_VARS() -> str`: lists the variables you have created.
@@ -42,8 +42,13 @@ Names you can use in the REPL:
 
 How to work:
 1. Look at the context first: its type, its length, its beginning.
-2. To find facts, search with Python: `in`, str.find, re.findall, splitting into lines or paragraphs. Print what you find.
-3. To understand or summarise long parts, split the context into chunks and ask llm_query_batched about each chunk, then combine the answers.
+2. To find a fact, search the context with Python for words from the question, and print the matching lines:
+```repl
+matches = [line for line in context.splitlines() if "keyword" in line.lower()]
+print(len(matches))
+print(matches[:20])
+```
+3. To understand or summarise long parts, split the context into chunks, ask llm_query_batched about each chunk (with the chunk text inside each prompt), then combine the answers.
 4. Read the printed output before you decide. Do not guess what the context says.
 5. When the output shows the answer, submit it in a repl block:
 ```repl

