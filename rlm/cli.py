@@ -118,11 +118,131 @@ def build_model_path(subparsers: Any) -> None:
     parser.set_defaults(handler=_model_path)
 
 
+# -- run --------------------------------------------------------------------------------
+
+
+def _read_context(args: argparse.Namespace) -> str | list[str]:
+    """The context: files and directories in order, else standard input."""
+    from pathlib import Path
+
+    pieces: list[str] = []
+    for name in args.context or []:
+        path = Path(name)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        if path.is_dir() and not files:
+            raise ValueError(f"the directory {name} holds no files")
+        for file in files:
+            try:
+                text = file.read_text(encoding="utf-8", errors="replace")
+            except OSError as exc:
+                raise ValueError(f"cannot read {file}: {exc.strerror}") from exc
+            pieces.append(
+                f"=== {file} ===\n{text}" if len(files) > 1 or len(args.context) > 1 else text
+            )
+    if not pieces and not sys.stdin.isatty():
+        pieces.append(sys.stdin.read())
+    if not pieces:
+        raise ValueError(
+            "no context: pass --context FILE_OR_DIR (repeatable) or pipe text on stdin"
+        )
+    return pieces[0] if len(pieces) == 1 else pieces
+
+
+def choose_backend(
+    backend: str | None, model: str | None, base_url: str | None
+) -> tuple[str, dict[str, Any]]:
+    """``backend`` as asked; by default OpenAI when OPENAI_API_KEY is set, else the embedded model."""
+    import os
+
+    if backend is None:
+        backend = "openai" if (os.environ.get("OPENAI_API_KEY") or base_url) else "llama_cpp"
+    kwargs: dict[str, Any] = {}
+    if backend == "llama_cpp":
+        from rlm.local_model import fetch_model, find_model
+
+        path = find_model()
+        if path is None:
+            print("Fetching the embedded model (about 1.1 GB, once)...", file=sys.stderr)
+            path = fetch_model(progress=lambda msg: print(msg, file=sys.stderr))
+        kwargs = {"model_path": str(path), "sampling_args": {"temperature": 0, "max_tokens": 512}}
+    else:
+        kwargs["model_name"] = model or os.environ.get("RLM_MODEL") or "gpt-4o-mini"
+    if model and backend == "llama_cpp":
+        kwargs["model_name"] = model
+    if base_url:
+        kwargs["base_url"] = base_url
+    return backend, kwargs
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rlm import RLM
+    from rlm.logger import RLMLogger
+
+    context = _read_context(args)
+    backend, backend_kwargs = choose_backend(args.backend, args.model, args.base_url)
+    rlm = RLM(
+        backend=backend,
+        backend_kwargs=backend_kwargs,
+        environment=args.environment,
+        max_iterations=args.max_iterations,
+        max_depth=args.max_depth,
+        max_budget=args.max_budget,
+        max_timeout=args.max_timeout,
+        max_tokens=args.max_tokens,
+        logger=RLMLogger(log_dir=args.log_dir) if args.log_dir else None,
+        verbose=not args.quiet and sys.stderr.isatty() or args.verbose,
+    )
+    result = rlm.completion(context, root_prompt=args.question)
+    print(result.response)
+    usage = result.usage_summary
+    print(
+        f"[{result.execution_time:.1f}s, {usage.total_calls} model calls, "
+        f"{usage.total_input_tokens:,} input + {usage.total_output_tokens:,} output tokens]",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def build_run(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="answer a question about a context of any size",
+        description="Run one RLM completion: the context (files, directories or stdin) goes into the "
+        "REPL, the question to the root model. Uses OpenAI when OPENAI_API_KEY is set, "
+        "otherwise the embedded local model (fetched on first use).",
+    )
+    parser.add_argument("question", help="what to ask about the context")
+    parser.add_argument(
+        "-c",
+        "--context",
+        action="append",
+        metavar="PATH",
+        help="a file or directory (repeatable); default: stdin",
+    )
+    parser.add_argument(
+        "--backend", help="client backend (default: openai with a key, else llama_cpp)"
+    )
+    parser.add_argument("--model", help="model name for the backend")
+    parser.add_argument(
+        "--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"
+    )
+    parser.add_argument("--environment", default="local", help="REPL environment (default: local)")
+    parser.add_argument("--max-iterations", type=int, default=20)
+    parser.add_argument("--max-depth", type=int, default=1)
+    parser.add_argument("--max-budget", type=float, help="USD")
+    parser.add_argument("--max-timeout", type=float, help="seconds")
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--log-dir", help="write the trajectory (JSON lines) here")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show every iteration")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the answer")
+    parser.set_defaults(handler=_run)
+
+
 # -- the command ----------------------------------------------------------------
 
-#: name -> builder, in the order ``rlm --help`` lists them. The ``run``
-#: subcommand belongs here too.
+#: name -> builder, in the order ``rlm --help`` lists them.
 SUBCOMMANDS: dict[str, Builder] = {
+    "run": build_run,
     "fetch-model": build_fetch_model,
     "model-path": build_model_path,
 }

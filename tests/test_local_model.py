@@ -34,9 +34,9 @@ from rlm.local_model import (
 from rlm.utils.exceptions import ConfigurationError
 
 try:
-    from tests.llama_server import LlamaServerError, llama_server
+    from tests.llama_server import LlamaServerError, llama_server, real_model_or_skip
 except ImportError:  # tests/ is not a package: pytest put it on sys.path
-    from llama_server import LlamaServerError, llama_server
+    from llama_server import LlamaServerError, llama_server, real_model_or_skip
 
 VERSION = "0.0.1"
 PREFIX = "fake-model-part"
@@ -454,29 +454,6 @@ def test_model_name_from_path() -> None:
 
 
 # -- the real model -------------------------------------------------------------------
-
-
-def real_model_or_skip(*modules: str) -> Path:
-    """The fetched model's path, or skip (fail, with RLM_REQUIRE_REAL_MODEL=1)."""
-    required = os.environ.get("RLM_REQUIRE_REAL_MODEL") == "1"
-    missing = [m for m in ("llama_cpp", *modules) if importlib.util.find_spec(m) is None]
-    reason = None
-    if missing:
-        reason = f'{", ".join(missing)} not importable (pip install "rlm[local-server]")'
-    path = find_model()
-    if reason is None and path is None:
-        explicit = os.environ.get("RLM_LOCAL_MODEL")
-        reason = (
-            f"RLM_LOCAL_MODEL={explicit!r} is not a file"
-            if explicit
-            else "the local model is not fetched (python -m rlm fetch-model)"
-        )
-    if reason is not None:
-        if required:
-            pytest.fail(f"RLM_REQUIRE_REAL_MODEL=1 but {reason}")
-        pytest.skip(reason)
-    assert path is not None
-    return path
 
 
 QUESTION = "What is 2+3? Answer with only the number."
