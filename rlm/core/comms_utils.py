@@ -148,7 +148,11 @@ class LMResponse:
 
 
 def encode_frame(data: Any) -> bytes:
-    payload = json.dumps(data, ensure_ascii=False, default=repr).encode("utf-8")
+    text = json.dumps(data, ensure_ascii=False, default=repr)
+    try:
+        payload = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (e.g. surrogateescape-decoded text)
+        payload = json.dumps(data, ensure_ascii=True, default=repr).encode("ascii")
     if len(payload) > MAX_FRAME_BYTES:
         raise ProtocolError(
             f"Frame of {len(payload):,} bytes exceeds the maximum of {MAX_FRAME_BYTES:,} bytes"
@@ -221,11 +225,22 @@ def _token_for(address: tuple[str, int]) -> str | None:
     return _tokens.get((address[0], int(address[1])))
 
 
+class _Conns(dict):
+    """A thread's kept-alive sockets; closed when the thread ends and drops them."""
+
+    def __del__(self) -> None:
+        for sock in self.values():
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
 class _Pool(threading.local):
     """One kept-alive connection per (thread, address)."""
 
     def __init__(self) -> None:
-        self.conns: dict[tuple[str, int], socket.socket] = {}
+        self.conns: dict[tuple[str, int], socket.socket] = _Conns()
 
 
 _pool = _Pool()

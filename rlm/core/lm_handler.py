@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rlm.clients.base_lm import BaseLM, UsageTracker
+from rlm.clients.base_lm import BaseLM, UsageTracker, reports_usage_per_call
 from rlm.core.comms_utils import (
     MAX_FRAME_BYTES,
     LMRequest,
@@ -204,13 +204,16 @@ class LMHandler:
 
         try:
             data = json.loads(payload)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting
             return LMResponse.error_response(f"Malformed request: not UTF-8 JSON ({exc})")
         if not isinstance(data, dict):
             return LMResponse.error_response("Malformed request: a request must be a JSON object")
         request = LMRequest.from_dict(data)
         if self.token is not None and not (
-            isinstance(request.token, str) and secrets.compare_digest(request.token, self.token)
+            isinstance(request.token, str)
+            and secrets.compare_digest(
+                request.token.encode("utf-8", "surrogatepass"), self.token.encode("utf-8")
+            )
         ):
             response = LMResponse.error_response("Unauthorized: missing or wrong handler token")
         else:
@@ -250,12 +253,12 @@ class LMHandler:
     def _call(self, prompt: Any, model: str | None, depth: int) -> RLMChatCompletion:
         client = self.get_client(model, depth)
         start = time.perf_counter()
-        if client.implements_generate():
+        if reports_usage_per_call(client):
             generation = client.generate(prompt)
             text, used_model, usage = generation.text, generation.model, generation.usage()
         else:  # a 0.1.x-style client: text from completion(), usage from get_last_usage()
             text = client.completion(prompt)
-            used_model, usage = model or client.model_name, _last_usage(client)
+            used_model, usage = client.model_name, _last_usage(client)
         self._record(used_model, usage)
         return RLMChatCompletion(
             root_model=used_model,
@@ -268,12 +271,12 @@ class LMHandler:
     async def _acall(self, prompt: Any, model: str | None, depth: int) -> RLMChatCompletion:
         client = self.get_client(model, depth)
         start = time.perf_counter()
-        if client.implements_generate():
+        if reports_usage_per_call(client):
             generation = await client.agenerate(prompt)
             text, used_model, usage = generation.text, generation.model, generation.usage()
         else:
             text = await client.acompletion(prompt)
-            used_model, usage = model or client.model_name, _last_usage(client)
+            used_model, usage = client.model_name, _last_usage(client)
         self._record(used_model, usage)
         return RLMChatCompletion(
             root_model=used_model,
@@ -288,7 +291,7 @@ class LMHandler:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
-                    target=loop.run_forever, name="rlm-lm-batches", daemon=True
+                    target=_run_loop, args=(loop,), name="rlm-lm-batches", daemon=True
                 )
                 thread.start()
                 self._loop, self._loop_thread = loop, thread
@@ -330,6 +333,20 @@ class LMHandler:
     def get_usage_summary(self) -> UsageSummary:
         """Usage of every call this handler served (root and sub-calls)."""
         return self._usage.summary()
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Run the batch loop until stop(); then cancel what is left (waking the serving
+    threads waiting on those batches with an error) and close the loop."""
+    try:
+        loop.run_forever()
+    finally:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
 
 
 def _last_usage(client: BaseLM) -> ModelUsageSummary:

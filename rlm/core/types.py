@@ -30,16 +30,32 @@ EnvironmentType = Literal[
 ]
 
 
-def _serialize_value(value: Any) -> Any:
-    """A JSON-safe rendering of an arbitrary REPL value (full size; see logger for summaries)."""
+_MAX_NESTING = 100
+
+
+def _serialize_value(value: Any, _path: set[int] | None = None) -> Any:
+    """A JSON-safe rendering of an arbitrary REPL value (full size; see logger for summaries).
+
+    Self-referencing and very deeply nested containers are cut with a marker
+    instead of recursing without end.
+    """
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, ModuleType):
         return f"<module '{value.__name__}'>"
-    if isinstance(value, (list, tuple)):
-        return [_serialize_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _serialize_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, dict)):
+        path = set() if _path is None else _path
+        if id(value) in path:
+            return f"<circular reference to {type(value).__name__}>"
+        if len(path) >= _MAX_NESTING:
+            return f"<{type(value).__name__} nested too deep>"
+        path.add(id(value))
+        try:
+            if isinstance(value, dict):
+                return {str(k): _serialize_value(v, path) for k, v in value.items()}
+            return [_serialize_value(v, path) for v in value]
+        finally:
+            path.discard(id(value))
     if callable(value):
         return f"<{type(value).__name__} '{getattr(value, '__name__', '?')}'>"
     try:
@@ -350,7 +366,7 @@ class RLMMetadata:
     def from_dict(cls, data: dict[str, Any]) -> RLMMetadata:
         return cls(
             root_model=data.get("root_model") or "unknown",
-            max_depth=int(data.get("max_depth") or 1),
+            max_depth=int(1 if data.get("max_depth") is None else data["max_depth"]),
             max_iterations=int(data.get("max_iterations") or 0),
             backend=data.get("backend") or "unknown",
             backend_kwargs=dict(data.get("backend_kwargs") or {}),

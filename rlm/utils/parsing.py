@@ -100,14 +100,23 @@ def _strip_fenced(text: str) -> str:
 
 
 def _final_argument(text: str, start: int) -> str | None:
-    """The argument of FINAL(...)/FINAL_VAR(...) that opens at ``start``: up to the last
-    ``)`` that ends a line (so nested parentheses and multi-line answers survive)."""
-    best = None
-    for match in re.finditer(r"\)[ \t]*(?:\n|$)", text[start:]):
-        best = match
-    if best is None:
-        return None
-    return text[start : start + best.start()].strip()
+    """The argument of FINAL(...)/FINAL_VAR(...) that opens at ``start``.
+
+    It ends at a ``)`` that ends a line: the first one that balances the
+    parentheses (so nested parentheses and multi-line answers survive, and prose
+    after the answer is not swallowed), else the last one (unbalanced answers).
+    """
+    rest = text[start:]
+    last = None
+    balance, counted = 0, 0  # parentheses balance of rest[:counted]
+    for match in re.finditer(r"\)[ \t]*(?:\n|$)", rest):
+        piece = rest[counted : match.start()]
+        balance += piece.count("(") - piece.count(")")
+        counted = match.start()
+        if balance == 0:
+            return rest[:counted].strip()
+        last = counted
+    return None if last is None else rest[:last].strip()
 
 
 def find_final_answer(text: str, environment: BaseEnv | None = None) -> str | None:
