@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlm.utils.exceptions import RLMError
+from rlm.utils.exceptions import CancellationError, RLMError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -190,8 +190,14 @@ def _run(args: argparse.Namespace) -> int:
         max_timeout=args.max_timeout,
         max_tokens=args.max_tokens,
         logger=RLMLogger(log_dir=args.log_dir) if args.log_dir else None,
-        verbose=not args.quiet and sys.stderr.isatty() or args.verbose,
     )
+    if args.verbose or (not args.quiet and sys.stderr.isatty()):
+        from rich.console import Console
+
+        from rlm.logger import VerbosePrinter
+
+        # Progress goes to stderr so that stdout carries only the answer.
+        rlm.verbose = VerbosePrinter(enabled=True, console=Console(stderr=True))
     result = rlm.completion(context, root_prompt=args.question)
     print(result.response)
     usage = result.usage_summary
@@ -278,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(handler(args) or EXIT_OK)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, CancellationError):
         _error("interrupted")
         return 130
     except (RLMError, OSError, RuntimeError, ValueError) as exc:

@@ -167,6 +167,9 @@ class BaseLM:
         return self.generate(prompt, model).text
 
     async def acompletion(self, prompt: Any, model: str | None = None) -> str:
+        if not type(self).implements_generate():
+            # A 0.1.x-style subclass that only wrote completion(): run it in a thread.
+            return await asyncio.to_thread(self.completion, prompt)
         return (await self.agenerate(prompt, model)).text
 
     def get_usage_summary(self) -> UsageSummary:
@@ -180,3 +183,12 @@ class BaseLM:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_name={self.model_name!r})"
+
+
+def reports_usage_per_call(client: Any) -> bool:
+    """True for clients whose ``generate()`` returns text and usage together.
+
+    Anything else (a 0.1.x-style subclass, a duck-typed object, a test double)
+    is driven through ``completion()`` and ``get_last_usage()``.
+    """
+    return isinstance(client, BaseLM) and type(client).implements_generate() is True

@@ -31,6 +31,22 @@ def _usage_numbers(usage: Any) -> tuple[int, int, int, float | None]:
     return input_tokens, output_tokens, cached, (float(cost) if cost is not None else None)
 
 
+def _check_client_kwargs(client_kwargs: dict[str, Any]) -> None:
+    """Reject options ``openai.OpenAI`` would not accept, now rather than at the first call."""
+    import inspect
+
+    import openai
+
+    accepted = set(inspect.signature(openai.OpenAI.__init__).parameters) - {"self"}
+    unknown = sorted(set(client_kwargs) - accepted)
+    if unknown:
+        raise ConfigurationError(
+            f"Unknown backend_kwargs for the OpenAI client: {unknown}. Besides model_name, api_key, "
+            f"base_url, timeout, max_retries, sampling_args and prompt_cache_key, it accepts the "
+            f"options of openai.OpenAI: {sorted(accepted)}"
+        )
+
+
 class OpenAIClient(BaseLM):
     """Chat completions through the official ``openai`` SDK (sync and async)."""
 
@@ -59,6 +75,7 @@ class OpenAIClient(BaseLM):
                     f"or set the {api_key_env} environment variable"
                 )
             api_key = "EMPTY"  # local OpenAI-compatible servers accept any key
+        _check_client_kwargs(client_kwargs)
         self.base_url = base_url
         self.prompt_cache_key = prompt_cache_key
         self._client_args: dict[str, Any] = {

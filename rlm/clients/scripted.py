@@ -82,9 +82,10 @@ class ScriptedLM(BaseLM):
         delay: float = 0.0,
         input_price: float | None = None,
         output_price: float | None = None,
-        **kwargs: Any,
+        sampling_args: dict[str, Any] | None = None,
+        timeout: float | None = None,
     ):
-        super().__init__(model_name=model_name, **kwargs)
+        super().__init__(model_name=model_name, timeout=timeout, sampling_args=sampling_args)
         if responses is None and sub_responses is None:
             raise TypeError("ScriptedLM needs responses= or sub_responses=")
         self._root = _Source(responses, "responses") if responses is not None else None
@@ -124,4 +125,11 @@ class ScriptedLM(BaseLM):
     async def _agenerate(self, messages: Messages, model: str | None = None) -> Generation:
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self._is_callable(messages):
+            # A user's function may block (sleep, wait, compute): keep it off the event loop.
+            return await asyncio.to_thread(self._answer, messages, model)
         return self._answer(messages, model)
+
+    def _is_callable(self, messages: Messages) -> bool:
+        source = (self._root if is_root_call(messages) else self._sub) or self._root or self._sub
+        return source is not None and source._fn is not None
