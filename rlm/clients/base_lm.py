@@ -185,6 +185,40 @@ class BaseLM:
         return f"{type(self).__name__}(model_name={self.model_name!r})"
 
 
+def _legacy_generation(client: Any, text: str) -> Generation:
+    try:
+        usage = client.get_last_usage()
+    except Exception:
+        usage = None
+    name = str(getattr(client, "model_name", None) or "unknown")
+    if not isinstance(usage, ModelUsageSummary):
+        return Generation(text=text, model=name)
+    return Generation(
+        text=text,
+        model=name,
+        input_tokens=usage.total_input_tokens,
+        output_tokens=usage.total_output_tokens,
+        cached_tokens=usage.total_cached_tokens,
+        cost=usage.total_cost,
+    )
+
+
+def call_client(client: Any, prompt: Any) -> Generation:
+    """One call on any client: new-style clients report their own usage; for the others
+    (0.1.x-style subclasses, duck-typed objects) the text comes from ``completion()``
+    and the usage from ``get_last_usage()``."""
+    if reports_usage_per_call(client):
+        return client.generate(prompt)
+    return _legacy_generation(client, client.completion(prompt))
+
+
+async def acall_client(client: Any, prompt: Any) -> Generation:
+    """The async form of :func:`call_client`."""
+    if reports_usage_per_call(client):
+        return await client.agenerate(prompt)
+    return _legacy_generation(client, await client.acompletion(prompt))
+
+
 def reports_usage_per_call(client: Any) -> bool:
     """True for clients whose ``generate()`` returns text and usage together.
 

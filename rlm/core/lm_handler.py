@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rlm.clients.base_lm import BaseLM, UsageTracker, reports_usage_per_call
+from rlm.clients.base_lm import BaseLM, Generation, UsageTracker, acall_client, call_client
 from rlm.core.comms_utils import (
     MAX_FRAME_BYTES,
     LMRequest,
@@ -27,7 +27,7 @@ from rlm.core.comms_utils import (
     register_handler_token,
     socket_send,
 )
-from rlm.core.types import ModelUsageSummary, RLMChatCompletion, UsageSummary
+from rlm.core.types import RLMChatCompletion, UsageSummary
 from rlm.utils.exceptions import ProtocolError
 
 #: ``guard(request) -> error message or None``: refuses calls once a limit is spent.
@@ -247,44 +247,25 @@ class LMHandler:
 
     # -- calling clients ------------------------------------------------------------
 
-    def _record(self, model: str, usage: ModelUsageSummary) -> None:
-        self._usage.record(model, usage)
+    def _completed(self, prompt: Any, generation: Generation, start: float) -> RLMChatCompletion:
+        usage = generation.usage()
+        self._usage.record(generation.model, usage)
+        return RLMChatCompletion(
+            root_model=generation.model,
+            prompt=prompt,
+            response=generation.text,
+            usage_summary=UsageSummary({generation.model: usage}),
+            execution_time=time.perf_counter() - start,
+        )
 
     def _call(self, prompt: Any, model: str | None, depth: int) -> RLMChatCompletion:
-        client = self.get_client(model, depth)
         start = time.perf_counter()
-        if reports_usage_per_call(client):
-            generation = client.generate(prompt)
-            text, used_model, usage = generation.text, generation.model, generation.usage()
-        else:  # a 0.1.x-style client: text from completion(), usage from get_last_usage()
-            text = client.completion(prompt)
-            used_model, usage = client.model_name, _last_usage(client)
-        self._record(used_model, usage)
-        return RLMChatCompletion(
-            root_model=used_model,
-            prompt=prompt,
-            response=text,
-            usage_summary=UsageSummary({used_model: usage}),
-            execution_time=time.perf_counter() - start,
-        )
+        return self._completed(prompt, call_client(self.get_client(model, depth), prompt), start)
 
     async def _acall(self, prompt: Any, model: str | None, depth: int) -> RLMChatCompletion:
-        client = self.get_client(model, depth)
         start = time.perf_counter()
-        if reports_usage_per_call(client):
-            generation = await client.agenerate(prompt)
-            text, used_model, usage = generation.text, generation.model, generation.usage()
-        else:
-            text = await client.acompletion(prompt)
-            used_model, usage = client.model_name, _last_usage(client)
-        self._record(used_model, usage)
-        return RLMChatCompletion(
-            root_model=used_model,
-            prompt=prompt,
-            response=text,
-            usage_summary=UsageSummary({used_model: usage}),
-            execution_time=time.perf_counter() - start,
-        )
+        generation = await acall_client(self.get_client(model, depth), prompt)
+        return self._completed(prompt, generation, start)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._loop_lock:
@@ -347,16 +328,6 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
         if pending:
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
-
-
-def _last_usage(client: BaseLM) -> ModelUsageSummary:
-    try:
-        usage = client.get_last_usage()
-    except Exception:
-        usage = None
-    if not isinstance(usage, ModelUsageSummary):
-        return ModelUsageSummary(total_calls=1)
-    return usage
 
 
 def _failed(prompt: Any, model: str | None, error: str) -> RLMChatCompletion:

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from rlm.clients import BaseLM, get_client
+from rlm.clients.base_lm import call_client, reports_usage_per_call
 from rlm.core.lm_handler import LMHandler
 from rlm.core.types import (
     ClientBackend,
     CodeBlock,
     EnvironmentType,
-    ModelUsageSummary,
     QueryMetadata,
     RLMChatCompletion,
     RLMIteration,
@@ -29,7 +29,7 @@ from rlm.core.types import (
 from rlm.environments import (
     BaseEnv,
     SupportsPersistence,
-    available_environments,
+    check_environment_kwargs,
     get_environment,
     validate_custom_tools,
 )
@@ -49,10 +49,19 @@ from rlm.utils.prompts import (
     build_rlm_system_prompt,
     build_user_prompt,
 )
-from rlm.utils.rlm_utils import filter_sensitive_keys
+from rlm.utils.rlm_utils import is_sensitive_key
 
 #: Environments that keep their namespace across completion() calls.
 _PERSISTENT_ENVIRONMENTS = {"local"}
+
+
+def _without_secrets(value: Any) -> Any:
+    """``value`` with credential-named keys removed at every level (nested headers too)."""
+    if isinstance(value, dict):
+        return {k: _without_secrets(v) for k, v in value.items() if not is_sensitive_key(str(k))}
+    if isinstance(value, (list, tuple)):
+        return [_without_secrets(v) for v in value]
+    return value
 
 
 def _fire(callback: Callable[..., Any] | None, *args: Any) -> None:
@@ -76,6 +85,14 @@ class _Run:
         self.consecutive_errors = 0
         self.last_error: str | None = None
         self.handler: LMHandler | None = None
+        self.env: BaseEnv | None = None
+
+    def cancel(self) -> None:
+        """Cancel from another thread: later checks raise, and a running cell is stopped."""
+        self.cancelled.set()
+        env = self.env
+        if env is not None:
+            env.interrupt()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -141,10 +158,7 @@ class RLM:
         )
         if not 0 < compaction_threshold_pct <= 1:
             raise ConfigurationError("compaction_threshold_pct must be in (0, 1]")
-        if environment not in available_environments():
-            raise ConfigurationError(
-                f"Unknown environment {environment!r}. Available: {', '.join(available_environments())}"
-            )
+        check_environment_kwargs(str(environment), dict(environment_kwargs or {}))
         if persistent and environment not in _PERSISTENT_ENVIRONMENTS:
             raise ConfigurationError(
                 f"persistent=True is not supported by environment {environment!r}; "
@@ -247,7 +261,11 @@ class RLM:
 
     @property
     def root_model(self) -> str:
-        return self.client.model_name
+        name = getattr(self.client, "model_name", None)
+        if isinstance(name, str):
+            return name
+        # A stand-in client (e.g. a unittest.mock.Mock in a user's tests) has no real name.
+        return str(self.backend_kwargs.get("model_name") or "unknown")
 
     def _metadata(self) -> RLMMetadata:
         return RLMMetadata(
@@ -255,9 +273,9 @@ class RLM:
             max_depth=self.max_depth,
             max_iterations=self.max_iterations,
             backend=str(self.backend),
-            backend_kwargs=filter_sensitive_keys(self.backend_kwargs),
+            backend_kwargs=_without_secrets(self.backend_kwargs),
             environment_type=str(self.environment_type),
-            environment_kwargs=filter_sensitive_keys(self.environment_kwargs),
+            environment_kwargs=_without_secrets(self.environment_kwargs),
             other_backends=[str(b) for b in self.other_backends] if self.other_backends else None,
         )
 
@@ -285,9 +303,9 @@ class RLM:
         if self.max_budget is not None or self.max_tokens is not None:
             usage = handler.get_usage_summary()
             cost = usage.total_cost or 0.0
-            if self.max_budget is not None and cost >= self.max_budget:
+            if self.max_budget is not None and cost > self.max_budget:
                 return f"budget exhausted (spent ${cost:.6f} of ${self.max_budget:.6f})"
-            if self.max_tokens is not None and usage.total_tokens >= self.max_tokens:
+            if self.max_tokens is not None and usage.total_tokens > self.max_tokens:
                 return f"token limit reached ({usage.total_tokens:,} of {self.max_tokens:,} tokens)"
         return None
 
@@ -368,6 +386,8 @@ class RLM:
     def _check_limits(
         self, run: _Run, iteration: RLMIteration, number: int, handler: LMHandler
     ) -> None:
+        if run.cancelled.is_set():  # a cancelled cell's error is not the model's error
+            self._check_time(run, f"after iteration {number}")
         errors = [b.result for b in iteration.code_blocks if b.result.error is not None]
         if errors:
             run.consecutive_errors += 1
@@ -431,10 +451,10 @@ class RLM:
                 done.set()
 
         threading.Thread(target=call, name="rlm-root-call", daemon=True).start()
-        remaining = run.remaining()
-        if not done.wait(max(0.0, remaining if remaining is not None else 0.0)):
-            self._check_time(run, "while waiting for the root model")
-        done.wait()  # only reached when the deadline had not passed yet
+        while not done.wait(max(0.0, run.remaining() or 0.0)):
+            self._check_time(
+                run, "while waiting for the root model"
+            )  # raises once past the deadline
         if "error" in box:
             raise box["error"]
         return box["text"]
@@ -471,19 +491,14 @@ class RLM:
 
     def _fallback_completion(self, prompt: Any, run: _Run) -> RLMChatCompletion:
         """At depth >= max_depth the RLM is a plain model call, with the same result type."""
-        generation_usage: ModelUsageSummary
-        if self.client.implements_generate():
-            generation = self.client.generate(prompt)
-            text, model, generation_usage = generation.text, generation.model, generation.usage()
-        else:
-            text = self.client.completion(prompt)
-            model = self.client.model_name
-            generation_usage = self.client.get_last_usage()
+        generation = call_client(self.client, prompt)
+        # A 0.1.x-style or stand-in client does not name its model reliably.
+        model = generation.model if reports_usage_per_call(self.client) else self.root_model
         return RLMChatCompletion(
             root_model=model,
             prompt=prompt,
-            response=text,
-            usage_summary=UsageSummary({model: generation_usage}),
+            response=generation.text,
+            usage_summary=UsageSummary({model: generation.usage()}),
             execution_time=run.elapsed(),
         )
 
@@ -506,7 +521,9 @@ class RLM:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            run.cancelled.set()
+            run.cancel()
+            # The run ends with CancellationError in its thread; nobody awaits it any more.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
             raise
 
     def _completion(self, prompt: Any, root_prompt: str | None, run: _Run) -> RLMChatCompletion:
@@ -532,7 +549,7 @@ class RLM:
         if lock is not None:
             lock.acquire()
         try:
-            env = self._environment(prompt, handler)
+            env = run.env = self._environment(prompt, handler)
             messages = self._setup_prompt(prompt, root_prompt)
             return self._loop(run, handler, env, messages, prompt, root_prompt)
         except KeyboardInterrupt:

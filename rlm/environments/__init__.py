@@ -26,11 +26,31 @@ from rlm.utils.exceptions import ConfigurationError
 EnvFactory = Callable[[dict[str, Any]], BaseEnv]
 
 _REGISTRY: dict[str, EnvFactory] = {}
+_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {}
 
 
-def register_environment(name: str, factory: EnvFactory) -> None:
-    """Make ``environment=name`` build an environment with ``factory(environment_kwargs)``."""
+def register_environment(
+    name: str, factory: EnvFactory, check_kwargs: Callable[[dict[str, Any]], None] | None = None
+) -> None:
+    """Make ``environment=name`` build an environment with ``factory(environment_kwargs)``.
+
+    ``check_kwargs(environment_kwargs)``, if given, runs when an RLM is constructed
+    and raises on options the environment would refuse later.
+    """
     _REGISTRY[name] = factory
+    if check_kwargs is not None:
+        _CHECKS[name] = check_kwargs
+
+
+def check_environment_kwargs(environment: str, environment_kwargs: dict[str, Any]) -> None:
+    """Fail now (ConfigurationError) on an unknown environment or options it refuses."""
+    if environment not in _REGISTRY:
+        raise ConfigurationError(
+            f"Unknown environment {environment!r}. Available: {', '.join(available_environments())}"
+        )
+    check = _CHECKS.get(environment)
+    if check is not None:
+        check(environment_kwargs)
 
 
 def available_environments() -> list[str]:
@@ -59,7 +79,7 @@ def _lazy(module: str, cls: str, extra: str | None = None) -> EnvFactory:
     return factory
 
 
-register_environment("local", lambda kwargs: LocalREPL(**kwargs))
+register_environment("local", lambda kwargs: LocalREPL(**kwargs), LocalREPL.check_kwargs)
 
 __all__ = [
     "RESERVED_TOOL_NAMES",
@@ -71,6 +91,7 @@ __all__ = [
     "SupportsPersistence",
     "ToolInfo",
     "available_environments",
+    "check_environment_kwargs",
     "extract_tool_value",
     "format_tools_for_prompt",
     "get_environment",

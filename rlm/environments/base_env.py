@@ -7,21 +7,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from rlm.core.types import REPLResult
+from rlm.environments.repl_core import SCAFFOLD_NAMES
 
 #: Names custom tools may not take: the REPL provides them and restores them after every cell.
-RESERVED_TOOL_NAMES: frozenset[str] = frozenset(
-    {
-        "llm_query",
-        "llm_query_batched",
-        "rlm_query",
-        "rlm_query_batched",
-        "SHOW_VARS",
-        "FINAL_VAR",
-        "answer",
-        "context",
-        "history",
-    }
-)
+RESERVED_TOOL_NAMES: frozenset[str] = SCAFFOLD_NAMES
 
 
 # ---------------------------------------------------------------------------
@@ -74,22 +63,24 @@ def format_tools_for_prompt(custom_tools: dict[str, Any] | None) -> str | None:
 
 
 def validate_custom_tools(custom_tools: dict[str, Any] | None) -> None:
-    """Raise ``ValueError`` if a tool name is reserved or not a Python identifier."""
+    """Raise ``ConfigurationError`` (a ``ValueError``) if a name is reserved or not an identifier."""
+    from rlm.utils.exceptions import ConfigurationError
+
     if not custom_tools:
         return
     if not isinstance(custom_tools, dict):
-        raise ValueError(
+        raise ConfigurationError(
             f"custom_tools must be a dict of name -> tool, not {type(custom_tools).__name__}"
         )
     conflicts = sorted(set(custom_tools) & RESERVED_TOOL_NAMES)
     if conflicts:
-        raise ValueError(
+        raise ConfigurationError(
             f"Custom tools cannot use reserved REPL names: {conflicts}. "
             f"Reserved names: {sorted(RESERVED_TOOL_NAMES)}"
         )
     bad = sorted(str(n) for n in custom_tools if not (isinstance(n, str) and n.isidentifier()))
     if bad:
-        raise ValueError(f"Custom tool names must be Python identifiers: {bad}")
+        raise ConfigurationError(f"Custom tool names must be Python identifiers: {bad}")
 
 
 # ---------------------------------------------------------------------------
@@ -169,6 +160,10 @@ class BaseEnv(ABC):
         if not text or text.startswith("Error:"):
             return None
         return text
+
+    def interrupt(self) -> None:  # noqa: B027 - optional hook, nothing to stop by default
+        """Stop the cell running now, if the environment can (called from another thread
+        when a run is cancelled). Must return at once."""
 
     def cleanup(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release processes, files and sandboxes. Safe to call twice."""

@@ -28,6 +28,7 @@ from rlm.environments.base_env import (
     validate_custom_tools,
 )
 from rlm.environments.repl_core import DEFAULT_MAX_OUTPUT_CHARS, ReplCore
+from rlm.utils.exceptions import ConfigurationError
 
 DEFAULT_CELL_TIMEOUT = 600.0
 
@@ -133,6 +134,19 @@ class LocalREPL(NonIsolatedEnv):
 
     supports_cell_timeout = True
 
+    @classmethod
+    def check_kwargs(cls, kwargs: dict[str, Any]) -> None:
+        """Reject environment_kwargs LocalREPL does not take (called at RLM construction)."""
+        import inspect
+
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            raise ConfigurationError(
+                f"LocalREPL got unexpected environment_kwargs: {unknown}. "
+                "Accepted: setup_code, cell_timeout, max_output_chars"
+            )
+
     def __init__(
         self,
         lm_handler_address: tuple[str, int] | None = None,
@@ -149,11 +163,7 @@ class LocalREPL(NonIsolatedEnv):
         max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
         **kwargs: Any,
     ):
-        if kwargs:
-            raise TypeError(
-                f"LocalREPL got unexpected environment_kwargs: {sorted(kwargs)}. "
-                "Accepted: setup_code, cell_timeout, max_output_chars, custom_tools, persistent"
-            )
+        self.check_kwargs(kwargs)
         super().__init__(
             persistent=persistent, depth=depth, max_concurrent_subcalls=max_concurrent_subcalls
         )
@@ -270,6 +280,10 @@ class LocalREPL(NonIsolatedEnv):
 
     def resolve_final_var(self, name: str) -> str | None:
         return self._core.resolve_final_var(name)
+
+    def interrupt(self) -> None:
+        """Stop the running cell, if any (from any thread); its result reports ``Interrupted``."""
+        self._core.interrupt()
 
     def cleanup(self) -> None:
         if self._closed:

@@ -246,8 +246,11 @@ class ReplCore:
         self._out: BoundedBuffer | None = None
         self._err: BoundedBuffer | None = None
         self._pending_final: str | None = None
+        # Set when the running cell ends or is interrupted; None between cells.
+        self._wake: threading.Event | None = None
         self.fixed: dict[str, Any] = {}  # names restored after every cell (context, history...)
-        self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": self._builtins()}
+        self._builtins_table = self._builtins()
+        self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": self._builtins_table}
         self._helpers["SHOW_VARS"] = self._make_show_vars()
         self._helpers["FINAL_VAR"] = self._make_final_var()
         self.ns["answer"] = {"content": "", "ready": False}
@@ -291,8 +294,9 @@ class ReplCore:
     def restore_scaffold(self) -> None:
         self.ns.update(self._helpers)
         self.ns.update(self.fixed)
-        if not isinstance(self.ns.get("__builtins__"), dict):
-            self.ns["__builtins__"] = self._builtins()
+        # Model code that rebinds __builtins__ (even to another dict) would lose
+        # print/len/... for every later cell; the REPL's own table always comes back.
+        self.ns["__builtins__"] = self._builtins_table
 
     def user_variables(self) -> dict[str, Any]:
         """Names the model created or was given, without the scaffold and private names."""
@@ -369,7 +373,9 @@ class ReplCore:
             last_expr = compile(ast.Expression(last.value), filename, "eval")
         return compile(tree, filename, "exec"), last_expr
 
-    def _execute(self, code: str, outcome: CellOutcome, done: threading.Event) -> None:
+    def _execute(
+        self, code: str, outcome: CellOutcome, done: threading.Event, wake: threading.Event
+    ) -> None:
         _capture.out, _capture.err = self._out, self._err
         start = time.perf_counter()
         try:
@@ -398,6 +404,17 @@ class ReplCore:
             outcome.execution_time = time.perf_counter() - start
             _capture.out = _capture.err = None
             done.set()
+            wake.set()
+
+    def interrupt(self) -> None:
+        """Stop the cell that is running now (from any thread; returns at once).
+
+        The cell ends as if its caller had pressed Ctrl-C: its result reports
+        ``Interrupted`` and the namespace stays usable. No-op between cells.
+        """
+        wake = self._wake
+        if wake is not None:
+            wake.set()
 
     def run_cell(self, code: str, timeout: float | None = None) -> CellOutcome:
         """Run ``code``; return at most ``timeout`` (+ a short grace) seconds later.
@@ -408,22 +425,41 @@ class ReplCore:
         install_router()
         outcome = CellOutcome()
         done = threading.Event()
+        wake = threading.Event()
         with self._cell_lock:
             self._out = BoundedBuffer(self.max_output_chars)
             self._err = BoundedBuffer(self.max_output_chars)
             out, err = self._out, self._err
             thread = threading.Thread(
-                target=self._execute, args=(code, outcome, done), name="rlm-cell", daemon=True
+                target=self._execute,
+                args=(code, outcome, done, wake),
+                name="rlm-cell",
+                daemon=True,
             )
             start = time.perf_counter()
-            thread.start()
+            self._wake = wake
             try:
-                finished = done.wait(timeout)
+                # start() is inside the try: a Ctrl-C landing while the thread starts
+                # must stop the cell too, or it would run on (and hold the GIL) forever.
+                thread.start()
+                finished = wake.wait(timeout)
             except BaseException:
                 _stop_thread(thread, done, CellInterrupted)
-                self._out = self._err = None
+                self._out = self._err = self._wake = None
                 raise
-            if not finished:
+            self._wake = None
+            if finished and not done.is_set():  # interrupt() was called
+                stopped = _stop_thread(thread, done, CellInterrupted)
+                note = (
+                    "Interrupted: the cell was stopped because the run was cancelled."
+                    if stopped
+                    else "Interrupted: the run was cancelled; the cell is blocked in native code "
+                    "and was abandoned (its later output is discarded)."
+                )
+                err.write(note + "\n")
+                outcome.error = note
+                outcome.execution_time = time.perf_counter() - start
+            elif not finished:
                 stopped = _stop_thread(thread, done, CellTimeout)
                 outcome.timed_out = True
                 note = (
