@@ -38,14 +38,19 @@ def choose_backend() -> tuple[str, dict]:
     from rlm.local_model import fetch_model
 
     path = fetch_model()  # downloads and verifies once, then returns at once
-    return "llama_cpp", {"model_path": str(path), "sampling_args": {"temperature": 0, "max_tokens": 512}}
+    return "llama_cpp", {
+        "model_path": str(path),
+        "sampling_args": {"temperature": 0, "max_tokens": 512},
+    }
 
 
 def main() -> None:
     backend, backend_kwargs = choose_backend()
     context = build_context()
     question = "What is the harbour master password for pier nine?"
-    print(f"backend: {backend}; context: {len(context):,} characters (about {len(context) // 4:,} tokens)")
+    print(
+        f"backend: {backend}; context: {len(context):,} characters (about {len(context) // 4:,} tokens)"
+    )
 
     rlm = RLM(
         backend=backend,

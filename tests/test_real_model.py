@@ -26,11 +26,31 @@ SERVER_MODULES = ("fastapi", "uvicorn", "sse_starlette", "pydantic_settings")
 
 def haystack(entries: int, fact_line: str, position: int, seed: int = 7) -> str:
     rng = random.Random(seed)
-    words = (
-        "alpha beta gamma delta report shipment warehouse invoice customer order status "
-        "pending delivered region north south east west quarterly revenue"
-    ).split()
-    lines = [f"Entry {i}: " + " ".join(rng.choice(words) for _ in range(8)) + "." for i in range(entries)]
+    words = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "report",
+        "shipment",
+        "warehouse",
+        "invoice",
+        "customer",
+        "order",
+        "status",
+        "pending",
+        "delivered",
+        "region",
+        "north",
+        "south",
+        "east",
+        "west",
+        "quarterly",
+        "revenue",
+    ]
+    lines = [
+        f"Entry {i}: " + " ".join(rng.choice(words) for _ in range(8)) + "." for i in range(entries)
+    ]
     lines.insert(position, fact_line)
     return "\n".join(lines)
 
