@@ -523,7 +523,7 @@ def test_custom_tools_callables_and_values():
     try:
         result = env.execute_code("print(double(21), LOOKUP['a'], described(), LIMIT)")
         assert result.stdout == "42 1 described-ok 5\n"
-        assert env.globals["double"] is double
+        assert env.globals["double"].__wrapped__ is double  # wrapped: errors become strings
     finally:
         env.cleanup()
 
@@ -541,16 +541,16 @@ def test_reserved_tool_names_raise_in_rlm():
         LocalREPL(custom_tools={"not an identifier": 1})
 
 
-def test_custom_tool_that_raises_is_an_ordinary_error(repl):
+def test_custom_tool_that_raises_returns_an_error_string_and_the_cell_goes_on(repl):
     def fail():
         raise LookupError("tool broke")
 
     env = LocalREPL(custom_tools={"fail": fail})
     try:
-        result = env.execute_code("ok = 1\nfail()")
-        assert "LookupError" in (result.error or "")
-        assert "tool broke" in result.stderr
-        assert env.locals["ok"] == 1
+        result = env.execute_code("ok = 1\nmsg = fail()\nafter = 2")
+        assert result.error is None
+        assert env.locals["msg"] == "Error: tool fail() failed: LookupError: tool broke"
+        assert env.locals["ok"] == 1 and env.locals["after"] == 2
     finally:
         env.cleanup()
 
@@ -731,5 +731,18 @@ def test_the_walk_does_find_a_planted_client():
     try:
         with pytest.raises(AssertionError, match="OpenAIClient|API key"):
             _assert_nothing_sensitive(_helper_roots(env.globals))
+    finally:
+        env.cleanup()
+
+
+def test_a_custom_tool_that_raises_gives_the_model_an_error_string():
+    def broken(x):
+        raise RuntimeError(f"cannot handle {x}")
+
+    env = LocalREPL(custom_tools={"broken": broken})
+    try:
+        result = env.execute_code("out = broken(3)\nprint(out)")
+        assert result.error is None
+        assert result.stdout.startswith("Error: tool broken() failed: RuntimeError: cannot handle 3")
     finally:
         env.cleanup()

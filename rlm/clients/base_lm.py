@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlm.core.types import ModelUsageSummary, UsageSummary
+from rlm.utils.token_utils import count_tokens
 
 DEFAULT_TIMEOUT: float = 300.0
 
@@ -76,19 +77,9 @@ def to_messages(prompt: Any) -> Messages:
     return [{"role": "user", "content": content}]
 
 
-def estimate_tokens(text: str) -> int:
-    """A tokenizer-free estimate: about four characters per token (documented approximation)."""
-    return max(1, (len(text) + 3) // 4) if text else 0
-
-
 def estimate_message_tokens(messages: Messages) -> int:
-    total = 0
-    for message in messages:
-        content = message.get("content", "")
-        if not isinstance(content, str):
-            content = json.dumps(content, default=repr)
-        total += estimate_tokens(content) + 4  # role and framing
-    return total
+    """Estimated input tokens of ``messages`` (see :mod:`rlm.utils.token_utils`)."""
+    return count_tokens(messages)
 
 
 class UsageTracker:
@@ -124,6 +115,8 @@ class BaseLM:
 
     #: True for clients that run on the caller's machine and cost nothing per token.
     is_local: bool = False
+    #: The model's context window in tokens, when the client knows it (else a table is used).
+    context_window: int | None = None
 
     def __init__(
         self,

@@ -222,6 +222,7 @@ class LlamaCppClient(BaseLM):
         )
         self.model_path = path
         self.n_ctx = int(n_ctx)
+        self.context_window = self.n_ctx
         self.n_threads = int(n_threads or os.cpu_count() or 1)
         if self.n_ctx < MIN_N_CTX:
             # llama.cpp silently raises smaller windows to 256 while the Python

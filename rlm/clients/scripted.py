@@ -25,13 +25,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from rlm.clients.base_lm import (
-    BaseLM,
-    Generation,
-    Messages,
-    estimate_message_tokens,
-    estimate_tokens,
-)
+from rlm.clients.base_lm import BaseLM, Generation, Messages, estimate_message_tokens
+from rlm.utils.token_utils import estimate_tokens
 
 Script = list[str] | Iterator[str] | Callable[[Messages], str]
 

@@ -27,6 +27,7 @@ from rlm.core.comms_utils import (
     register_handler_token,
     socket_send,
 )
+from rlm.core.limiter import CallLimiter
 from rlm.core.types import RLMChatCompletion, UsageSummary
 from rlm.utils.exceptions import ProtocolError
 
@@ -52,6 +53,8 @@ class LMHandler:
         batch_max_concurrent: int = 16,
         require_token: bool = True,
         max_frame_bytes: int = MAX_FRAME_BYTES,
+        limiter: CallLimiter | None = None,
+        depth_models: dict[int, str] | None = None,
     ):
         self.default_client = client
         self.other_backend_client = other_backend_client
@@ -64,6 +67,13 @@ class LMHandler:
         self.guard: Guard | None = None
         self.subcall_fn: SubcallFn | None = None
         self._usage = UsageTracker()
+        #: Usage is also recorded here: the trackers of the handlers of enclosing runs.
+        self._ancestor_trackers: list[UsageTracker] = []
+        #: One cap on model calls in flight, shared by every handler of an RLM tree
+        #: (None: no cap beyond ``batch_max_concurrent`` per batch).
+        self.limiter = limiter
+        #: depth -> registered model name, for sub-calls made at that depth.
+        self.depth_models = dict(depth_models or {})
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
@@ -81,12 +91,22 @@ class LMHandler:
         self.clients[model_name] = client
 
     def get_client(self, model: str | None = None, depth: int = 0) -> BaseLM:
-        """A registered model name wins; then depth >= 1 goes to the sub-call client; else default."""
+        """A registered model name wins; then a per-depth mapping; then depth >= 1 goes to
+        the sub-call client; else the default client."""
         if model and model in self.clients:
             return self.clients[model]
+        mapped = self.depth_models.get(depth)
+        if mapped is not None and mapped in self.clients:
+            return self.clients[mapped]
         if depth >= 1 and self.other_backend_client is not None:
             return self.other_backend_client
         return self.default_client
+
+    def attach_to(self, parent: LMHandler) -> None:
+        """Make this handler part of ``parent``'s tree: its calls count in the parent's
+        usage (and its ancestors'), under the parent's concurrency cap."""
+        self._ancestor_trackers = [parent._usage, *parent._ancestor_trackers]
+        self.limiter = parent.limiter
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -250,6 +270,8 @@ class LMHandler:
     def _completed(self, prompt: Any, generation: Generation, start: float) -> RLMChatCompletion:
         usage = generation.usage()
         self._usage.record(generation.model, usage)
+        for tracker in self._ancestor_trackers:
+            tracker.record(generation.model, usage)
         return RLMChatCompletion(
             root_model=generation.model,
             prompt=prompt,
@@ -259,12 +281,29 @@ class LMHandler:
         )
 
     def _call(self, prompt: Any, model: str | None, depth: int) -> RLMChatCompletion:
-        start = time.perf_counter()
-        return self._completed(prompt, call_client(self.get_client(model, depth), prompt), start)
+        client = self.get_client(model, depth)
+        limiter = self.limiter
+        if limiter is not None:
+            limiter.acquire()
+        try:
+            start = time.perf_counter()
+            generation = call_client(client, prompt)
+        finally:
+            if limiter is not None:
+                limiter.release()
+        return self._completed(prompt, generation, start)
 
     async def _acall(self, prompt: Any, model: str | None, depth: int) -> RLMChatCompletion:
-        start = time.perf_counter()
-        generation = await acall_client(self.get_client(model, depth), prompt)
+        client = self.get_client(model, depth)
+        limiter = self.limiter
+        if limiter is not None:
+            await limiter.aacquire()
+        try:
+            start = time.perf_counter()
+            generation = await acall_client(client, prompt)
+        finally:
+            if limiter is not None:
+                limiter.release()
         return self._completed(prompt, generation, start)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:

@@ -8,6 +8,7 @@ and returns the answer the model submits, as an :class:`RLMChatCompletion`.
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 
 from rlm.clients import BaseLM, get_client
 from rlm.clients.base_lm import call_client, reports_usage_per_call
+from rlm.core.limiter import CallLimiter
 from rlm.core.lm_handler import LMHandler
 from rlm.core.types import (
     ClientBackend,
@@ -39,17 +41,22 @@ from rlm.utils.exceptions import (
     CancellationError,
     ConfigurationError,
     ErrorThresholdExceededError,
+    LimitExceededError,
     TimeoutExceededError,
     TokenLimitExceededError,
 )
 from rlm.utils.parsing import find_code_blocks, find_final_answer, format_iteration
 from rlm.utils.prompts import (
+    COMPACTION_NOTE,
     RLM_SYSTEM_PROMPT,
+    build_after_compaction_prompt,
+    build_compaction_prompt,
     build_final_answer_prompt,
     build_rlm_system_prompt,
     build_user_prompt,
 )
 from rlm.utils.rlm_utils import is_sensitive_key
+from rlm.utils.token_utils import context_window_for, count_tokens
 
 #: Environments that keep their namespace across completion() calls.
 _PERSISTENT_ENVIRONMENTS = {"local"}
@@ -64,6 +71,17 @@ def _without_secrets(value: Any) -> Any:
     return value
 
 
+def _error_completion(model: str, prompt: Any, message: str, start: float) -> RLMChatCompletion:
+    return RLMChatCompletion(
+        root_model=model,
+        prompt=prompt,
+        response=message,
+        usage_summary=UsageSummary(),
+        execution_time=time.perf_counter() - start,
+        error=message,
+    )
+
+
 def _fire(callback: Callable[..., Any] | None, *args: Any) -> None:
     """Call a user callback; a callback that raises never breaks the run."""
     if callback is None:
@@ -75,17 +93,41 @@ def _fire(callback: Callable[..., Any] | None, *args: Any) -> None:
 
 
 class _Run:
-    """The state of one completion() call (so concurrent calls on one RLM do not mix)."""
+    """The state of one completion() call (so concurrent calls on one RLM do not mix).
 
-    def __init__(self, rlm: RLM):
+    A child RLM's run points at its parent's: cancellation and deadlines flow
+    down the tree, and limit checks walk up it.
+    """
+
+    def __init__(self, rlm: RLM, parent: _Run | None = None):
+        self.rlm = rlm
+        self.parent = parent
         self.start = time.perf_counter()
-        self.deadline = self.start + rlm.max_timeout if rlm.max_timeout is not None else None
+        own = self.start + rlm.max_timeout if rlm.max_timeout is not None else None
+        inherited = parent.deadline if parent is not None else None
+        self.deadline = (
+            min(d for d in (own, inherited) if d is not None) if (own or inherited) else None
+        )
         self.cancelled = threading.Event()
         self.best_partial: str | None = None
         self.consecutive_errors = 0
         self.last_error: str | None = None
+        self.iteration = 0
         self.handler: LMHandler | None = None
         self.env: BaseEnv | None = None
+        # Size of the root history as last measured by the provider (for compaction).
+        self.measured_tokens: int | None = None
+        self.measured_messages = 0
+
+    def chain(self) -> list[_Run]:
+        runs, node = [], self
+        while node is not None:
+            runs.append(node)
+            node = node.parent
+        return runs
+
+    def is_cancelled(self) -> bool:
+        return any(r.cancelled.is_set() for r in self.chain())
 
     def cancel(self) -> None:
         """Cancel from another thread: later checks raise, and a running cell is stopped."""
@@ -144,6 +186,8 @@ class RLM:
         orchestrator: bool = True,
         user_prologue: str | None = None,
         max_concurrent_lm_calls: int = 16,
+        depth_models: dict[int, str] | None = None,
+        context_window: int | None = None,
     ):
         self._validate_numbers(
             depth=depth,
@@ -218,6 +262,8 @@ class RLM:
         self.compaction_threshold_pct = compaction_threshold_pct
         self.max_concurrent_subcalls = max_concurrent_subcalls
         self.max_concurrent_lm_calls = max_concurrent_lm_calls
+        self.depth_models = dict(depth_models or {})
+        self.context_window = context_window
         self.on_subcall_start = on_subcall_start
         self.on_subcall_complete = on_subcall_complete
         self.on_iteration_start = on_iteration_start
@@ -235,6 +281,16 @@ class RLM:
         ]
         self._persistent_env: BaseEnv | None = None
         self._persistent_lock = threading.Lock()
+        known = {self.client.model_name, *(c.model_name for c in self.other_clients)}
+        unknown = {d: m for d, m in self.depth_models.items() if m not in known}
+        if unknown:
+            raise ConfigurationError(
+                f"depth_models names models no client serves: {unknown}; known: {sorted(known)}"
+            )
+        if context_window is not None and (
+            not isinstance(context_window, int) or context_window < 1
+        ):
+            raise ConfigurationError("context_window must be a positive number of tokens")
 
         if self.logger is not None:
             self.logger.log_metadata(self._metadata())
@@ -280,51 +336,107 @@ class RLM:
         )
 
     def _make_handler(self, run: _Run) -> LMHandler:
+        parent = run.parent.handler if run.parent is not None else None
         handler = LMHandler(
             self.client,
             other_backend_client=self.other_clients[0] if self.other_clients else None,
             batch_max_concurrent=self.max_concurrent_lm_calls,
+            limiter=None if parent is not None else CallLimiter(self.max_concurrent_lm_calls),
+            depth_models=self.depth_models,
         )
+        if parent is not None:
+            handler.attach_to(parent)  # one usage tree, one concurrency cap
         for client in self.other_clients:
             handler.register_client(client.model_name, client)
-        handler.guard = lambda request: self._refusal(run, handler)
-        handler.subcall_fn = lambda prompt, model, depth: self._subcall(
-            run, handler, prompt, model, depth
-        )
+        handler.guard = lambda request: self._refusal(run)
+        # The child's depth is decided here, from this run, never from the request.
+        handler.subcall_fn = lambda prompt, model, _depth: self._subcall(run, prompt, model)
+        run.handler = handler
         return handler
 
-    def _refusal(self, run: _Run, handler: LMHandler) -> str | None:
-        """Why a sub-call must not start now (a limit is spent), or None."""
-        if run.cancelled.is_set():
-            return "the run was cancelled"
-        remaining = run.remaining()
-        if remaining is not None and remaining <= 0:
-            return f"time limit reached ({run.elapsed():.1f}s of {self.max_timeout:g}s)"
-        if self.max_budget is not None or self.max_tokens is not None:
+    @staticmethod
+    def _refusal(run: _Run) -> str | None:
+        """Why a model call must not start now (a limit of this run or an ancestor is spent)."""
+        for node in run.chain():
+            cfg, handler = node.rlm, node.handler
+            if node.cancelled.is_set():
+                return "the run was cancelled"
+            remaining = node.remaining()
+            if remaining is not None and remaining <= 0:
+                return f"time limit reached ({node.elapsed():.1f}s)"
+            if handler is None or (cfg.max_budget is None and cfg.max_tokens is None):
+                continue
             usage = handler.get_usage_summary()
             cost = usage.total_cost or 0.0
-            if self.max_budget is not None and cost > self.max_budget:
-                return f"budget exhausted (spent ${cost:.6f} of ${self.max_budget:.6f})"
-            if self.max_tokens is not None and usage.total_tokens > self.max_tokens:
-                return f"token limit reached ({usage.total_tokens:,} of {self.max_tokens:,} tokens)"
+            if cfg.max_budget is not None and cost > cfg.max_budget:
+                return f"budget exhausted (spent ${cost:.6f} of ${cfg.max_budget:.6f})"
+            if cfg.max_tokens is not None and usage.total_tokens > cfg.max_tokens:
+                return f"token limit reached ({usage.total_tokens:,} of {cfg.max_tokens:,} tokens)"
         return None
 
-    def _subcall(
-        self, run: _Run, handler: LMHandler, prompt: Any, model: str | None, depth: int
-    ) -> RLMChatCompletion:
-        """Serve ``rlm_query``: a plain model call one level down (recursion builds on this)."""
+    def _spawn_child(self, run: _Run, model: str | None) -> RLM:
+        """A child RLM one level down: same clients, limits leased from what ``run`` has left."""
+        assert run.handler is not None
+        child = copy.copy(self)
+        child.depth = self.depth + 1
+        if model:
+            registered = run.handler.clients.get(model)
+            child.client = registered or get_client(
+                self.backend, {**self.backend_kwargs, "model_name": model}
+            )
+        usage = run.handler.get_usage_summary()
+        if self.max_budget is not None:
+            child.max_budget = max(self.max_budget - (usage.total_cost or 0.0), 1e-12)
+        if self.max_tokens is not None:
+            child.max_tokens = max(self.max_tokens - usage.total_tokens, 1)
+        remaining = run.remaining()
+        if remaining is not None:
+            child.max_timeout = max(remaining, 1e-3)
+        child.max_iterations = max(1, min(self.max_iterations, self.max_iterations - run.iteration))
+        child.custom_tools = self.custom_sub_tools
+        child.custom_sub_tools = self.custom_sub_tools
+        child.persistent = False
+        child._persistent_env = None
+        child._persistent_lock = threading.Lock()
+        child.verbose = VerbosePrinter(enabled=False)
+        child.logger = None
+        if self.logger is not None:  # the child's trajectory travels in its result's metadata
+            child.logger = RLMLogger()
+            child.logger.log_metadata(child._metadata())
+        return child
+
+    def _subcall(self, run: _Run, prompt: Any, model: str | None) -> RLMChatCompletion:
+        """Serve ``rlm_query``: a child RLM one level down, or a plain call at the depth cap."""
+        assert run.handler is not None
+        handler = run.handler
+        depth = self.depth + 1
         preview = prompt if isinstance(prompt, str) else repr(prompt)
-        model_label = model or (handler.get_client(model, depth).model_name)
-        _fire(self.on_subcall_start, depth, model_label, preview[:80])
+        label = model or handler.get_client(model, depth).model_name
+        _fire(self.on_subcall_start, depth, label, preview[:80])
         start = time.perf_counter()
         error: str | None = None
         try:
-            return handler.completion_record(prompt, model, depth)
+            if depth >= self.max_depth:
+                return handler.completion_record(prompt, model, depth)
+            refusal = self._refusal(run)
+            if refusal:
+                error = refusal
+                return _error_completion(label, prompt, f"Error: {refusal}", start)
+            child = self._spawn_child(run, model)
+            question = prompt if isinstance(prompt, str) and len(prompt) <= 4000 else None
+            try:
+                return child._completion(prompt, question, _Run(child, parent=run))
+            except (LimitExceededError, CancellationError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                partial = f" Partial answer: {exc.partial_answer}" if exc.partial_answer else ""
+                return _error_completion(
+                    label, prompt, f"Error: the child RLM stopped: {exc}.{partial}", start
+                )
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            _fire(self.on_subcall_complete, depth, model_label, time.perf_counter() - start, error)
+            _fire(self.on_subcall_complete, depth, label, time.perf_counter() - start, error)
 
     def _environment(self, prompt: Any, handler: LMHandler) -> BaseEnv:
         if self.persistent and self._persistent_env is not None:
@@ -361,6 +473,11 @@ class RLM:
             root_prompt=root_prompt,
             orchestrator=self.orchestrator,
         )
+        if self.compaction:
+            messages[0] = {
+                "role": "system",
+                "content": messages[0]["content"] + "\n\n" + COMPACTION_NOTE,
+            }
         if self.user_prologue:
             messages.append({"role": "user", "content": self.user_prologue})
         return messages
@@ -368,7 +485,7 @@ class RLM:
     # ------------------------------------------------------------------ limits
 
     def _check_time(self, run: _Run, where: str) -> None:
-        if run.cancelled.is_set():
+        if run.is_cancelled():
             raise CancellationError(
                 partial_answer=run.best_partial, message="The run was cancelled"
             )
@@ -386,7 +503,7 @@ class RLM:
     def _check_limits(
         self, run: _Run, iteration: RLMIteration, number: int, handler: LMHandler
     ) -> None:
-        if run.cancelled.is_set():  # a cancelled cell's error is not the model's error
+        if run.is_cancelled():  # a cancelled cell's error is not the model's error
             self._check_time(run, f"after iteration {number}")
         errors = [b.result for b in iteration.code_blocks if b.result.error is not None]
         if errors:
@@ -438,13 +555,13 @@ class RLM:
     def _ask_root(self, run: _Run, handler: LMHandler, messages: list[dict[str, Any]]) -> str:
         """One root-model call, abandoned (with TimeoutExceededError) if it outlives max_timeout."""
         if run.deadline is None:
-            return handler.completion(messages)
+            return self._measured(run, messages, handler.completion_record(messages))
         box: dict[str, Any] = {}
         done = threading.Event()
 
         def call() -> None:
             try:
-                box["text"] = handler.completion(messages)
+                box["text"] = self._measured(run, messages, handler.completion_record(messages))
             except BaseException as exc:  # re-raised in the caller's thread
                 box["error"] = exc
             finally:
@@ -458,6 +575,51 @@ class RLM:
         if "error" in box:
             raise box["error"]
         return box["text"]
+
+    @staticmethod
+    def _measured(run: _Run, messages: list[dict[str, Any]], record: RLMChatCompletion) -> str:
+        """Remember how big the provider says the history is (prompt + answer), for compaction."""
+        usage = record.usage_summary
+        if usage.total_input_tokens > 0:
+            run.measured_tokens = usage.total_input_tokens + usage.total_output_tokens
+            run.measured_messages = len(messages) + 1  # the answer becomes the next message
+        return record.response
+
+    # ------------------------------------------------------------------ compaction
+
+    def _history_tokens(self, run: _Run, messages: list[dict[str, Any]]) -> int:
+        if run.measured_tokens is not None and run.measured_messages <= len(messages):
+            return run.measured_tokens + count_tokens(messages[run.measured_messages :])
+        return count_tokens(messages)
+
+    def _maybe_compact(
+        self,
+        run: _Run,
+        handler: LMHandler,
+        env: BaseEnv,
+        messages: list[dict[str, Any]],
+        setup_length: int,
+        compactions: int,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Summarise and restart the history once it fills ``compaction_threshold_pct`` of the window."""
+        window = context_window_for(self.client, self.context_window)
+        threshold = int(self.compaction_threshold_pct * window)
+        tokens = self._history_tokens(run, messages)
+        self.verbose.print_compaction_status(tokens, threshold, window)
+        if tokens < threshold:
+            return messages, compactions
+        compactions += 1
+        self.verbose.print_compaction()
+        summary = self._ask_root(run, handler, [*messages, build_compaction_prompt()])
+        if hasattr(env, "append_compaction_entry"):
+            env.append_compaction_entry({"type": "summary", "content": summary})
+        run.measured_tokens = None
+        restarted = [
+            *messages[:setup_length],
+            {"role": "assistant", "content": summary},
+            build_after_compaction_prompt(compactions),
+        ]
+        return restarted, compactions
 
     def _run_iteration(
         self, run: _Run, handler: LMHandler, env: BaseEnv, messages: list[dict[str, Any]]
@@ -576,18 +738,24 @@ class RLM:
     ) -> RLMChatCompletion:
         context_count = env.get_context_count() if isinstance(env, SupportsPersistence) else 1
         history_count = env.get_history_count() if isinstance(env, SupportsPersistence) else 0
+        setup_length = len(messages)
+        compactions = 0
         for number in range(1, self.max_iterations + 1):
+            run.iteration = number
             self._check_time(run, f"before iteration {number}")
-            _fire(self.on_iteration_start, self.depth, number)
-            messages.append(
-                build_user_prompt(
-                    root_prompt,
-                    number - 1,
-                    context_count,
-                    history_count,
-                    max_iterations=self.max_iterations,
+            if self.compaction and number > 1:
+                messages, compactions = self._maybe_compact(
+                    run, handler, env, messages, setup_length, compactions
                 )
+            _fire(self.on_iteration_start, self.depth, number)
+            turn = build_user_prompt(
+                root_prompt,
+                number - 1,
+                context_count,
+                history_count,
+                max_iterations=self.max_iterations,
             )
+            messages.append(turn)
             iteration = self._run_iteration(run, handler, env, messages)
             if iteration.final_answer is not None:
                 run.best_partial = iteration.final_answer
@@ -600,7 +768,10 @@ class RLM:
                 return self._finish(
                     run, handler, env, messages, prompt, iteration.final_answer, number
                 )
-            messages.extend(format_iteration(iteration))
+            new_messages = format_iteration(iteration)
+            messages.extend(new_messages)
+            if self.compaction and hasattr(env, "append_compaction_entry"):
+                env.append_compaction_entry([turn, *new_messages])
 
         # Out of iterations: ask once for the best answer from what was learned.
         final_messages = [*messages, build_final_answer_prompt(root_prompt)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,6 +47,19 @@ def parse_custom_tools(custom_tools: dict[str, Any] | None) -> list[ToolInfo]:
 
 def extract_tool_value(entry: Any) -> Any:
     return parse_tool_entry("", entry).value
+
+
+def guarded_tool(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a custom tool so that an exception becomes an ``Error: ...`` string for the model."""
+
+    @functools.wraps(fn)
+    def tool(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            return f"Error: tool {name}() failed: {type(exc).__name__}: {exc}"
+
+    return tool
 
 
 def format_tools_for_prompt(custom_tools: dict[str, Any] | None) -> str | None:

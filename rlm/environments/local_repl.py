@@ -25,6 +25,7 @@ from rlm.core.types import REPLResult, RLMChatCompletion
 from rlm.environments.base_env import (
     NonIsolatedEnv,
     extract_tool_value,
+    guarded_tool,
     validate_custom_tools,
 )
 from rlm.environments.repl_core import DEFAULT_MAX_OUTPUT_CHARS, ReplCore
@@ -192,7 +193,8 @@ class LocalREPL(NonIsolatedEnv):
     def setup(self) -> None:
         self._core = ReplCore(_make_helpers(self._channel), max_output_chars=self.max_output_chars)
         for name, entry in self.custom_tools.items():
-            self._core.ns[name] = extract_tool_value(entry)
+            value = extract_tool_value(entry)
+            self._core.ns[name] = guarded_tool(name, value) if callable(value) else value
         if self.compaction:
             self._compaction_history: list[Any] = []
             self._core.set_fixed("history", self._compaction_history)

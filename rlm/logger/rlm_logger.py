@@ -65,7 +65,7 @@ def compact(value: Any, max_string: int = MAX_LOG_STRING, _depth: int = 0) -> An
         return value
     if isinstance(value, str):
         return truncate_middle(value, max_string) if len(value) > max_string else value
-    if _depth > 12:
+    if _depth > 80:  # child trajectories nest several levels per RLM depth
         return _bounded_repr(value, 200)
     if isinstance(value, dict):
         items = list(value.items())

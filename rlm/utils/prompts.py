@@ -19,6 +19,9 @@ __all__ = [
     "build_rlm_system_prompt",
     "build_user_prompt",
     "build_final_answer_prompt",
+    "build_compaction_prompt",
+    "build_after_compaction_prompt",
+    "COMPACTION_NOTE",
 ]
 
 RLM_SYSTEM_PROMPT = """You answer questions about a context that is too long to read at once.
@@ -156,5 +159,37 @@ def build_final_answer_prompt(root_prompt: str | None = None) -> dict[str, str]:
         "content": (
             f"You have no turns left. Reply now with your best final answer{question}. "
             "Write only the answer, as plain text, with no code."
+        ),
+    }
+
+
+COMPACTION_NOTE = (
+    "When your conversation grows long it is replaced by your own summary of it. Nothing is "
+    "lost: the REPL variable `history` is a list holding every earlier turn and every summary."
+)
+
+
+def build_compaction_prompt() -> dict[str, str]:
+    """Asked when the history fills most of the model's window."""
+    return {
+        "role": "user",
+        "content": (
+            "Your conversation is about to be shortened. Write a summary of your progress that "
+            "lets you continue without it: what the task is, what you have done and found "
+            "(copy exact numbers, names and REPL variable names), what is left, and your next "
+            "step. Plain text, no code blocks."
+        ),
+    }
+
+
+def build_after_compaction_prompt(count: int) -> dict[str, str]:
+    """Opens the restarted history, after the summary."""
+    times = "once" if count == 1 else f"{count} times"
+    return {
+        "role": "user",
+        "content": (
+            f"The conversation was shortened {times}; the summary above is where you are. "
+            "Your REPL variables are all still defined (SHOW_VARS() lists them) and `history` "
+            "holds the full record. Continue with the next step; do not redo finished work."
         ),
     }
