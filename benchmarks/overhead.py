@@ -115,6 +115,25 @@ def bench_per_iteration(iterations: int) -> None:
     )
 
 
+def bench_child_rlm(children: int) -> None:
+    """Cost of a child RLM (its own REPL and handler) when the child answers at once."""
+
+    def script(messages):
+        if "CHILD" in messages[1]["content"]:
+            return ANSWER
+        if sum(1 for m in messages if m["role"] == "assistant") == 0:
+            return (
+                "```repl\nimport time\nt0 = time.perf_counter()\n"
+                f"for i in range({children}):\n    rlm_query('CHILD %d' % i)\n"
+                "per_child = (time.perf_counter() - t0) / " + str(children) + "\n```"
+            )
+        return '```repl\nanswer["content"] = str(per_child)\nanswer["ready"] = True\n```'
+
+    rlm = RLM(backend="scripted", backend_kwargs={"responses": script}, max_depth=2, max_iterations=3)
+    per_child = float(rlm.completion("ctx").response)
+    report(f"rlm_query child RLM overhead ({children} sequential)", f"{per_child * 1000:.2f} ms", "-", "about 500 ms")
+
+
 _MEMORY_SCRIPT = """
 import resource, sys, time
 from rlm import RLM
@@ -218,6 +237,7 @@ def main() -> None:
     bench_batched(200 if quick else 1000, 64)
     bench_fixed_cost(5 if quick else 30)
     bench_per_iteration(20)
+    bench_child_rlm(20 if quick else 100)
     for size in (10,) if quick else (100, 500):
         bench_context_memory(size)
     bench_log_size(10, 10)
