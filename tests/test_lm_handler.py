@@ -11,11 +11,11 @@ import threading
 import pytest
 
 from rlm.clients.base_lm import BaseLM, estimate_message_tokens, to_messages
-from rlm.utils.token_utils import estimate_tokens
 from rlm.clients.scripted import ScriptedLM
 from rlm.core.comms_utils import LMRequest, send_lm_request, send_lm_request_batched
 from rlm.core.lm_handler import LMHandler
 from rlm.core.types import ModelUsageSummary, UsageSummary
+from rlm.utils.token_utils import estimate_tokens
 
 HEADER = struct.Struct(">I")
 

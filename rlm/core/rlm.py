@@ -59,7 +59,7 @@ from rlm.utils.rlm_utils import is_sensitive_key
 from rlm.utils.token_utils import context_window_for, count_tokens
 
 #: Environments that keep their namespace across completion() calls.
-_PERSISTENT_ENVIRONMENTS = {"local"}
+_PERSISTENT_ENVIRONMENTS = {"local", "subprocess", "docker"}
 
 
 def _without_secrets(value: Any) -> Any:

@@ -79,7 +79,25 @@ def _lazy(module: str, cls: str, extra: str | None = None) -> EnvFactory:
     return factory
 
 
+def _lazy_check(module: str, cls: str) -> Callable[[dict[str, Any]], None]:
+    def check(kwargs: dict[str, Any]) -> None:
+        getattr(importlib.import_module(module), cls).check_kwargs(kwargs)
+
+    return check
+
+
 register_environment("local", lambda kwargs: LocalREPL(**kwargs), LocalREPL.check_kwargs)
+# Isolated environments: one worker program (worker.py) and one host driver (isolated.py).
+register_environment(
+    "subprocess",
+    _lazy("rlm.environments.subprocess_repl", "SubprocessREPL"),
+    _lazy_check("rlm.environments.subprocess_repl", "SubprocessREPL"),
+)
+register_environment(
+    "docker",
+    _lazy("rlm.environments.docker_repl", "DockerREPL"),
+    _lazy_check("rlm.environments.docker_repl", "DockerREPL"),
+)
 
 __all__ = [
     "RESERVED_TOOL_NAMES",

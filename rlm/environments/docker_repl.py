@@ -1,0 +1,275 @@
+"""DockerREPL: the worker in a locked-down container.
+
+The container runs ``python3 -c BOOTSTRAP`` from any image that has
+``python3`` (default ``python:3.11-slim``; nothing is installed at start):
+the worker's two files arrive as the first frame over ``docker run -i``
+stdin, and the channel is that stdin/stdout, so no port is opened for it.
+
+Started with ``--network none``, a read-only root, a tmpfs working directory,
+memory, CPU and process limits, every capability dropped,
+``no-new-privileges`` and an unprivileged user (65534, "nobody").
+The ``docker`` command runs with a scrubbed environment (only PATH, HOME and
+``DOCKER_*`` settings), and nothing from the host's environment is passed
+into the container.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from typing import Any
+
+from rlm.environments.isolated import (
+    BOOTSTRAP,
+    IsolatedREPL,
+    ProcessChannel,
+    describe_returncode,
+)
+from rlm.utils.exceptions import ConfigurationError
+
+DEFAULT_IMAGE = "python:3.11-slim"
+#: Set to use another image when ``environment_kwargs`` names none (tests and CI use a
+#: locally built one: scripts/docker_image.sh).
+IMAGE_ENV_VAR = "RLM_DOCKER_IMAGE"
+
+
+def docker_env() -> dict[str, str]:
+    """What the ``docker`` command needs from our environment, and nothing else."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("DOCKER_")}
+    env["PATH"] = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env["HOME"] = os.environ.get("HOME", "/tmp")
+    return env
+
+
+_engines_seen: set[str] = set()
+
+
+def docker_available(binary: str = "docker", timeout: float = 10.0) -> str | None:
+    """None when an engine answers, else why not (for skip messages and errors)."""
+    if binary in _engines_seen:
+        return None
+    if shutil.which(binary) is None:
+        return f"no {binary!r} command on PATH"
+    try:
+        proc = subprocess.run(
+            [binary, "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            timeout=timeout,
+            env=docker_env(),
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"docker did not answer: {exc}"
+    if proc.returncode != 0:
+        return "no Docker engine reachable: " + proc.stderr.decode(errors="replace").strip()[:300]
+    _engines_seen.add(binary)
+    return None
+
+
+class DockerTransport:
+    """Starts the worker in a container; the channel is ``docker run -i`` stdin/stdout."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        image: str,
+        docker: str = "docker",
+        memory_mb: int | None = 2048,
+        cpus: float | None = 1.0,
+        pids_limit: int | None = 64,
+        workdir_mb: int = 256,
+        user: str = "65534:65534",
+        network: str = "none",
+        run_args: list[str] | None = None,
+    ):
+        self.image = image
+        self.docker = docker
+        self.limits = {
+            "memory_mb": memory_mb,
+            "cpus": cpus,
+            "pids_limit": pids_limit,
+            "workdir_mb": workdir_mb,
+        }
+        self.user = user
+        self.network = network
+        self.run_args = list(run_args or [])
+        self.container: str | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.channel: ProcessChannel | None = None
+
+    def argv(self, name: str) -> list[str]:
+        cmd = [
+            self.docker,
+            "run",
+            "-i",
+            "--rm",
+            "--name",
+            name,
+            "--network",
+            self.network,
+            "--read-only",
+            "--tmpfs",
+            f"/work:rw,exec,size={self.limits['workdir_mb']}m,mode=1777",
+            "--tmpfs",
+            "/tmp:rw,size=64m,mode=1777",
+            # No --workdir: with it, docker 20.10 resets the tmpfs mode to 755 (root only);
+            # the worker moves to $HOME itself.
+            "--env",
+            "HOME=/work",
+            "--env",
+            "LANG=C.UTF-8",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--user",
+            self.user,
+            "--ulimit",
+            "nofile=256:256",
+            "--ulimit",
+            "core=0:0",
+            "--log-driver",
+            "none",
+        ]
+        if self.limits["memory_mb"]:
+            mem = f"{self.limits['memory_mb']}m"
+            cmd += ["--memory", mem, "--memory-swap", mem]
+        if self.limits["cpus"]:
+            cmd += ["--cpus", str(self.limits["cpus"])]
+        if self.limits["pids_limit"]:
+            cmd += ["--pids-limit", str(self.limits["pids_limit"])]
+        cmd += self.run_args
+        return [*cmd, self.image, "python3", "-I", "-S", "-B", "-c", BOOTSTRAP]
+
+    @property
+    def isolation(self) -> dict[str, Any]:
+        return {
+            "sandbox": "docker",
+            "image": self.image,
+            "network": self.network,
+            "read_only_root": True,
+            "workdir": "/work (tmpfs)",
+            "uid": self.user,
+            "capabilities": "none",
+            "no_new_privileges": True,
+            "scrubbed_env": True,
+            "limits": {k: v for k, v in self.limits.items() if v},
+        }
+
+    def start(self) -> ProcessChannel:
+        self.stop()
+        self.container = f"rlm-{uuid.uuid4().hex[:12]}"
+        self.proc = subprocess.Popen(
+            self.argv(self.container),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=docker_env(),
+            start_new_session=True,
+            bufsize=0,
+        )
+        self.channel = ProcessChannel(self.proc)
+        return self.channel
+
+    def exit_status(self) -> str | None:
+        if self.proc is None:
+            return None
+        try:
+            code = self.proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            return None
+        return describe_returncode(code)
+
+    def stderr_tail(self) -> str:
+        return self.channel.stderr_tail() if self.channel is not None else ""
+
+    def stop(self) -> None:
+        name, self.container = self.container, None
+        proc, self.proc = self.proc, None
+        if name is not None:
+            # Removes the container even when the docker client is stuck or gone.
+            try:
+                subprocess.run(
+                    [self.docker, "rm", "-f", name],
+                    capture_output=True,
+                    timeout=30,
+                    env=docker_env(),
+                    check=False,
+                )
+            except (OSError, subprocess.SubprocessError):
+                pass
+        if proc is not None:
+            try:
+                proc.kill()
+                proc.wait(timeout=10)
+            except (OSError, subprocess.SubprocessError):
+                pass
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+
+class DockerREPL(IsolatedREPL):
+    """The worker in a Docker container (see the module docstring).
+
+    Options (``environment_kwargs``): ``image`` (default ``$RLM_DOCKER_IMAGE`` or
+    ``python:3.11-slim``), ``docker`` (the client command), ``memory_mb`` (2048),
+    ``cpus`` (1.0), ``pids_limit`` (64), ``workdir_mb`` (256), ``user``
+    ("65534:65534"), ``network`` ("none"), ``run_args`` (extra ``docker run``
+    arguments), plus ``cell_timeout``, ``max_output_chars``, ``setup_code``,
+    ``start_timeout``.
+    """
+
+    _OPTIONS = (
+        "image",
+        "docker",
+        "memory_mb",
+        "cpus",
+        "pids_limit",
+        "workdir_mb",
+        "user",
+        "network",
+        "run_args",
+    )
+
+    def __init__(
+        self,
+        image: str | None = None,
+        docker: str = "docker",
+        memory_mb: int | None = 2048,
+        cpus: float | None = 1.0,
+        pids_limit: int | None = 64,
+        workdir_mb: int = 256,
+        user: str = "65534:65534",
+        network: str = "none",
+        run_args: list[str] | None = None,
+        **kwargs: Any,
+    ):
+        self.check_kwargs(kwargs)
+        image = image or os.environ.get(IMAGE_ENV_VAR) or DEFAULT_IMAGE
+        if not isinstance(image, str) or not image.strip():
+            raise ConfigurationError(f"image must be a non-empty string, got {image!r}")
+        why = docker_available(docker)
+        if why is not None:
+            raise ConfigurationError(
+                f"environment='docker' needs a running Docker engine: {why}. "
+                "Install docker and start dockerd (see scripts/docker_image.sh)."
+            )
+        self._transport_args = dict(
+            image=image,
+            docker=docker,
+            memory_mb=memory_mb,
+            cpus=cpus,
+            pids_limit=pids_limit,
+            workdir_mb=workdir_mb,
+            user=user,
+            network=network,
+            run_args=run_args,
+        )
+        super().__init__(**kwargs)
+
+    def _make_transport(self) -> DockerTransport:
+        return DockerTransport(**self._transport_args)

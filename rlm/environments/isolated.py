@@ -1,0 +1,580 @@
+"""The host side of every isolated environment.
+
+``IsolatedREPL`` drives the worker program (``rlm/environments/worker.py``)
+over one framed channel. What differs between sandboxes lives in a small
+*transport*: ``start()`` returns a channel to a freshly started ``python3``
+that runs :data:`BOOTSTRAP`, ``stop()`` tears everything down, and
+``isolation`` says which protection layers are active. A transport for a new
+sandbox only starts a process, moves bytes and stops it.
+
+The driver
+
+* ships ``repl_core.py`` and ``worker.py`` as the first frame (the sandbox
+  needs nothing installed: :data:`BOOTSTRAP` loads them from that frame);
+* sends each context once, as data;
+* serves the worker's ``llm_query``/``llm_query_batched``/``rlm_query*`` calls
+  by relaying them to the LM handler (``send_lm_request*`` attach the
+  handler's token, so the worker never holds it), and runs host-side custom
+  tools by remote call;
+* enforces each cell's time limit on the host: the worker stops a cell at its
+  limit itself; if it does not answer within a grace period (a C call
+  holding the interpreter, a crash, a killed process), the worker is killed
+  and started again with its contexts and histories, and the result says so.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import inspect
+import itertools
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+from rlm.core.comms_utils import encode_frame
+from rlm.core.types import REPLResult
+from rlm.environments.base_env import IsolatedEnv, parse_custom_tools, validate_custom_tools
+from rlm.environments.local_repl import DEFAULT_CELL_TIMEOUT, _Channel, _make_helpers
+from rlm.environments.repl_core import DEFAULT_MAX_OUTPUT_CHARS
+from rlm.utils.exceptions import ConfigurationError
+
+_HERE = Path(__file__).resolve().parent
+
+#: Run with ``python3 -c BOOTSTRAP``: reads the first frame (``{"repl_core": source,
+#: "rlm_worker": source}``) from stdin, loads both as modules and serves.
+BOOTSTRAP = (
+    "import sys,json,struct,types\n"
+    "r=sys.stdin.buffer\n"
+    "n=struct.unpack('>I',r.read(4))[0]\n"
+    "m=json.loads(r.read(n))\n"
+    "for k in ('repl_core','rlm_worker'):\n"
+    "    mod=types.ModuleType(k);mod.__file__=k+'.py';sys.modules[k]=mod\n"
+    "    exec(compile(m[k],k+'.py','exec'),mod.__dict__)\n"
+    "sys.modules['rlm_worker'].main()\n"
+)
+
+#: Seconds the host waits past a cell's limit for the worker's own answer (the worker
+#: spends up to 2 s interrupting the cell) before it kills and restarts the worker.
+HOST_GRACE_SECONDS = 5.0
+DEFAULT_START_TIMEOUT = 60.0
+
+_sources: dict[str, str] | None = None
+
+
+def worker_sources() -> dict[str, str]:
+    """The two files the sandbox runs, read once from the installed package."""
+    global _sources
+    if _sources is None:
+        _sources = {
+            "repl_core": (_HERE / "repl_core.py").read_text(encoding="utf-8"),
+            "rlm_worker": (_HERE / "worker.py").read_text(encoding="utf-8"),
+        }
+    return _sources
+
+
+class WorkerError(RuntimeError):
+    """The worker could not be started or stopped answering."""
+
+
+# ---------------------------------------------------------------------------
+# Channels and transports
+# ---------------------------------------------------------------------------
+
+
+class Channel(Protocol):
+    """Bytes to and from the worker."""
+
+    def read_exact(self, n: int) -> bytes | None: ...  # None at a clean end of stream
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Starts the worker somewhere and tears it down (see the module docstring)."""
+
+    name: str
+
+    def start(self) -> Channel: ...
+
+    def stop(self) -> None: ...
+
+    def exit_status(self) -> str | None: ...  # how the worker ended, for error messages
+
+    def stderr_tail(self) -> str: ...
+
+    @property
+    def isolation(self) -> dict[str, Any]: ...
+
+
+class ProcessChannel:
+    """A channel over a child process's stdin/stdout pipes; keeps the tail of its stderr."""
+
+    def __init__(self, proc: Any, stderr_keep: int = 8192):
+        self.proc = proc
+        self._in = proc.stdout
+        self._out = proc.stdin
+        self._tail: collections.deque[bytes] = collections.deque()
+        self._tail_size = 0
+        self._keep = stderr_keep
+        if proc.stderr is not None:
+            threading.Thread(target=self._drain, name="rlm-worker-stderr", daemon=True).start()
+
+    def _drain(self) -> None:
+        stream = self.proc.stderr
+        try:
+            while True:
+                chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
+                if not chunk:
+                    break
+                self._tail.append(chunk)
+                self._tail_size += len(chunk)
+                while self._tail_size > self._keep and len(self._tail) > 1:
+                    self._tail_size -= len(self._tail.popleft())
+        except (OSError, ValueError):
+            pass
+
+    def stderr_tail(self) -> str:
+        return b"".join(self._tail)[-self._keep :].decode("utf-8", "replace")
+
+    def read_exact(self, n: int) -> bytes | None:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self._in.readinto(view[got:])
+            if not k:
+                if got == 0:
+                    return None
+                raise ConnectionError(f"worker channel closed after {got} of {n} bytes")
+            got += k
+        return buf
+
+    def write(self, data: bytes) -> None:
+        self._out.write(data)
+        self._out.flush()
+
+    def close(self) -> None:
+        for stream in (self._out, self._in):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+
+
+def describe_returncode(code: int | None) -> str | None:
+    if code is None:
+        return None
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code == 137:
+        return "killed (exit status 137: SIGKILL, e.g. out of memory)"
+    return f"exit status {code}"
+
+
+# ---------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------
+
+_COMMON_KWARGS = (
+    "lm_handler_address",
+    "context_payload",
+    "setup_code",
+    "persistent",
+    "depth",
+    "custom_tools",
+    "custom_sub_tools",
+    "compaction",
+    "max_concurrent_subcalls",
+    "cell_timeout",
+    "max_output_chars",
+    "start_timeout",
+)
+
+
+class IsolatedREPL(IsolatedEnv):
+    """A REPL whose namespace lives in a worker process reached through a transport.
+
+    Subclasses implement ``_make_transport()`` and list their own options in
+    ``_OPTIONS`` (the keyword arguments ``__init__`` takes beyond the common ones).
+    """
+
+    supports_cell_timeout = True
+    _OPTIONS: tuple[str, ...] = ()
+
+    @classmethod
+    def check_kwargs(cls, kwargs: dict[str, Any]) -> None:
+        """Reject environment_kwargs this environment does not take (at RLM construction)."""
+        accepted = set(_COMMON_KWARGS) | set(cls._OPTIONS)
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            raise ConfigurationError(
+                f"{cls.__name__} got unexpected environment_kwargs: {unknown}. "
+                f"Accepted: {', '.join(sorted(set(cls._OPTIONS) | {'setup_code', 'cell_timeout', 'max_output_chars', 'start_timeout'}))}"
+            )
+
+    def __init__(
+        self,
+        lm_handler_address: tuple[str, int] | None = None,
+        context_payload: Any = None,
+        setup_code: str | None = None,
+        persistent: bool = False,
+        depth: int = 1,
+        custom_tools: dict[str, Any] | None = None,
+        custom_sub_tools: dict[str, Any] | None = None,
+        compaction: bool = False,
+        max_concurrent_subcalls: int = 4,
+        cell_timeout: float | None = DEFAULT_CELL_TIMEOUT,
+        max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+    ):
+        super().__init__(
+            persistent=persistent, depth=depth, max_concurrent_subcalls=max_concurrent_subcalls
+        )
+        validate_custom_tools(custom_tools)
+        for name, value in (("cell_timeout", cell_timeout), ("start_timeout", start_timeout)):
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+        self.custom_tools = dict(custom_tools or {})
+        self.custom_sub_tools = (
+            dict(custom_sub_tools) if custom_sub_tools is not None else self.custom_tools
+        )
+        self.compaction = compaction
+        self.cell_timeout = cell_timeout
+        self.max_output_chars = max_output_chars
+        self.start_timeout = start_timeout
+        self._channel = _Channel(lm_handler_address, depth, max_concurrent_subcalls)
+        self._helpers = _make_helpers(self._channel)
+        self._tools = {t.name: t for t in parse_custom_tools(self.custom_tools)}
+        self._contexts: dict[int, Any] = {}
+        self._histories: dict[int, Any] = {}
+        self._compaction_entries: list[Any] = []
+        self._ids = itertools.count(1)
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._waiting: dict[int, list[Any]] = {}  # request id -> [event, message]
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(4, max_concurrent_subcalls) + 2, thread_name_prefix="rlm-isolated"
+        )
+        self._chan: Channel | None = None
+        self._dead: str | None = None  # why the current worker stopped, once it has
+        self._ready = threading.Event()
+        self._closed = False
+        self.restarts = 0
+        self.transport: Transport = self._make_transport()
+        try:
+            self.setup()
+            if context_payload is not None:
+                self.load_context(context_payload)
+            if setup_code:
+                result = self.execute_code(setup_code)
+                if result.error:
+                    raise ConfigurationError(f"setup_code failed: {result.error}")
+        except BaseException:
+            self.cleanup()
+            raise
+
+    # -- to implement ------------------------------------------------------------------
+
+    def _make_transport(self) -> Transport:
+        raise NotImplementedError
+
+    # -- worker lifecycle ------------------------------------------------------------------
+
+    @property
+    def isolation(self) -> dict[str, Any]:
+        """Which protection layers are active (names -> True/False or a value)."""
+        return dict(self.transport.isolation)
+
+    @property
+    def lm_handler_address(self) -> tuple[str, int] | None:
+        return self._channel.address
+
+    def setup(self) -> None:
+        """Start the worker and give it its tools (contexts are sent by ``load_context``)."""
+        self._start_worker()
+
+    def _start_worker(self) -> None:
+        self._dead = None
+        self._ready = threading.Event()
+        chan = self.transport.start()
+        self._chan = chan
+        threading.Thread(
+            target=self._reader, args=(chan,), name="rlm-isolated-reader", daemon=True
+        ).start()
+        self._send(worker_sources())
+        if not self._ready.wait(self.start_timeout) or self._dead is not None:
+            why = self._dead or f"no answer within {self.start_timeout:g} s"
+            tail = self.transport.stderr_tail().strip()
+            self.transport.stop()
+            raise WorkerError(
+                f"The {self.transport.name} worker did not start: {why}"
+                + (f"\nworker stderr:\n{tail[-2000:]}" if tail else "")
+            )
+        tools: dict[str, Any] = {}
+        for name, tool in self._tools.items():
+            if tool.is_callable:
+                tools[name] = {"callable": True}
+            else:
+                tools[name] = {"callable": False, "value": tool.value}
+        self._send(
+            {
+                "type": "init",
+                "depth": self.depth,
+                "max_output_chars": self.max_output_chars,
+                "tools": tools,
+                "compaction": bool(self.compaction),
+            }
+        )
+        for index, payload in sorted(self._contexts.items()):
+            self._send({"type": "context", "index": index, "value": payload})
+        for index, payload in sorted(self._histories.items()):
+            self._send({"type": "history", "index": index, "value": payload})
+        for entry in self._compaction_entries:
+            self._send({"type": "compaction_entry", "value": entry})
+
+    def _restart(self) -> str:
+        """Kill the worker and start a fresh one; returns a note for the cell's stderr."""
+        self._chan = None  # the old reader sees it is stale and leaves the new worker's state alone
+        self.transport.stop()
+        self.restarts += 1
+        try:
+            self._start_worker()
+        except Exception as exc:
+            return f"The worker could not be restarted: {exc}"
+        return (
+            "The worker was restarted with its contexts and histories; "
+            "variables created by earlier cells were lost."
+        )
+
+    def _send(self, message: dict[str, Any]) -> None:
+        data = encode_frame(message)
+        chan = self._chan
+        if chan is None:
+            raise WorkerError("the worker is not running")
+        with self._write_lock:
+            chan.write(data)
+
+    def _try_send(self, message: dict[str, Any]) -> bool:
+        try:
+            self._send(message)
+            return True
+        except (OSError, ValueError, WorkerError):
+            return False
+
+    def _reader(self, chan: Channel) -> None:
+        why = "the worker closed its channel"
+        try:
+            while True:
+                header = chan.read_exact(4)
+                if header is None:
+                    break
+                payload = chan.read_exact(int.from_bytes(header, "big"))
+                if payload is None:
+                    break
+                message = json.loads(payload)
+                kind = message.get("type")
+                if kind == "ready":
+                    self._ready.set()
+                elif kind == "call":
+                    self._pool.submit(self._serve_call, message)
+                elif kind in ("result", "resolved"):
+                    with self._state_lock:
+                        slot = self._waiting.get(message.get("id"))
+                    if slot is not None:
+                        slot[1] = message
+                        slot[0].set()
+        except Exception as exc:  # a broken frame or a closed pipe: the worker is unusable
+            why = f"the worker channel failed: {type(exc).__name__}: {exc}"
+        if self._chan is not chan:
+            return  # an old worker's reader, after a restart
+        status = self.transport.exit_status()
+        self._dead = why + (f" ({status})" if status else "")
+        self._ready.set()
+        with self._state_lock:
+            for slot in self._waiting.values():
+                slot[0].set()
+
+    def _serve_call(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        args = message.get("args") or []
+        kwargs = message.get("kwargs") or {}
+        reply: dict[str, Any] = {"type": "reply", "id": message.get("id")}
+        try:
+            if op == "tool":
+                tool = self._tools.get(str(message.get("name")))
+                if tool is None or not tool.is_callable:
+                    raise LookupError(f"no host tool named {message.get('name')!r}")
+                reply["value"] = tool.value(*args, **kwargs)
+            elif op in self._helpers:
+                reply["value"] = self._helpers[op](*args, **kwargs)
+            else:
+                raise LookupError(f"unknown operation {op!r}")
+        except Exception as exc:  # becomes an "Error: ..." string in the cell
+            label = f"tool {message.get('name')}" if op == "tool" else op
+            reply = {
+                "type": "reply",
+                "id": message.get("id"),
+                "error": f"{label} failed: {type(exc).__name__}: {exc}",
+            }
+        try:
+            json.dumps(reply.get("value"))
+        except (TypeError, ValueError):
+            reply["value"] = repr(reply.get("value"))
+        self._try_send(reply)
+
+    def _request(self, message: dict[str, Any], wait: float | None) -> dict[str, Any] | None:
+        """Send a request with a fresh id; its answer, or None (no answer in time, or dead)."""
+        request_id = next(self._ids)
+        slot: list[Any] = [threading.Event(), None]
+        with self._state_lock:
+            self._waiting[request_id] = slot
+        try:
+            if self._dead is None and self._try_send({**message, "id": request_id}):
+                slot[0].wait(wait)
+            return slot[1]
+        finally:
+            with self._state_lock:
+                self._waiting.pop(request_id, None)
+
+    # -- contexts and histories ---------------------------------------------------------------
+
+    def load_context(self, context_payload: Any) -> None:
+        self.add_context(context_payload, 0)
+
+    def add_context(self, context_payload: Any, context_index: int | None = None) -> int:
+        """Send the payload once, as data (JSON: tuples become lists, other objects their repr)."""
+        index = len(self._contexts) if context_index is None else context_index
+        self._contexts[index] = context_payload
+        self._send({"type": "context", "index": index, "value": context_payload})
+        return index
+
+    def get_context_count(self) -> int:
+        return len(self._contexts)
+
+    def add_history(
+        self, message_history: list[dict[str, Any]], history_index: int | None = None
+    ) -> int:
+        index = len(self._histories) if history_index is None else history_index
+        snapshot = copy.deepcopy(message_history)
+        self._histories[index] = snapshot
+        self._send({"type": "history", "index": index, "value": snapshot})
+        return index
+
+    def get_history_count(self) -> int:
+        return len(self._histories)
+
+    def append_compaction_entry(self, entry: Any) -> None:
+        if self.compaction:
+            entry = copy.deepcopy(entry)
+            self._compaction_entries.append(entry)
+            self._send({"type": "compaction_entry", "value": entry})
+
+    def update_handler_address(self, address: tuple[str, int]) -> None:
+        self._channel.address = tuple(address)
+
+    # -- execution ----------------------------------------------------------------------------
+
+    def execute_code(self, code: str, timeout: float | None = None) -> REPLResult:
+        """Run one cell in the worker. ``timeout`` (seconds) overrides ``cell_timeout``."""
+        if self._closed:
+            raise RuntimeError(f"This {type(self).__name__} was cleaned up; create a new one")
+        limit = self.cell_timeout if timeout is None else timeout
+        if self.cell_timeout is not None and timeout is not None:
+            limit = min(timeout, self.cell_timeout)
+        if limit is not None:
+            limit = max(0.0, float(limit))
+        self._channel.pending = pending = []
+        self._channel.timeout = limit
+        start = time.perf_counter()
+        note = ""
+        if self._dead is not None:
+            note = f"The worker had stopped ({self._dead}). " + self._restart()
+        wait = None if limit is None else limit + HOST_GRACE_SECONDS
+        message = self._request({"type": "exec", "code": code, "timeout": limit}, wait)
+        if message is None:
+            if self._dead is not None:
+                error = f"WorkerDied: the worker stopped while running this cell: {self._dead}."
+            else:
+                error = (
+                    f"TimeoutError: the cell ran longer than its limit of {limit:g} s and the "
+                    "worker did not stop it (it was blocked outside Python); the worker was killed."
+                )
+            note = (note + "\n" if note else "") + self._restart()
+            return REPLResult(
+                stdout="",
+                stderr=f"{error}\n{note}\n",
+                locals={},
+                execution_time=time.perf_counter() - start,
+                rlm_calls=list(pending),
+                final_answer=None,
+                error=error,
+            )
+        stderr = message.get("stderr") or ""
+        if note:
+            stderr = note + "\n" + stderr
+        return REPLResult(
+            stdout=message.get("stdout") or "",
+            stderr=stderr,
+            locals=message.get("locals") or {},
+            execution_time=float(message.get("execution_time") or 0.0),
+            rlm_calls=list(pending),
+            final_answer=message.get("final_answer"),
+            error=message.get("error"),
+        )
+
+    def resolve_final_var(self, name: str) -> str | None:
+        if self._closed or self._dead is not None:
+            return None
+        message = self._request({"type": "resolve", "name": name}, 30.0)
+        return None if message is None else message.get("value")
+
+    def interrupt(self) -> None:
+        """Stop the running cell, if any (from any thread; returns at once)."""
+        if self._closed:
+            return
+        threading.Thread(target=self._try_send, args=({"type": "interrupt"},), daemon=True).start()
+
+    def cleanup(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._chan is not None and self._dead is None:
+            self._try_send({"type": "shutdown"})
+        self._chan = None
+        try:
+            self.transport.stop()
+        finally:
+            self._chan = None
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            with self._state_lock:
+                for slot in self._waiting.values():
+                    slot[0].set()
+
+
+def accepted_kwargs(cls: type) -> list[str]:
+    """The keyword arguments ``cls.__init__`` accepts (for error messages)."""
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+
+
+def scrubbed_env(home: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """PATH, LANG and HOME only: no API keys or tokens reach the worker."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "HOME": home,
+        "PYTHONIOENCODING": "utf-8",
+    }
+    env.update(extra or {})
+    return env

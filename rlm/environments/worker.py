@@ -1,0 +1,355 @@
+"""The sandbox worker: one REPL namespace behind one framed channel.
+
+This program runs inside every isolated environment (a subprocess, a Docker
+container, a cloud sandbox). It imports only the standard library and
+``repl_core`` (shipped next to it), so any ``python3`` can run it; nothing is
+installed at start. The host side is ``rlm.environments.isolated``.
+
+The channel is the process's stdin (host -> worker) and stdout (worker ->
+host), carrying frames of a 4-byte big-endian length followed by UTF-8 JSON
+(the LM handler's format). At start the worker moves the channel to private
+file descriptors and points fd 0 at /dev/null and fd 1 at stderr, so nothing
+model code prints can corrupt the channel. The worker needs no socket: model
+calls and custom tools are served by the host, by remote call.
+
+Host -> worker messages (``type``):
+
+* ``init``      ``{max_output_chars, depth, tools: {name: {"callable": bool, "value": v}},
+                compaction}``
+* ``context``   ``{index, value}``: bind ``context_<index>`` (and ``context`` for 0); sent once
+* ``history``   ``{index, value}``: bind ``history_<index>`` (and ``history`` for 0)
+* ``compaction_entry`` ``{value}``: append to the compaction ``history`` list
+* ``exec``      ``{id, code, timeout}``: run a cell; answered by ``result``
+* ``resolve``   ``{id, name}``: a variable as text (``FINAL_VAR(name)`` lines); answered by
+                ``resolved``
+* ``reply``     ``{id, value}`` or ``{id, error}``: the answer to one of our ``call`` frames
+* ``interrupt`` stop the running cell
+* ``shutdown``  exit
+
+Worker -> host messages: ``ready`` (once, at start), ``result``, ``resolved``,
+and ``call`` ``{id, op, args, kwargs}`` where ``op`` is ``llm_query``,
+``llm_query_batched``, ``rlm_query``, ``rlm_query_batched`` or ``tool`` (then
+``name`` says which host callable).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import struct
+import sys
+import threading
+from typing import Any
+
+try:  # inside a sandbox: shipped next to this file
+    import repl_core  # type: ignore[import-not-found]
+except ImportError:  # imported from the installed package (tests, tools)
+    from rlm.environments import repl_core
+
+_HEADER = struct.Struct(">I")
+MAX_FRAME_BYTES = 512 * 1024 * 1024
+SUMMARY_CHARS = 200
+
+
+class Channel:
+    """Frames over two file descriptors; writes from many threads are serialised."""
+
+    def __init__(self, fd_in: int, fd_out: int):
+        self._in = os.fdopen(fd_in, "rb", buffering=0)
+        self._out = os.fdopen(fd_out, "wb", buffering=0)
+        self._write_lock = threading.Lock()
+
+    def _read_exact(self, n: int) -> bytearray | None:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self._in.readinto(view[got:])
+            if not k:
+                return None
+            got += k
+        return buf
+
+    def recv(self) -> Any:
+        """The next message, or None when the host closed the channel."""
+        header = self._read_exact(_HEADER.size)
+        if header is None:
+            return None
+        (length,) = _HEADER.unpack(header)
+        if length > MAX_FRAME_BYTES:
+            raise ValueError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+        payload = self._read_exact(length)
+        if payload is None:
+            return None
+        return json.loads(payload)
+
+    def send(self, message: dict[str, Any]) -> None:
+        text = json.dumps(message, ensure_ascii=False, default=repr)
+        try:
+            payload = text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates
+            payload = json.dumps(message, ensure_ascii=True, default=repr).encode("ascii")
+        data = _HEADER.pack(len(payload)) + payload
+        with self._write_lock:
+            view = memoryview(data)
+            while view:
+                written = self._out.write(view)
+                view = view[written:]
+
+
+def summarize(value: Any) -> Any:
+    """A short, cheap description of a REPL variable (never walks a large value)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        if len(value) <= SUMMARY_CHARS:
+            return value
+        return value[:SUMMARY_CHARS] + f"... [{len(value) - SUMMARY_CHARS:,} more characters]"
+    if isinstance(value, (list, tuple, dict, set, frozenset, bytes, bytearray)):
+        return f"<{type(value).__name__} of {len(value):,} items>"
+    if callable(value):
+        return f"<{type(value).__name__} {getattr(value, '__name__', '?')}>"
+    return f"<{type(value).__module__}.{type(value).__name__} object>"
+
+
+class Worker:
+    """The REPL namespace and the message loop."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+        self.core: repl_core.ReplCore | None = None
+        self.depth = 1
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, list[Any]] = {}  # call id -> [event, reply]
+        self._waiting_lock = threading.Lock()
+        self._tasks: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._compaction_history: list[Any] | None = None
+
+    # -- calls to the host -----------------------------------------------------------
+
+    def call(
+        self, op: str, args: list[Any], kwargs: dict[str, Any], name: str | None = None
+    ) -> Any:
+        """Ask the host to run ``op``; returns its value or an ``Error:`` string."""
+        call_id = next(self._ids)
+        slot: list[Any] = [threading.Event(), None]
+        with self._waiting_lock:
+            self._waiting[call_id] = slot
+        message: dict[str, Any] = {
+            "type": "call",
+            "id": call_id,
+            "op": op,
+            "args": args,
+            "kwargs": kwargs,
+        }
+        if name is not None:
+            message["name"] = name
+        try:
+            self.channel.send(message)
+            # Short waits: a cell stopped by its time limit must see the async exception.
+            while not slot[0].wait(0.05):
+                pass
+        except (OSError, ValueError) as exc:
+            return f"Error: {op} could not reach the host: {type(exc).__name__}: {exc}"
+        finally:
+            with self._waiting_lock:
+                self._waiting.pop(call_id, None)
+        reply = slot[1] or {}
+        if reply.get("error") is not None:
+            return f"Error: {reply['error']}"
+        return reply.get("value")
+
+    def _helpers(self) -> dict[str, Any]:
+        worker = self
+
+        def llm_query(prompt: Any, model: str | None = None) -> str:
+            """Ask a language model one question (no REPL, no recursion); returns its answer."""
+            return worker.call("llm_query", [prompt], {"model": model})
+
+        def llm_query_batched(prompts: list[Any], model: str | None = None) -> list[str]:
+            """Ask many questions concurrently; answers come back in the same order."""
+            if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
+                return [
+                    "Error: llm_query_batched expects a list of prompts, "
+                    f"got {type(prompts).__name__}"
+                ]
+            prompts = list(prompts)
+            out = worker.call("llm_query_batched", [prompts], {"model": model})
+            return out if isinstance(out, list) else [str(out)] * len(prompts)
+
+        def rlm_query(prompt: Any, model: str | None = None) -> str:
+            """Hand a sub-task to a child RLM with its own REPL (a plain model call at the depth cap)."""
+            return worker.call("rlm_query", [prompt], {"model": model})
+
+        def rlm_query_batched(prompts: list[Any], model: str | None = None) -> list[str]:
+            """Run several child RLMs in parallel; answers come back in the same order."""
+            if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
+                return [
+                    "Error: rlm_query_batched expects a list of prompts, "
+                    f"got {type(prompts).__name__}"
+                ]
+            prompts = list(prompts)
+            out = worker.call("rlm_query_batched", [prompts], {"model": model})
+            return out if isinstance(out, list) else [str(out)] * len(prompts)
+
+        return {
+            "llm_query": llm_query,
+            "llm_query_batched": llm_query_batched,
+            "rlm_query": rlm_query,
+            "rlm_query_batched": rlm_query_batched,
+        }
+
+    def _tool_stub(self, name: str) -> Any:
+        worker = self
+
+        def tool(*args: Any, **kwargs: Any) -> Any:
+            return worker.call("tool", list(args), kwargs, name=name)
+
+        tool.__name__ = tool.__qualname__ = name
+        tool.__doc__ = f"Custom tool {name!r} (runs on the host)."
+        return tool
+
+    # -- messages from the host ----------------------------------------------------------
+
+    def _reader(self) -> None:
+        """Route replies and interrupts at once; queue everything else for the main thread."""
+        try:
+            while True:
+                message = self.channel.recv()
+                if message is None:
+                    break
+                kind = message.get("type")
+                if kind == "reply":
+                    with self._waiting_lock:
+                        slot = self._waiting.get(message.get("id"))
+                    if slot is not None:
+                        slot[1] = message
+                        slot[0].set()
+                elif kind == "interrupt":
+                    if self.core is not None:
+                        self.core.interrupt()
+                else:
+                    self._tasks.put(message)
+        except Exception as exc:  # a broken frame: report on stderr and stop
+            print(f"rlm worker: channel error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        finally:
+            self._tasks.put(None)
+            with self._waiting_lock:
+                for slot in self._waiting.values():
+                    slot[1] = {"error": "the host closed the channel"}
+                    slot[0].set()
+
+    def _init(self, message: dict[str, Any]) -> None:
+        self.depth = int(message.get("depth", 1))
+        core = repl_core.ReplCore(
+            self._helpers(),
+            max_output_chars=int(
+                message.get("max_output_chars", repl_core.DEFAULT_MAX_OUTPUT_CHARS)
+            ),
+        )
+        for name, spec in (message.get("tools") or {}).items():
+            core.ns[name] = self._tool_stub(name) if spec.get("callable") else spec.get("value")
+        if message.get("compaction"):
+            self._compaction_history = []
+            core.set_fixed("history", self._compaction_history)
+        self.core = core
+
+    def _result(self, call_id: Any, outcome: repl_core.CellOutcome) -> dict[str, Any]:
+        assert self.core is not None
+        return {
+            "type": "result",
+            "id": call_id,
+            "stdout": outcome.stdout,
+            "stderr": outcome.stderr,
+            "error": outcome.error,
+            "final_answer": outcome.final_answer,
+            "execution_time": outcome.execution_time,
+            "timed_out": outcome.timed_out,
+            "locals": {k: summarize(v) for k, v in self.core.user_variables().items()},
+        }
+
+    def handle(self, message: dict[str, Any]) -> bool:
+        """Act on one queued message; False to stop."""
+        kind = message.get("type")
+        if kind == "init":
+            self._init(message)
+        elif self.core is None:
+            raise RuntimeError(f"message {kind!r} before init")
+        elif kind == "exec":
+            timeout = message.get("timeout")
+            outcome = self.core.run_cell(str(message.get("code", "")), timeout)
+            self.channel.send(self._result(message.get("id"), outcome))
+        elif kind == "context":
+            index = int(message["index"])
+            self.core.set_fixed(f"context_{index}", message.get("value"))
+            if index == 0:
+                self.core.set_fixed("context", message.get("value"))
+        elif kind == "history":
+            index = int(message["index"])
+            self.core.set_fixed(f"history_{index}", message.get("value"))
+            if index == 0 and self._compaction_history is None:
+                self.core.set_fixed("history", message.get("value"))
+        elif kind == "compaction_entry":
+            if self._compaction_history is not None:
+                self._compaction_history.append(message.get("value"))
+        elif kind == "resolve":
+            value = self.core.resolve_final_var(str(message.get("name", "")))
+            self.channel.send({"type": "resolved", "id": message.get("id"), "value": value})
+        elif kind == "shutdown":
+            return False
+        return True
+
+    def serve(self) -> None:
+        threading.Thread(target=self._reader, name="rlm-worker-reader", daemon=True).start()
+        self.channel.send({"type": "ready", "pid": os.getpid(), "python": sys.version.split()[0]})
+        while True:
+            message = self._tasks.get()
+            if message is None:
+                break
+            try:
+                if not self.handle(message):
+                    break
+            except Exception as exc:  # e.g. no thread could be started: report, keep serving
+                error = f"{type(exc).__name__}: {exc}"
+                if message.get("type") == "exec":
+                    self.channel.send(
+                        {
+                            "type": "result",
+                            "id": message.get("id"),
+                            "stdout": "",
+                            "stderr": f"The worker could not run the cell: {error}\n",
+                            "error": error,
+                            "final_answer": None,
+                            "execution_time": 0.0,
+                            "timed_out": False,
+                            "locals": {},
+                        }
+                    )
+                elif message.get("type") == "resolve":
+                    self.channel.send({"type": "resolved", "id": message.get("id"), "value": None})
+                else:
+                    print(f"rlm worker: {error}", file=sys.stderr)
+
+
+def main() -> None:
+    """Take over stdin/stdout as the channel and serve until the host says stop."""
+    home = os.environ.get("HOME")
+    if home and os.path.isdir(home):
+        os.chdir(home)
+    fd_in, fd_out = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)  # anything written to fd 1 (print, a child process) lands on stderr
+    os.close(devnull)
+    # Programs started by model code must not inherit the channel.
+    os.set_inheritable(fd_in, False)
+    os.set_inheritable(fd_out, False)
+    Worker(Channel(fd_in, fd_out)).serve()
+    sys.stdout.flush()
+    os._exit(0)  # abandoned cell threads (blocked in native code) must not keep us alive
+
+
+if __name__ == "__main__":
+    main()
