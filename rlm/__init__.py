@@ -5,6 +5,7 @@
 """
 
 from rlm.core.rlm import RLM
+from rlm.trajectory import Trajectory, load_trajectory
 from rlm.utils.exceptions import (
     BudgetExceededError,
     CancellationError,
@@ -24,4 +25,6 @@ __all__ = [
     "TokenLimitExceededError",
     "ErrorThresholdExceededError",
     "CancellationError",
+    "Trajectory",
+    "load_trajectory",
 ]

@@ -15,7 +15,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rlm.trajectory.cli import build_replay
 from rlm.utils.exceptions import CancellationError, RLMError
+from rlm.viewer.cli import build_view
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -251,6 +253,8 @@ SUBCOMMANDS: dict[str, Builder] = {
     "run": build_run,
     "fetch-model": build_fetch_model,
     "model-path": build_model_path,
+    "view": build_view,
+    "replay": build_replay,
 }
 
 

@@ -1,0 +1,66 @@
+"""``rlm replay LOG``: re-run a recorded trajectory offline and compare it with the log."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from rlm.trajectory import ReplayError, load_trajectory
+    from rlm.utils.text import truncate_end
+
+    trajectory = load_trajectory(args.log, run=args.run)
+    if args.context:
+        from rlm.cli import _read_context  # the same reading as `rlm run`, so contexts match
+
+        context: Any = _read_context(args)
+    elif args.no_context:
+        context = None
+    else:
+        raise ReplayError(
+            "the log holds only a summary of the context; pass the same context as the "
+            "recorded run with --context FILE_OR_DIR (or --no-context if it used none)"
+        )
+    replay = trajectory.replay_steps(context=context, environment=args.environment)
+    for step in replay:
+        if args.quiet:
+            continue
+        status = "ok" if step.matches else f"DIVERGES ({step.divergence.field})"
+        code = truncate_end(" ".join(step.code.split()), 60)
+        print(f"iteration {step.iteration_index + 1} block {step.block_index}: {status}  {code}")
+    print(f"final answer: {replay.final_answer}")
+    if replay.divergence is None:
+        print(f"replay matches the recording ({replay.steps} blocks)", file=sys.stderr)
+        return 0
+    print(str(replay.divergence), file=sys.stderr)
+    return 1
+
+
+def build_replay(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="re-run a recorded trajectory offline and compare it with the log",
+        description="Re-execute the code blocks of a trajectory log in a fresh environment, "
+        "answering every model call from the recording (no provider is called), and report "
+        "the first block whose output differs. Exit status 0 when the replay matches, 1 when "
+        "it diverges.",
+    )
+    parser.add_argument("log", metavar="LOG", help="a trajectory log (.jsonl)")
+    parser.add_argument(
+        "-c",
+        "--context",
+        action="append",
+        metavar="PATH",
+        help="the run's context: the same files or directories given to `rlm run` (repeatable)",
+    )
+    parser.add_argument(
+        "--no-context", action="store_true", help="replay with no context (context is None)"
+    )
+    parser.add_argument(
+        "--run", type=int, default=-1, help="which run of a log holding several (default: last)"
+    )
+    parser.add_argument("--environment", default="local", help="REPL environment (default: local)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+    parser.set_defaults(handler=_replay)
