@@ -59,7 +59,8 @@ def _vllm(kwargs: dict[str, Any]) -> BaseLM:
             "backend='vllm' needs backend_kwargs['base_url'], the address of your server "
             "(e.g. 'http://127.0.0.1:8000/v1')"
         )
-    return _lazy("rlm.clients.openai", "OpenAIClient")(kwargs)
+    # A self-hosted model has no list price: only the user's `prices` can price it.
+    return _lazy("rlm.clients.openai", "OpenAIClient", price_provider=None)(kwargs)
 
 
 register_backend("openai", _lazy("rlm.clients.openai", "OpenAIClient"))
@@ -71,6 +72,7 @@ register_backend(
         "OpenAIClient",
         base_url="https://openrouter.ai/api/v1",
         api_key_env="OPENROUTER_API_KEY",
+        price_provider="openrouter",
     ),
 )
 register_backend(
@@ -80,8 +82,16 @@ register_backend(
         "OpenAIClient",
         base_url="https://ai-gateway.vercel.sh/v1",
         api_key_env="AI_GATEWAY_API_KEY",
+        price_provider="any",
     ),
 )
+register_backend(
+    "azure_openai", _lazy("rlm.clients.azure_openai", "AzureOpenAIClient", extra="azure_openai")
+)
+register_backend("anthropic", _lazy("rlm.clients.anthropic", "AnthropicClient", extra="anthropic"))
+register_backend("gemini", _lazy("rlm.clients.gemini", "GeminiClient", extra="gemini"))
+register_backend("litellm", _lazy("rlm.clients.litellm", "LiteLLMClient", extra="litellm"))
+register_backend("portkey", _lazy("rlm.clients.portkey", "PortkeyClient", extra="portkey"))
 register_backend("scripted", _lazy("rlm.clients.scripted", "ScriptedLM"))
 register_backend("mock", _lazy("rlm.clients.scripted", "ScriptedLM"))
 register_backend("llama_cpp", _lazy("rlm.clients.llama_cpp", "LlamaCppClient", extra="local"))

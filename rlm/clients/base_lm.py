@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from rlm.clients.pricing import PriceBook
 from rlm.core.types import ModelUsageSummary, UsageSummary
 from rlm.utils.token_utils import count_tokens
 
@@ -38,6 +39,8 @@ class Generation:
     output_tokens: int = 0
     cached_tokens: int = 0
     cost: float | None = None
+    #: Prompt tokens written to the provider's cache (Anthropic); priced, not summarised.
+    cache_write_tokens: int = 0
 
     def usage(self) -> ModelUsageSummary:
         return ModelUsageSummary(
@@ -123,6 +126,8 @@ class BaseLM:
         model_name: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         sampling_args: dict[str, Any] | None = None,
+        prices: dict[str, Any] | None = None,
+        price_provider: str | None = None,
         **kwargs: Any,
     ):
         self.model_name = model_name or "unknown"
@@ -130,6 +135,9 @@ class BaseLM:
         self.sampling_args: dict[str, Any] = dict(sampling_args or {})
         self.kwargs = kwargs
         self._usage = UsageTracker()
+        # ``prices``: the user's per-model overrides (USD per million tokens);
+        # ``price_provider``: where to look in the bundled price table (None: nowhere).
+        self.price_book = PriceBook(prices, price_provider)
 
     # -- provider hooks -------------------------------------------------------
 
@@ -147,13 +155,21 @@ class BaseLM:
         return cls._generate is not BaseLM._generate
 
     def generate(self, prompt: Any, model: str | None = None) -> Generation:
-        generation = self._generate(to_messages(prompt), model)
+        generation = self._priced(self._generate(to_messages(prompt), model))
         self._usage.record(generation.model, generation.usage())
         return generation
 
     async def agenerate(self, prompt: Any, model: str | None = None) -> Generation:
-        generation = await self._agenerate(to_messages(prompt), model)
+        generation = self._priced(await self._agenerate(to_messages(prompt), model))
         self._usage.record(generation.model, generation.usage())
+        return generation
+
+    def _priced(self, generation: Generation) -> Generation:
+        """The one place costs are filled in: a provider-reported cost wins, then the
+        price book (user override, bundled table); unknown stays ``None``."""
+        book = getattr(self, "price_book", None)  # None: a subclass that skipped our __init__
+        if generation.cost is None and book is not None:
+            generation.cost = book.cost(generation)
         return generation
 
     def completion(self, prompt: Any, model: str | None = None) -> str:

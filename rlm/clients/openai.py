@@ -31,19 +31,18 @@ def _usage_numbers(usage: Any) -> tuple[int, int, int, float | None]:
     return input_tokens, output_tokens, cached, (float(cost) if cost is not None else None)
 
 
-def _check_client_kwargs(client_kwargs: dict[str, Any]) -> None:
-    """Reject options ``openai.OpenAI`` would not accept, now rather than at the first call."""
+def _check_client_kwargs(client_kwargs: dict[str, Any], sdk_class: Any) -> None:
+    """Reject options the SDK client would not accept, now rather than at the first call."""
     import inspect
 
-    import openai
-
-    accepted = set(inspect.signature(openai.OpenAI.__init__).parameters) - {"self"}
+    accepted = set(inspect.signature(sdk_class.__init__).parameters) - {"self", "kwargs"}
     unknown = sorted(set(client_kwargs) - accepted)
     if unknown:
         raise ConfigurationError(
             f"Unknown backend_kwargs for the OpenAI client: {unknown}. Besides model_name, api_key, "
-            f"base_url, timeout, max_retries, sampling_args and prompt_cache_key, it accepts the "
-            f"options of openai.OpenAI: {sorted(accepted)}"
+            f"base_url, timeout, max_retries, sampling_args, prompt_cache_key, prices and "
+            f"price_provider, it accepts the options of openai.{sdk_class.__name__}: "
+            f"{sorted(accepted)}"
         )
 
 
@@ -60,13 +59,21 @@ class OpenAIClient(BaseLM):
         sampling_args: dict[str, Any] | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         prompt_cache_key: str | None = None,
+        prices: dict[str, Any] | None = None,
+        price_provider: str | None = "openai",
         **client_kwargs: Any,
     ):
         if not model_name:
             raise ConfigurationError(
                 "OpenAIClient needs model_name (e.g. backend_kwargs={'model_name': 'gpt-4o-mini'})"
             )
-        super().__init__(model_name=model_name, timeout=timeout, sampling_args=sampling_args)
+        super().__init__(
+            model_name=model_name,
+            timeout=timeout,
+            sampling_args=sampling_args,
+            prices=prices,
+            price_provider=price_provider,
+        )
         api_key = api_key or os.environ.get(api_key_env)
         if not api_key:
             if base_url is None:
@@ -75,7 +82,7 @@ class OpenAIClient(BaseLM):
                     f"or set the {api_key_env} environment variable"
                 )
             api_key = "EMPTY"  # local OpenAI-compatible servers accept any key
-        _check_client_kwargs(client_kwargs)
+        _check_client_kwargs(client_kwargs, self._sdk_class(asynchronous=False))
         self.base_url = base_url
         self.prompt_cache_key = prompt_cache_key
         self._client_args: dict[str, Any] = {
@@ -89,26 +96,31 @@ class OpenAIClient(BaseLM):
         self._async: dict[int, Any] = {}  # one async client per event loop
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _sdk_class(asynchronous: bool) -> Any:
+        """The SDK client class; subclasses for other endpoints (Azure) return theirs."""
+        import openai
+
+        return openai.AsyncOpenAI if asynchronous else openai.OpenAI
+
     # SDK clients are created on first use: constructing an RLM stays cheap.
     def _sync_client(self) -> Any:
         if self._sync is None:
-            import openai
-
             with self._lock:
                 if self._sync is None:
-                    self._sync = openai.OpenAI(**self._client_args)
+                    self._sync = self._sdk_class(asynchronous=False)(**self._client_args)
         return self._sync
 
     def _async_client(self) -> Any:
         import asyncio
 
-        import openai
-
         loop_id = id(asyncio.get_running_loop())
         with self._lock:
             client = self._async.get(loop_id)
             if client is None:
-                client = self._async[loop_id] = openai.AsyncOpenAI(**self._client_args)
+                client = self._async[loop_id] = self._sdk_class(asynchronous=True)(
+                    **self._client_args
+                )
         return client
 
     def _request(self, messages: Messages, model: str | None) -> dict[str, Any]:

@@ -1,0 +1,192 @@
+"""Anthropic's Messages API through the official ``anthropic`` SDK.
+
+System messages become the ``system`` parameter; the other turns keep their
+order (any role other than ``assistant`` is sent as ``user``). For prompt
+caching, a conversation that starts with a system message (the RLM loop's
+root calls) gets ``cache_control`` breakpoints on its stable prefix: the end
+of the system prompt and the newest message, so the next turn reads
+everything before it from the cache. Single-shot sub-calls get none: a cache
+write costs more than a plain input token. Retries (429 with ``Retry-After``,
+5xx, connection errors, timeouts) are the SDK's own, set by ``max_retries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import threading
+from typing import Any
+
+import anthropic
+
+from rlm.clients.base_lm import DEFAULT_TIMEOUT, BaseLM, Generation, Messages
+from rlm.utils.exceptions import ConfigurationError
+
+#: Anthropic requires max_tokens; used when sampling_args does not set it.
+DEFAULT_MAX_TOKENS = 8192
+_CACHE = {"type": "ephemeral"}
+_CREATE_PARAMS = frozenset(inspect.signature(anthropic.resources.Messages.create).parameters)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content
+        )
+    return str(content)
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    """Message content as a list of content blocks (so a cache marker can be attached)."""
+    if isinstance(content, list) and all(isinstance(p, dict) and "type" in p for p in content):
+        return [dict(p) for p in content]
+    return [{"type": "text", "text": _text(content)}]
+
+
+def to_anthropic(messages: Messages, cache: bool) -> tuple[list[dict[str, Any]], list[dict]]:
+    """(system blocks, messages) in the Messages API's shape, with cache markers when asked."""
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        role = message.get("role")
+        content = message.get("content", "")
+        if role in ("system", "developer"):
+            system.append({"type": "text", "text": _text(content)})
+        else:
+            turns.append(
+                {"role": "assistant" if role == "assistant" else "user", "content": content}
+            )
+    if not turns:  # the API needs at least one message
+        turns.append({"role": "user", "content": "Continue."})
+    if cache and system:
+        system[-1]["cache_control"] = _CACHE
+        last = turns[-1]
+        blocks = _blocks(last["content"])
+        blocks[-1]["cache_control"] = _CACHE
+        turns[-1] = {"role": last["role"], "content": blocks}
+    return system, turns
+
+
+class AnthropicClient(BaseLM):
+    """Claude models through ``anthropic.Anthropic`` / ``anthropic.AsyncAnthropic``."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        model_name: str | None = None,
+        base_url: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_retries: int = 4,
+        sampling_args: dict[str, Any] | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        prompt_caching: bool = True,
+        prices: dict[str, Any] | None = None,
+        price_provider: str | None = "anthropic",
+        **client_kwargs: Any,
+    ):
+        if not model_name:
+            raise ConfigurationError(
+                "AnthropicClient needs model_name "
+                "(e.g. backend_kwargs={'model_name': 'claude-sonnet-4-5'})"
+            )
+        super().__init__(
+            model_name=model_name,
+            timeout=timeout,
+            sampling_args=sampling_args,
+            prices=prices,
+            price_provider=price_provider,
+        )
+        api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
+        if not api_key:
+            raise ConfigurationError(
+                "No API key for the Anthropic client: pass backend_kwargs={'api_key': ...} or set "
+                "the ANTHROPIC_API_KEY environment variable"
+            )
+        accepted = set(inspect.signature(anthropic.Anthropic.__init__).parameters) - {"self"}
+        unknown = sorted(set(client_kwargs) - accepted)
+        if unknown:
+            raise ConfigurationError(
+                f"Unknown backend_kwargs for the Anthropic client: {unknown}. Besides model_name, "
+                f"api_key, base_url, timeout, max_retries, sampling_args, max_tokens, "
+                f"prompt_caching and prices, it accepts the options of anthropic.Anthropic: "
+                f"{sorted(accepted)}"
+            )
+        self.base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL")
+        self.max_tokens = max_tokens
+        self.prompt_caching = prompt_caching
+        self._client_args: dict[str, Any] = {
+            "api_key": api_key,
+            "base_url": self.base_url,
+            "timeout": timeout,
+            "max_retries": max_retries,
+            **client_kwargs,
+        }
+        self._sync: anthropic.Anthropic | None = None
+        self._async: dict[int, anthropic.AsyncAnthropic] = {}  # one per event loop
+        self._lock = threading.Lock()
+
+    def _sync_client(self) -> anthropic.Anthropic:
+        with self._lock:
+            if self._sync is None:
+                self._sync = anthropic.Anthropic(**self._client_args)
+            return self._sync
+
+    def _async_client(self) -> anthropic.AsyncAnthropic:
+        loop_id = id(asyncio.get_running_loop())
+        with self._lock:
+            client = self._async.get(loop_id)
+            if client is None:
+                client = self._async[loop_id] = anthropic.AsyncAnthropic(**self._client_args)
+            return client
+
+    def _request(self, messages: Messages, model: str | None) -> dict[str, Any]:
+        system, turns = to_anthropic(messages, cache=self.prompt_caching)
+        args: dict[str, Any] = {
+            "model": model or self.model_name,
+            "messages": turns,
+            "max_tokens": self.max_tokens,
+        }
+        if system:
+            args["system"] = system
+        # Sampling options the installed SDK's create() does not name (recent SDKs dropped
+        # temperature and top_p from its signature) still reach the API, in the body.
+        extra = {k: v for k, v in self.sampling_args.items() if k not in _CREATE_PARAMS}
+        args.update({k: v for k, v in self.sampling_args.items() if k in _CREATE_PARAMS})
+        if extra:
+            args["extra_body"] = {**args.get("extra_body", {}), **extra}
+        return args
+
+    @staticmethod
+    def _parse(response: Any, model: str) -> Generation:
+        text = "".join(
+            getattr(block, "text", "") for block in response.content if block.type == "text"
+        )
+        usage = response.usage
+        read = int(getattr(usage, "cache_read_input_tokens", 0) or 0)
+        written = int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
+        return Generation(
+            text=text,
+            model=model,
+            # Anthropic's input_tokens excludes cache reads and writes; ours counts every one.
+            input_tokens=int(usage.input_tokens or 0) + read + written,
+            output_tokens=int(usage.output_tokens or 0),
+            cached_tokens=read,
+            cache_write_tokens=written,
+        )
+
+    def _generate(self, messages: Messages, model: str | None = None) -> Generation:
+        args = self._request(messages, model)
+        return self._parse(self._sync_client().messages.create(**args), args["model"])
+
+    async def _agenerate(self, messages: Messages, model: str | None = None) -> Generation:
+        args = self._request(messages, model)
+        return self._parse(await self._async_client().messages.create(**args), args["model"])
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+        self._async.clear()

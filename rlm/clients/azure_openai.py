@@ -1,0 +1,78 @@
+"""Azure OpenAI: the ``openai`` SDK's ``AzureOpenAI`` client.
+
+``model_name`` is the *deployment* name: requests go to
+``{azure_endpoint}/openai/deployments/{model_name}/chat/completions?api-version=...``
+with the key in the ``api-key`` header. Everything else (messages, usage,
+cached tokens, retries with ``Retry-After``) is the OpenAI client's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rlm.clients.base_lm import DEFAULT_TIMEOUT
+from rlm.clients.openai import OpenAIClient
+from rlm.utils.exceptions import ConfigurationError
+
+
+class AzureOpenAIClient(OpenAIClient):
+    """Chat completions on an Azure OpenAI deployment."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        model_name: str | None = None,
+        azure_endpoint: str | None = None,
+        api_version: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_retries: int = 4,
+        sampling_args: dict[str, Any] | None = None,
+        prompt_cache_key: str | None = None,
+        prices: dict[str, Any] | None = None,
+        price_provider: str | None = "azure",
+        **client_kwargs: Any,
+    ):
+        azure_endpoint = azure_endpoint or os.environ.get("AZURE_OPENAI_ENDPOINT")
+        if not azure_endpoint:
+            raise ConfigurationError(
+                "No endpoint for the Azure OpenAI client: pass backend_kwargs={'azure_endpoint': "
+                "'https://NAME.openai.azure.com'} or set the AZURE_OPENAI_ENDPOINT environment "
+                "variable"
+            )
+        api_version = api_version or os.environ.get("OPENAI_API_VERSION")
+        if not api_version:
+            raise ConfigurationError(
+                "No API version for the Azure OpenAI client: pass backend_kwargs={'api_version': "
+                "'2024-10-21'} or set the OPENAI_API_VERSION environment variable"
+            )
+        token_auth = "azure_ad_token" in client_kwargs or "azure_ad_token_provider" in client_kwargs
+        if not (api_key or os.environ.get("AZURE_OPENAI_API_KEY")) and not token_auth:
+            raise ConfigurationError(
+                "No API key for the Azure OpenAI client: pass backend_kwargs={'api_key': ...} "
+                "(or azure_ad_token_provider) or set the AZURE_OPENAI_API_KEY environment variable"
+            )
+        super().__init__(
+            api_key=api_key or os.environ.get("AZURE_OPENAI_API_KEY") or "azure-ad",
+            model_name=model_name,
+            timeout=timeout,
+            max_retries=max_retries,
+            sampling_args=sampling_args,
+            api_key_env="AZURE_OPENAI_API_KEY",
+            prompt_cache_key=prompt_cache_key,
+            prices=prices,
+            price_provider=price_provider,
+            **client_kwargs,
+        )
+        if token_auth and not api_key and not os.environ.get("AZURE_OPENAI_API_KEY"):
+            self._client_args.pop("api_key")
+        self._client_args.pop("base_url")
+        self._client_args["azure_endpoint"] = azure_endpoint
+        self._client_args["api_version"] = api_version
+        self.base_url = azure_endpoint
+
+    @staticmethod
+    def _sdk_class(asynchronous: bool) -> Any:
+        import openai
+
+        return openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI

@@ -1,0 +1,145 @@
+"""Google Gemini through the ``google-genai`` SDK (``generateContent``).
+
+System messages become ``system_instruction``; assistant turns are sent with
+the role ``model``. ``sampling_args`` use OpenAI's names where they differ
+(``max_tokens`` -> ``max_output_tokens``, ``stop`` -> ``stop_sequences``) and
+otherwise any field of ``GenerateContentConfig``. Retries are the SDK's
+(``HttpRetryOptions``: exponential backoff with jitter on 408, 429 and 5xx),
+``max_retries`` of them; the SDK does not read ``Retry-After``. Gemini caches
+repeated prefixes implicitly; cached tokens are reported from
+``usage_metadata.cached_content_token_count``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from google import genai
+from google.genai import types
+
+from rlm.clients.base_lm import DEFAULT_TIMEOUT, BaseLM, Generation, Messages
+from rlm.utils.exceptions import ConfigurationError
+
+_RENAMED = {"max_tokens": "max_output_tokens", "stop": "stop_sequences"}
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content
+        )
+    return str(content)
+
+
+def to_gemini(messages: Messages) -> tuple[str | None, list[types.Content]]:
+    """(system instruction, contents) for ``generate_content``."""
+    system: list[str] = []
+    contents: list[types.Content] = []
+    for message in messages:
+        role = message.get("role")
+        text = _text(message.get("content", ""))
+        if role in ("system", "developer"):
+            system.append(text)
+        else:
+            contents.append(
+                types.Content(
+                    role="model" if role == "assistant" else "user",
+                    parts=[types.Part(text=text)],
+                )
+            )
+    if not contents:
+        contents.append(types.Content(role="user", parts=[types.Part(text="Continue.")]))
+    return ("\n\n".join(system) if system else None), contents
+
+
+class GeminiClient(BaseLM):
+    """Gemini models through ``google.genai.Client`` (sync and ``client.aio``)."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        model_name: str | None = None,
+        base_url: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_retries: int = 4,
+        retry_initial_delay: float = 1.0,
+        retry_max_delay: float = 60.0,
+        sampling_args: dict[str, Any] | None = None,
+        prices: dict[str, Any] | None = None,
+        price_provider: str | None = "google",
+    ):
+        if not model_name:
+            raise ConfigurationError(
+                "GeminiClient needs model_name (e.g. backend_kwargs={'model_name': "
+                "'gemini-2.5-flash'})"
+            )
+        sampling = {_RENAMED.get(k, k): v for k, v in (sampling_args or {}).items()}
+        unknown = sorted(set(sampling) - set(types.GenerateContentConfig.model_fields))
+        if unknown:
+            raise ConfigurationError(
+                f"Unknown sampling_args for Gemini: {unknown}. Accepted: max_tokens, stop and the "
+                f"fields of GenerateContentConfig: {sorted(types.GenerateContentConfig.model_fields)}"
+            )
+        super().__init__(
+            model_name=model_name,
+            timeout=timeout,
+            sampling_args=sampling,
+            prices=prices,
+            price_provider=price_provider,
+        )
+        api_key = api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+        if not api_key:
+            raise ConfigurationError(
+                "No API key for the Gemini client: pass backend_kwargs={'api_key': ...} or set "
+                "the GEMINI_API_KEY (or GOOGLE_API_KEY) environment variable"
+            )
+        self.base_url = base_url
+        http_options = types.HttpOptions(
+            base_url=base_url,
+            timeout=None if timeout is None else int(timeout * 1000),  # milliseconds
+            retry_options=types.HttpRetryOptions(
+                attempts=max_retries + 1,
+                initial_delay=retry_initial_delay,
+                max_delay=retry_max_delay,
+            ),
+        )
+        self._client = genai.Client(api_key=api_key, http_options=http_options)
+
+    def _config(self, system: str | None) -> types.GenerateContentConfig:
+        return types.GenerateContentConfig(system_instruction=system, **self.sampling_args)
+
+    @staticmethod
+    def _parse(response: Any, model: str) -> Generation:
+        usage = response.usage_metadata
+        output = 0
+        if usage is not None:
+            output = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+        return Generation(
+            text=response.text or "",
+            model=model,
+            input_tokens=(usage.prompt_token_count or 0) if usage is not None else 0,
+            output_tokens=output,
+            cached_tokens=(usage.cached_content_token_count or 0) if usage is not None else 0,
+        )
+
+    def _generate(self, messages: Messages, model: str | None = None) -> Generation:
+        model = model or self.model_name
+        system, contents = to_gemini(messages)
+        response = self._client.models.generate_content(
+            model=model, contents=contents, config=self._config(system)
+        )
+        return self._parse(response, model)
+
+    async def _agenerate(self, messages: Messages, model: str | None = None) -> Generation:
+        model = model or self.model_name
+        system, contents = to_gemini(messages)
+        response = await self._client.aio.models.generate_content(
+            model=model, contents=contents, config=self._config(system)
+        )
+        return self._parse(response, model)
+
+    def close(self) -> None:
+        self._client.close()
