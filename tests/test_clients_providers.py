@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import io
 import sys
+import warnings
 
 import pytest
 from rich.console import Console
@@ -151,6 +152,46 @@ def make(backend, url, **extra):
 
 
 # -- requests on the wire ----------------------------------------------------------------
+
+
+def test_root_loop_calls_carry_a_stable_prompt_cache_key():
+    with StubServer(openai_chat("pong", 100, 5)) as stub:
+        client = make("openai", stub.url, auto_prompt_cache_key=True)
+        system = {"role": "system", "content": "You are the root model."}
+        client.generate([system, {"role": "user", "content": "turn 1"}])
+        client.generate(
+            [system, {"role": "user", "content": "turn 1"}, {"role": "user", "content": "2"}]
+        )
+        client.generate("a plain sub-call")
+    first, second, sub = (r.body for r in stub.requests)
+    assert first["prompt_cache_key"].startswith("rlm-")
+    assert second["prompt_cache_key"] == first["prompt_cache_key"]  # same stable prefix
+    assert "prompt_cache_key" not in sub
+
+
+def test_max_budget_warns_when_a_model_has_no_price():
+    with pytest.warns(UserWarning, match="no price is known for model 'house-model'"):
+        RLM(
+            backend="vllm",
+            backend_kwargs={"model_name": "house-model", "base_url": "http://127.0.0.1:9/v1"},
+            max_budget=1.0,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RLM(
+            backend="openai",
+            backend_kwargs={"model_name": "gpt-4o-mini", "api_key": "sk-x"},
+            max_budget=1.0,
+        )
+        RLM(
+            backend="vllm",
+            backend_kwargs={
+                "model_name": "house-model",
+                "base_url": "http://127.0.0.1:9/v1",
+                "prices": {"house-model": {"input": 0.1, "output": 0.2}},
+            },
+            max_budget=1.0,
+        )
 
 
 def test_openai_request_usage_and_table_price():

@@ -172,6 +172,13 @@ class BaseLM:
             generation.cost = book.cost(generation)
         return generation
 
+    def knows_price(self) -> bool:
+        """Whether calls to this client's model can be priced (so ``max_budget`` counts them)."""
+        if self.is_local:
+            return True
+        book = getattr(self, "price_book", None)
+        return book is not None and book.knows(self.model_name)
+
     def completion(self, prompt: Any, model: str | None = None) -> str:
         return self.generate(prompt, model).text
 

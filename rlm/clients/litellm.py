@@ -116,3 +116,12 @@ class LiteLLMClient(BaseLM):
     async def _agenerate(self, messages: Messages, model: str | None = None) -> Generation:
         args = self._request(messages, model)
         return self._parse(await litellm.acompletion(**args), args["model"])
+
+    def knows_price(self) -> bool:
+        """LiteLLM prices the models in its bundled map itself; else the shared price book."""
+        if super().knows_price():
+            return True
+        import litellm
+
+        name = self.model_name
+        return name in litellm.model_cost or name.split("/", 1)[-1] in litellm.model_cost

@@ -8,6 +8,7 @@ SDK's own, configured with ``max_retries``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from typing import Any
@@ -40,7 +41,7 @@ def _check_client_kwargs(client_kwargs: dict[str, Any], sdk_class: Any) -> None:
     if unknown:
         raise ConfigurationError(
             f"Unknown backend_kwargs for the OpenAI client: {unknown}. Besides model_name, api_key, "
-            f"base_url, timeout, max_retries, sampling_args, prompt_cache_key, prices and "
+            f"base_url, timeout, max_retries, sampling_args, prompt_cache_key, auto_prompt_cache_key, prices and "
             f"price_provider, it accepts the options of openai.{sdk_class.__name__}: "
             f"{sorted(accepted)}"
         )
@@ -59,6 +60,7 @@ class OpenAIClient(BaseLM):
         sampling_args: dict[str, Any] | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         prompt_cache_key: str | None = None,
+        auto_prompt_cache_key: bool | None = None,
         prices: dict[str, Any] | None = None,
         price_provider: str | None = "openai",
         **client_kwargs: Any,
@@ -85,6 +87,11 @@ class OpenAIClient(BaseLM):
         _check_client_kwargs(client_kwargs, self._sdk_class(asynchronous=False))
         self.base_url = base_url
         self.prompt_cache_key = prompt_cache_key
+        # Derive a cache key for root-loop calls; by default only on api.openai.com
+        # (other OpenAI-compatible servers may refuse the unknown field).
+        self.auto_prompt_cache_key = (
+            base_url is None if auto_prompt_cache_key is None else auto_prompt_cache_key
+        )
         self._client_args: dict[str, Any] = {
             "api_key": api_key,
             "base_url": base_url,
@@ -126,8 +133,19 @@ class OpenAIClient(BaseLM):
     def _request(self, messages: Messages, model: str | None) -> dict[str, Any]:
         args: dict[str, Any] = {"model": model or self.model_name, "messages": messages}
         args.update(self.sampling_args)
-        if self.prompt_cache_key and "prompt_cache_key" not in args:
-            args["prompt_cache_key"] = self.prompt_cache_key
+        key = self.prompt_cache_key
+        if (
+            key is None
+            and self.auto_prompt_cache_key
+            and messages
+            and messages[0].get("role") == "system"
+        ):
+            # A root-loop call on api.openai.com: its system prompt is a stable prefix, so a
+            # key derived from it routes repeated turns to the same prompt cache.
+            digest = hashlib.sha256(str(messages[0].get("content", "")).encode("utf-8")).hexdigest()
+            key = f"rlm-{digest[:24]}"
+        if key and "prompt_cache_key" not in args:
+            args["prompt_cache_key"] = key
         return args
 
     def _parse(self, response: Any, model: str) -> Generation:

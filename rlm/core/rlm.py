@@ -11,6 +11,7 @@ import asyncio
 import copy
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -292,8 +293,23 @@ class RLM:
         ):
             raise ConfigurationError("context_window must be a positive number of tokens")
 
+        if max_budget is not None:
+            self._warn_unpriced()
         if self.logger is not None:
             self.logger.log_metadata(self._metadata())
+
+    def _warn_unpriced(self) -> None:
+        """max_budget only counts calls with a known cost: say so for models without a price."""
+        for client in (self.client, *self.other_clients):
+            knows = getattr(client, "knows_price", None)
+            if knows is None or knows():
+                continue  # a 0.1.x-style client (reports its own cost) or a priced model
+            warnings.warn(
+                f"max_budget is set but no price is known for model {client.model_name!r}: its "
+                "calls will not count toward the budget. Give one with backend_kwargs={'prices': "
+                f"{{{client.model_name!r}: {{'input': USD_per_million, 'output': USD_per_million}}}}}}",
+                stacklevel=3,
+            )
 
     @staticmethod
     def _validate_numbers(**values: Any) -> None:
