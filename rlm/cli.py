@@ -182,6 +182,11 @@ def _run(args: argparse.Namespace) -> int:
 
     context = _read_context(args)
     backend, backend_kwargs = choose_backend(args.backend, args.model, args.base_url)
+    if args.temperature is not None:
+        backend_kwargs["sampling_args"] = {
+            **backend_kwargs.get("sampling_args", {}),
+            "temperature": args.temperature,
+        }
     rlm = RLM(
         backend=backend,
         backend_kwargs=backend_kwargs,
@@ -235,6 +240,9 @@ def build_run(subparsers: Any) -> None:
         "--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"
     )
     parser.add_argument("--environment", default="local", help="REPL environment (default: local)")
+    parser.add_argument(
+        "--temperature", type=float, help="sampling temperature (default: the backend's; 0 locally)"
+    )
     parser.add_argument("--max-iterations", type=int, default=20)
     parser.add_argument("--max-depth", type=int, default=1)
     parser.add_argument("--max-budget", type=float, help="USD")

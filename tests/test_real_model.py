@@ -8,6 +8,7 @@ model is not fetched, unless RLM_REQUIRE_REAL_MODEL=1 (as in CI).
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ except ImportError:  # pragma: no cover - running with tests/ on sys.path
     from llama_server import llama_server, real_model_or_skip
 
 N_CTX = 8192
+REPO = Path(__file__).resolve().parents[1]
 SERVER_MODULES = ("fastapi", "uvicorn", "sse_starlette", "pydantic_settings")
 
 
@@ -92,3 +94,54 @@ def test_finds_a_fact_in_a_context_far_larger_than_the_window(server_url, tmp_pa
     assert "58213" not in first_prompt
     assert result.usage_summary.total_input_tokens > 0
     assert logger.log_file_path is not None
+
+
+@pytest.mark.real_model
+def test_rlm_run_on_a_file_then_rlm_view_serves_its_log(server_url, tmp_path):
+    """The command line end to end: `rlm run` answers from a file several times the
+    model's window and writes a log; `rlm view` serves that log over HTTP."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    base_url, model_name = server_url
+    document = tmp_path / "ledger.txt"
+    document.write_text(
+        haystack(2400, "Entry 1403: The password for pier nine is gannet-4471.", 1403, seed=11)
+    )
+    assert document.stat().st_size > 4 * N_CTX * 4
+    logs = tmp_path / "logs"
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "rlm", "run", "What is the password for pier nine?",
+            "-c", str(document), "--base-url", base_url, "--model", model_name,
+            "--temperature", "0", "--max-iterations", "8", "--log-dir", str(logs), "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "gannet-4471" in run.stdout
+    (log,) = logs.glob("*.jsonl")
+
+    viewer = subprocess.Popen(
+        [sys.executable, "-m", "rlm", "view", str(logs), "--no-browser"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        line = viewer.stderr.readline()  # "Serving LOGS at http://127.0.0.1:PORT/ ..."
+        url = line.split(" at ", 1)[1].split()[0].rstrip("/")
+        with urllib.request.urlopen(f"{url}/api/runs", timeout=30) as response:
+            runs = json.load(response)["runs"]
+        assert len(runs) == 1 and "gannet-4471" in (runs[0]["final_answer"] or "")
+        assert runs[0]["iterations"] >= 2  # it searched before answering
+        with urllib.request.urlopen(f"{url}/", timeout=30) as response:
+            assert b"<html" in response.read().lower()
+    finally:
+        viewer.terminate()
+        viewer.wait(timeout=30)
