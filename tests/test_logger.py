@@ -119,7 +119,9 @@ def test_metadata_and_iteration_lines_have_the_contract_shape(tmp_path):
     assert isinstance(meta["backend_kwargs"], dict)
 
     for number, line in enumerate(lines[1:], start=1):
-        assert set(line) == ITERATION_KEYS
+        # The contract's keys, plus our additive "root_usage" (the root-model call's usage).
+        assert set(line) == ITERATION_KEYS | {"root_usage"}
+        assert line["root_usage"]["model_usage_summaries"]["scripted"]["total_calls"] == 1
         assert line["type"] == "iteration"
         assert line["iteration"] == number
         datetime.fromisoformat(line["timestamp"])

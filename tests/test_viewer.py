@@ -111,7 +111,7 @@ def test_runs_run_iteration_prompt_and_search(server):
     _, run = get_json(server, f"/api/run?id={ours['id']}")
     assert [it["errors"] for it in run["iterations"]] == [0, 1, 0]
     assert run["iterations"][2]["final_answer"] == "The vault code is 58213"
-    assert run["usage"][0]["model"] == "scripted" and not run["usage_complete"]
+    assert run["usage"][0]["model"] == "scripted" and run["usage_complete"]  # root usage logged
 
     _, first = get_json(server, f"/api/iteration?id={ours['id']}&i=0")
     (block,) = first["blocks"]

@@ -119,6 +119,7 @@ class _Run:
         # Size of the root history as last measured by the provider (for compaction).
         self.measured_tokens: int | None = None
         self.measured_messages = 0
+        self.last_root_usage: UsageSummary | None = None
 
     def chain(self) -> list[_Run]:
         runs, node = [], self
@@ -596,6 +597,7 @@ class RLM:
     def _measured(run: _Run, messages: list[dict[str, Any]], record: RLMChatCompletion) -> str:
         """Remember how big the provider says the history is (prompt + answer), for compaction."""
         usage = record.usage_summary
+        run.last_root_usage = usage
         if usage.total_input_tokens > 0:
             run.measured_tokens = usage.total_input_tokens + usage.total_output_tokens
             run.measured_messages = len(messages) + 1  # the answer becomes the next message
@@ -665,6 +667,7 @@ class RLM:
             code_blocks=blocks,
             final_answer=final_answer,
             iteration_time=time.perf_counter() - start,
+            root_usage=run.last_root_usage,
         )
 
     def _fallback_completion(self, prompt: Any, run: _Run) -> RLMChatCompletion:
@@ -802,6 +805,7 @@ class RLM:
                     code_blocks=[],
                     final_answer=answer,
                     iteration_time=time.perf_counter() - start,
+                    root_usage=run.last_root_usage,
                 )
             )
         return self._finish(run, handler, env, messages, prompt, answer, self.max_iterations)

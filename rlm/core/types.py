@@ -309,15 +309,20 @@ class RLMIteration:
     code_blocks: list[CodeBlock]
     final_answer: str | None = None
     iteration_time: float | None = None
+    #: Ours: usage of this iteration's root-model call (sub-calls are in the blocks).
+    root_usage: UsageSummary | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "prompt": self.prompt,
             "response": self.response,
             "code_blocks": [block.to_dict() for block in self.code_blocks],
             "final_answer": self.final_answer,
             "iteration_time": self.iteration_time,
         }
+        if self.root_usage is not None:
+            out["root_usage"] = self.root_usage.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RLMIteration:
@@ -327,6 +332,9 @@ class RLMIteration:
             code_blocks=[CodeBlock.from_dict(b) for b in data.get("code_blocks") or []],
             final_answer=data.get("final_answer"),
             iteration_time=data.get("iteration_time"),
+            root_usage=UsageSummary.from_dict(data["root_usage"])
+            if data.get("root_usage")
+            else None,
         )
 
 

@@ -101,15 +101,16 @@ def iteration_record(iteration: RLMIteration) -> dict[str, Any]:
         if result.error is not None:
             entry["error"] = result.error
         blocks.append({"code": block.code, "result": entry})
-    return compact(
-        {
-            "prompt": iteration.prompt,
-            "response": iteration.response,
-            "code_blocks": blocks,
-            "final_answer": iteration.final_answer,
-            "iteration_time": iteration.iteration_time,
-        }
-    )
+    record = {
+        "prompt": iteration.prompt,
+        "response": iteration.response,
+        "code_blocks": blocks,
+        "final_answer": iteration.final_answer,
+        "iteration_time": iteration.iteration_time,
+    }
+    if iteration.root_usage is not None:
+        record["root_usage"] = iteration.root_usage.to_dict()
+    return compact(record)
 
 
 class RLMLogger:

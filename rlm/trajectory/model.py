@@ -262,6 +262,8 @@ class Iteration:
     final_answer: str | None
     iteration_time: float | None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Usage of this iteration's root-model call, when the log records it (ours does).
+    root_usage: UsageSummary | None = None
 
     @classmethod
     def from_record(cls, data: dict[str, Any], index: int, depth: int) -> Iteration:
@@ -280,6 +282,9 @@ class Iteration:
             final_answer=_final_text(data.get("final_answer")),
             iteration_time=_float(data.get("iteration_time")),
             raw=data,
+            root_usage=UsageSummary.from_dict(data["root_usage"])
+            if isinstance(data.get("root_usage"), dict)
+            else None,
         )
 
     @property
@@ -453,27 +458,42 @@ class Trajectory:
 
     @property
     def subcall_usage(self) -> UsageSummary:
-        """Tokens and cost per model of every recorded sub-call (child runs included)."""
+        """Tokens and cost per model of the run's sub-calls, each counted once.
+
+        In our logs a child run's recorded usage covers its whole subtree, so only
+        this run's own calls are added. In logs of the public ``rlms`` package a
+        child's usage covers its own calls (its ``llm_query`` calls included) but not
+        the child runs it started, so those are added, recursively.
+        """
         usage = UsageSummary()
-        for call in self.subcalls():
-            usage = usage.merge(call.usage)
+        ours = self.usage_complete
+        for block in self.blocks:
+            for call in block.calls:
+                usage = usage.merge(call.usage if ours else _with_child_runs(call))
         return usage
 
     @property
     def usage(self) -> UsageSummary:
-        """Tokens and cost per model.
+        """Tokens and cost per model, root and sub-calls.
 
-        Exact for a trajectory built from a completion (root and sub-calls).
-        A log file records the usage of sub-calls only; ``usage_complete``
-        says which one this is.
+        Exact for a trajectory built from a completion, and for our logs, which
+        record each iteration's root-model usage. Logs written by the public
+        ``rlms`` package record sub-calls only; ``usage_complete`` says which.
         """
         if self.completion is not None:
             return self.completion.usage_summary
-        return self.subcall_usage
+        usage = self.subcall_usage
+        for iteration in self.iterations:
+            if iteration.root_usage is not None:
+                usage = usage.merge(iteration.root_usage)
+        return usage
 
     @property
     def usage_complete(self) -> bool:
-        return self.completion is not None
+        """True when usage covers root and sub-calls (a completion, or one of our logs)."""
+        if self.completion is not None:
+            return True
+        return bool(self.iterations) and all(i.root_usage is not None for i in self.iterations)
 
     @property
     def total_time(self) -> float | None:
@@ -722,3 +742,15 @@ __all__ = [
     "load_trajectory",
     "same_output",
 ]
+
+
+def _with_child_runs(call: SubCall) -> UsageSummary:
+    """A call's usage plus, recursively, that of the child runs its child run started
+    (the accounting of logs written by the public ``rlms`` package)."""
+    usage = call.usage
+    if call.child is not None:
+        for block in call.child.blocks:
+            for nested in block.calls:
+                if nested.child is not None:
+                    usage = usage.merge(_with_child_runs(nested))
+    return usage
