@@ -20,8 +20,16 @@ from typing import Any
 
 import anthropic
 
-from rlm.clients.base_lm import DEFAULT_TIMEOUT, BaseLM, Generation, Messages
-from rlm.utils.exceptions import ConfigurationError
+from rlm.clients.base_lm import (
+    DEFAULT_TIMEOUT,
+    BaseLM,
+    Generation,
+    Messages,
+    api_key_from,
+    check_sdk_options,
+    missing_api_key,
+    require_model_name,
+)
 
 #: Anthropic requires max_tokens; used when sampling_args does not set it.
 DEFAULT_MAX_TOKENS = 8192
@@ -87,11 +95,7 @@ class AnthropicClient(BaseLM):
         price_provider: str | None = "anthropic",
         **client_kwargs: Any,
     ):
-        if not model_name:
-            raise ConfigurationError(
-                "AnthropicClient needs model_name "
-                "(e.g. backend_kwargs={'model_name': 'claude-sonnet-4-5'})"
-            )
+        model_name = require_model_name("AnthropicClient", model_name, "claude-sonnet-4-5")
         super().__init__(
             model_name=model_name,
             timeout=timeout,
@@ -99,21 +103,16 @@ class AnthropicClient(BaseLM):
             prices=prices,
             price_provider=price_provider,
         )
-        api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
+        api_key = api_key_from(api_key, "ANTHROPIC_API_KEY")
         if not api_key:
-            raise ConfigurationError(
-                "No API key for the Anthropic client: pass backend_kwargs={'api_key': ...} or set "
-                "the ANTHROPIC_API_KEY environment variable"
-            )
-        accepted = set(inspect.signature(anthropic.Anthropic.__init__).parameters) - {"self"}
-        unknown = sorted(set(client_kwargs) - accepted)
-        if unknown:
-            raise ConfigurationError(
-                f"Unknown backend_kwargs for the Anthropic client: {unknown}. Besides model_name, "
-                f"api_key, base_url, timeout, max_retries, sampling_args, max_tokens, "
-                f"prompt_caching and prices, it accepts the options of anthropic.Anthropic: "
-                f"{sorted(accepted)}"
-            )
+            raise missing_api_key("Anthropic", "ANTHROPIC_API_KEY")
+        check_sdk_options(
+            "Anthropic",
+            client_kwargs,
+            anthropic.Anthropic,
+            "model_name, api_key, base_url, timeout, max_retries, sampling_args, max_tokens, "
+            "prompt_caching and prices",
+        )
         self.base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL")
         self.max_tokens = max_tokens
         self.prompt_caching = prompt_caching

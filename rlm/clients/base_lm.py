@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 from rlm.clients.pricing import PriceBook
 from rlm.core.types import ModelUsageSummary, UsageSummary
+from rlm.utils.exceptions import ConfigurationError
 from rlm.utils.token_utils import count_tokens
 
 DEFAULT_TIMEOUT: float = 300.0
@@ -242,3 +244,51 @@ def reports_usage_per_call(client: Any) -> bool:
     is driven through ``completion()`` and ``get_last_usage()``.
     """
     return isinstance(client, BaseLM) and type(client).implements_generate() is True
+
+
+# ---------------------------------------------------------------------------
+# Construction helpers shared by the provider clients
+# ---------------------------------------------------------------------------
+
+
+def require_model_name(client: str, model_name: str | None, example: str) -> str:
+    """``model_name``, or a ConfigurationError showing an example."""
+    if not model_name:
+        raise ConfigurationError(
+            f"{client} needs model_name (e.g. backend_kwargs={{'model_name': {example!r}}})"
+        )
+    return model_name
+
+
+def api_key_from(api_key: str | None, *env_vars: str) -> str | None:
+    """The explicit key, else the first of ``env_vars`` that is set, else None."""
+    if api_key:
+        return api_key
+    for var in env_vars:
+        value = os.environ.get(var)
+        if value:
+            return value
+    return None
+
+
+def missing_api_key(client: str, *env_vars: str) -> ConfigurationError:
+    """The error for a client constructed without any key."""
+    names = " (or ".join(env_vars) + ")" * (len(env_vars) - 1)
+    return ConfigurationError(
+        f"No API key for the {client} client: pass backend_kwargs={{'api_key': ...}} or set "
+        f"the {names} environment variable"
+    )
+
+
+def check_sdk_options(client: str, options: dict[str, Any], sdk: Any, own: str) -> None:
+    """Reject ``options`` that the SDK constructor ``sdk`` would refuse, now rather than at
+    the first call. ``own`` lists the client's own arguments, for the message."""
+    import inspect
+
+    accepted = set(inspect.signature(sdk.__init__).parameters) - {"self", "kwargs"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigurationError(
+            f"Unknown backend_kwargs for the {client} client: {unknown}. Besides {own}, it "
+            f"accepts the options of {sdk.__module__.split('.')[0]}.{sdk.__name__}: {sorted(accepted)}"
+        )

@@ -12,13 +12,20 @@ repeated prefixes implicitly; cached tokens are reported from
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from google import genai
 from google.genai import types
 
-from rlm.clients.base_lm import DEFAULT_TIMEOUT, BaseLM, Generation, Messages
+from rlm.clients.base_lm import (
+    DEFAULT_TIMEOUT,
+    BaseLM,
+    Generation,
+    Messages,
+    api_key_from,
+    missing_api_key,
+    require_model_name,
+)
 from rlm.utils.exceptions import ConfigurationError
 
 _RENAMED = {"max_tokens": "max_output_tokens", "stop": "stop_sequences"}
@@ -71,11 +78,7 @@ class GeminiClient(BaseLM):
         prices: dict[str, Any] | None = None,
         price_provider: str | None = "google",
     ):
-        if not model_name:
-            raise ConfigurationError(
-                "GeminiClient needs model_name (e.g. backend_kwargs={'model_name': "
-                "'gemini-2.5-flash'})"
-            )
+        model_name = require_model_name("GeminiClient", model_name, "gemini-2.5-flash")
         sampling = {_RENAMED.get(k, k): v for k, v in (sampling_args or {}).items()}
         unknown = sorted(set(sampling) - set(types.GenerateContentConfig.model_fields))
         if unknown:
@@ -90,12 +93,9 @@ class GeminiClient(BaseLM):
             prices=prices,
             price_provider=price_provider,
         )
-        api_key = api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+        api_key = api_key_from(api_key, "GEMINI_API_KEY", "GOOGLE_API_KEY")
         if not api_key:
-            raise ConfigurationError(
-                "No API key for the Gemini client: pass backend_kwargs={'api_key': ...} or set "
-                "the GEMINI_API_KEY (or GOOGLE_API_KEY) environment variable"
-            )
+            raise missing_api_key("Gemini", "GEMINI_API_KEY", "GOOGLE_API_KEY")
         self.base_url = base_url
         http_options = types.HttpOptions(
             base_url=base_url,

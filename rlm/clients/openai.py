@@ -9,12 +9,19 @@ SDK's own, configured with ``max_retries``.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from typing import Any
 
-from rlm.clients.base_lm import DEFAULT_TIMEOUT, BaseLM, Generation, Messages
-from rlm.utils.exceptions import ConfigurationError
+from rlm.clients.base_lm import (
+    DEFAULT_TIMEOUT,
+    BaseLM,
+    Generation,
+    Messages,
+    api_key_from,
+    check_sdk_options,
+    missing_api_key,
+    require_model_name,
+)
 
 
 def _usage_numbers(usage: Any) -> tuple[int, int, int, float | None]:
@@ -30,21 +37,6 @@ def _usage_numbers(usage: Any) -> tuple[int, int, int, float | None]:
         extra = getattr(usage, "model_extra", None) or {}
         cost = extra.get("cost")
     return input_tokens, output_tokens, cached, (float(cost) if cost is not None else None)
-
-
-def _check_client_kwargs(client_kwargs: dict[str, Any], sdk_class: Any) -> None:
-    """Reject options the SDK client would not accept, now rather than at the first call."""
-    import inspect
-
-    accepted = set(inspect.signature(sdk_class.__init__).parameters) - {"self", "kwargs"}
-    unknown = sorted(set(client_kwargs) - accepted)
-    if unknown:
-        raise ConfigurationError(
-            f"Unknown backend_kwargs for the OpenAI client: {unknown}. Besides model_name, api_key, "
-            f"base_url, timeout, max_retries, sampling_args, prompt_cache_key, auto_prompt_cache_key, prices and "
-            f"price_provider, it accepts the options of openai.{sdk_class.__name__}: "
-            f"{sorted(accepted)}"
-        )
 
 
 class OpenAIClient(BaseLM):
@@ -65,10 +57,7 @@ class OpenAIClient(BaseLM):
         price_provider: str | None = "openai",
         **client_kwargs: Any,
     ):
-        if not model_name:
-            raise ConfigurationError(
-                "OpenAIClient needs model_name (e.g. backend_kwargs={'model_name': 'gpt-4o-mini'})"
-            )
+        model_name = require_model_name("OpenAIClient", model_name, "gpt-4o-mini")
         super().__init__(
             model_name=model_name,
             timeout=timeout,
@@ -76,15 +65,18 @@ class OpenAIClient(BaseLM):
             prices=prices,
             price_provider=price_provider,
         )
-        api_key = api_key or os.environ.get(api_key_env)
+        api_key = api_key_from(api_key, api_key_env)
         if not api_key:
             if base_url is None:
-                raise ConfigurationError(
-                    f"No API key for the OpenAI client: pass backend_kwargs={{'api_key': ...}} "
-                    f"or set the {api_key_env} environment variable"
-                )
+                raise missing_api_key("OpenAI", api_key_env)
             api_key = "EMPTY"  # local OpenAI-compatible servers accept any key
-        _check_client_kwargs(client_kwargs, self._sdk_class(asynchronous=False))
+        check_sdk_options(
+            "OpenAI",
+            client_kwargs,
+            self._sdk_class(asynchronous=False),
+            "model_name, api_key, base_url, timeout, max_retries, sampling_args, "
+            "prompt_cache_key, auto_prompt_cache_key, prices and price_provider",
+        )
         self.base_url = base_url
         self.prompt_cache_key = prompt_cache_key
         # Derive a cache key for root-loop calls; by default only on api.openai.com
