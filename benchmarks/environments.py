@@ -1,6 +1,11 @@
 """Speed of each REPL environment, measured on the scripted LM (no model time).
 
-Run: python benchmarks/environments.py [--quick] [--only local,subprocess,docker]
+Run: python benchmarks/environments.py [--quick] [--only local,subprocess,docker,...]
+
+Names: local, subprocess, docker, ipython (in-process), ipython-kernel (mode="kernel"),
+and modal-standin, e2b-standin, daytona-standin, prime-standin: the real cloud
+adapters driving a LOCAL stand-in of their SDK (tests/sandbox_fakes.py: a local
+worker process), which measures the adapter and framing overhead, not the service.
 
 Per environment: start-up (construction to a usable REPL, no context), a warm
 cell, a cell with a 100 MB context loaded (and the one-time load), one
@@ -46,7 +51,20 @@ def median_time(fn, n: int) -> float:
 def kwargs_for(name: str, **kwargs):
     if name == "docker":
         kwargs["image"] = IMAGE
+    if name == "ipython-kernel":
+        kwargs["mode"] = "kernel"
+    if name.endswith("-standin"):
+        from tests.sandbox_fakes import FAKES
+
+        kwargs["sdk"] = FAKES[name.removesuffix("-standin")]()
     return kwargs
+
+
+def env_name(name: str) -> str:
+    """The registered environment behind a benchmark name."""
+    if name == "ipython-kernel":
+        return "ipython"
+    return name.removesuffix("-standin")
 
 
 def bench(name: str, handler: LMHandler, quick: bool) -> None:
@@ -57,14 +75,14 @@ def bench(name: str, handler: LMHandler, quick: bool) -> None:
     starts, teardowns = [], []
     for _ in range(reps):
         start = time.perf_counter()
-        env = get_environment(name, kwargs_for(name))
+        env = get_environment(env_name(name), kwargs_for(name))
         env.execute_code("pass")
         starts.append(time.perf_counter() - start)
         start = time.perf_counter()
         env.cleanup()
         teardowns.append(time.perf_counter() - start)
 
-    env = get_environment(name, kwargs_for(name, lm_handler_address=handler.address))
+    env = get_environment(env_name(name), kwargs_for(name, lm_handler_address=handler.address))
     layers = getattr(env, "isolation", None)
     try:
         env.execute_code("x = 0")
@@ -79,7 +97,8 @@ def bench(name: str, handler: LMHandler, quick: bool) -> None:
     finally:
         env.cleanup()
 
-    print(f"\n== {name}")
+    label = " (LOCAL STAND-IN of the SDK, not the service)" if name.endswith("-standin") else ""
+    print(f"\n== {name}{label}")
     if layers:
         active = ", ".join(
             k if v is True else f"{k}={v}"
@@ -99,7 +118,11 @@ def bench(name: str, handler: LMHandler, quick: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--only", default="local,subprocess,docker")
+    parser.add_argument(
+        "--only",
+        default="local,subprocess,docker,ipython,ipython-kernel,"
+        "modal-standin,e2b-standin,daytona-standin,prime-standin",
+    )
     args = parser.parse_args()
     handler = LMHandler(ScriptedLM(sub_responses=lambda m: "pong"))
     handler.start()

@@ -1,7 +1,10 @@
-"""The shared environment behaviour tests: the same cases on local, subprocess and docker.
+"""The shared environment behaviour tests: the same cases on every environment.
 
 Each case runs on every environment, against the real engine (a real child process,
 a real Docker engine), driven directly and through ``RLM(backend="scripted")``.
+``ipython`` runs in both modes (``ipython-kernel`` is ``mode="kernel"``); modal, e2b,
+daytona and prime run through local stand-ins of their SDKs (tests/sandbox_fakes.py:
+the real adapter and driver, a local worker process instead of the cloud sandbox).
 Docker cases skip with the reason when no engine or image is here, unless
 ``RLM_REQUIRE_DOCKER=1``; build the image with ``scripts/docker_image.sh``.
 """
@@ -17,8 +20,9 @@ import pytest
 from rlm import RLM
 from rlm.environments import SupportsPersistence, get_environment
 
-ENVIRONMENTS = ["local", "subprocess", "docker"]
-ISOLATED = ["subprocess", "docker"]
+CLOUD = ["modal", "e2b", "daytona", "prime"]
+ENVIRONMENTS = ["local", "subprocess", "docker", "ipython", "ipython-kernel", *CLOUD]
+ISOLATED = ["subprocess", "docker", "ipython-kernel", *CLOUD]
 DOCKER_IMAGE = os.environ.get("RLM_DOCKER_IMAGE", "rlm-python:local")
 
 _docker_reason: list[str | None] = []
@@ -53,7 +57,18 @@ def require(name: str) -> None:
 def env_kwargs(name: str, **kwargs):
     if name == "docker":
         kwargs.setdefault("image", DOCKER_IMAGE)
+    if name == "ipython-kernel":
+        kwargs.setdefault("mode", "kernel")
+    if name in CLOUD:
+        from tests.sandbox_fakes import FAKES
+
+        kwargs.setdefault("sdk", FAKES[name]())
     return kwargs
+
+
+def real_name(name: str) -> str:
+    """The registered environment name behind a test id (``ipython-kernel`` -> ``ipython``)."""
+    return "ipython" if name == "ipython-kernel" else name
 
 
 @pytest.fixture(params=ENVIRONMENTS)
@@ -74,7 +89,7 @@ def make_env(env_name):
     built = []
 
     def make(**kwargs):
-        env = get_environment(env_name, env_kwargs(env_name, **kwargs))
+        env = get_environment(real_name(env_name), env_kwargs(env_name, **kwargs))
         built.append(env)
         return env
 
@@ -94,7 +109,7 @@ def run_rlm(env_name, responses, sub_responses=None, **kwargs) -> RLM:
     return RLM(
         backend="scripted",
         backend_kwargs=backend_kwargs,
-        environment=env_name,
+        environment=real_name(env_name),
         environment_kwargs=env_kwargs(env_name, **kwargs.pop("environment_kwargs", {})),
         **kwargs,
     )
@@ -155,6 +170,9 @@ def test_persistence_methods(make_env, scripted_handler):
 
 
 def test_persistent_rlm_keeps_variables_across_completions(env_name):
+    from rlm.environments import supports_persistence
+
+    assert supports_persistence(real_name(env_name))
     rlm = run_rlm(
         env_name,
         [
@@ -370,7 +388,7 @@ def make_isolated(isolated_name):
     built = []
 
     def make(**kwargs):
-        env = get_environment(isolated_name, env_kwargs(isolated_name, **kwargs))
+        env = get_environment(real_name(isolated_name), env_kwargs(isolated_name, **kwargs))
         built.append(env)
         return env
 
@@ -432,8 +450,8 @@ def test_unknown_environment_kwargs_fail_at_construction(isolated_name):
         RLM(
             backend="scripted",
             backend_kwargs={"responses": ["x"]},
-            environment=isolated_name,
-            environment_kwargs={"bogus": 1},
+            environment=real_name(isolated_name),
+            environment_kwargs=env_kwargs(isolated_name, bogus=1),
         )
 
 
@@ -441,4 +459,4 @@ def test_isolation_report(make_isolated):
     env = make_isolated()
     layers = env.isolation
     assert layers["scrubbed_env"] is True
-    assert layers["sandbox"] in ("bwrap", "unshare", "none", "docker")
+    assert layers["sandbox"] in ("bwrap", "unshare", "none", "docker", *CLOUD)

@@ -8,49 +8,31 @@ optional SDK costs nothing until it is asked for.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
 from rlm.clients.base_lm import BaseLM, Generation, UsageTracker, to_messages
 from rlm.utils.exceptions import ConfigurationError
+from rlm.utils.registry import Registry
+from rlm.utils.registry import lazy as _lazy
 
 Factory = Callable[[dict[str, Any]], BaseLM]
 
-_REGISTRY: dict[str, Factory] = {}
+_BACKENDS: Registry[BaseLM] = Registry("backend")
 
 
 def register_backend(name: str, factory: Factory) -> None:
     """Make ``backend=name`` build a client with ``factory(backend_kwargs)``."""
-    _REGISTRY[name] = factory
+    _BACKENDS.register(name, factory)
 
 
 def available_backends() -> list[str]:
-    return sorted(_REGISTRY)
+    return _BACKENDS.names()
 
 
 def get_client(backend: str, backend_kwargs: dict[str, Any] | None) -> BaseLM:
     """Build the client for ``backend``. Raises ``ConfigurationError`` for an unknown name."""
-    factory = _REGISTRY.get(backend)
-    if factory is None:
-        raise ConfigurationError(
-            f"Unknown backend {backend!r}. Available backends: {', '.join(available_backends())}"
-        )
-    return factory(dict(backend_kwargs or {}))
-
-
-def _lazy(module: str, cls: str, extra: str | None = None, **defaults: Any) -> Factory:
-    """A factory importing ``module.cls`` on first use, with ``defaults`` under the user's kwargs."""
-
-    def factory(kwargs: dict[str, Any]) -> BaseLM:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as exc:
-            hint = f' Install it with: pip install "rlm[{extra}]"' if extra else ""
-            raise ConfigurationError(f"{cls} could not be imported ({exc}).{hint}") from exc
-        return getattr(mod, cls)(**{**defaults, **kwargs})
-
-    return factory
+    return _BACKENDS.build(backend, backend_kwargs)
 
 
 def _vllm(kwargs: dict[str, Any]) -> BaseLM:

@@ -32,8 +32,10 @@ from rlm.core.types import (
 from rlm.environments import (
     BaseEnv,
     SupportsPersistence,
+    available_environments,
     check_environment_kwargs,
     get_environment,
+    supports_persistence,
     validate_custom_tools,
 )
 from rlm.logger import RLMLogger, VerbosePrinter
@@ -58,9 +60,6 @@ from rlm.utils.prompts import (
 )
 from rlm.utils.rlm_utils import is_sensitive_key
 from rlm.utils.token_utils import context_window_for, count_tokens
-
-#: Environments that keep their namespace across completion() calls.
-_PERSISTENT_ENVIRONMENTS = {"local", "subprocess", "docker"}
 
 
 def _without_secrets(value: Any) -> Any:
@@ -205,10 +204,11 @@ class RLM:
         if not 0 < compaction_threshold_pct <= 1:
             raise ConfigurationError("compaction_threshold_pct must be in (0, 1]")
         check_environment_kwargs(str(environment), dict(environment_kwargs or {}))
-        if persistent and environment not in _PERSISTENT_ENVIRONMENTS:
+        if persistent and not supports_persistence(str(environment)):
+            supported = [e for e in available_environments() if supports_persistence(e)]
             raise ConfigurationError(
                 f"persistent=True is not supported by environment {environment!r}; "
-                f"supported: {sorted(_PERSISTENT_ENVIRONMENTS)}"
+                f"supported: {supported}"
             )
         validate_custom_tools(custom_tools)
         validate_custom_tools(custom_sub_tools)

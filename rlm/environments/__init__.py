@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -21,83 +20,85 @@ from rlm.environments.base_env import (
     validate_custom_tools,
 )
 from rlm.environments.local_repl import LocalREPL
-from rlm.utils.exceptions import ConfigurationError
+from rlm.utils.registry import Registry
+from rlm.utils.registry import lazy as _lazy
+from rlm.utils.registry import lazy_check as _lazy_check
 
 EnvFactory = Callable[[dict[str, Any]], BaseEnv]
 
-_REGISTRY: dict[str, EnvFactory] = {}
-_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {}
+_ENVIRONMENTS: Registry[BaseEnv] = Registry("environment")
 
 
 def register_environment(
-    name: str, factory: EnvFactory, check_kwargs: Callable[[dict[str, Any]], None] | None = None
+    name: str,
+    factory: EnvFactory,
+    check_kwargs: Callable[[dict[str, Any]], None] | None = None,
+    persistent: bool = False,
 ) -> None:
     """Make ``environment=name`` build an environment with ``factory(environment_kwargs)``.
 
     ``check_kwargs(environment_kwargs)``, if given, runs when an RLM is constructed
-    and raises on options the environment would refuse later.
+    and raises on options the environment would refuse later. ``persistent`` says
+    the environment implements :class:`SupportsPersistence` (``RLM(persistent=True)``).
     """
-    _REGISTRY[name] = factory
-    if check_kwargs is not None:
-        _CHECKS[name] = check_kwargs
+    _ENVIRONMENTS.register(name, factory, check_kwargs, persistent=persistent)
 
 
 def check_environment_kwargs(environment: str, environment_kwargs: dict[str, Any]) -> None:
     """Fail now (ConfigurationError) on an unknown environment or options it refuses."""
-    if environment not in _REGISTRY:
-        raise ConfigurationError(
-            f"Unknown environment {environment!r}. Available: {', '.join(available_environments())}"
-        )
-    check = _CHECKS.get(environment)
-    if check is not None:
-        check(environment_kwargs)
+    _ENVIRONMENTS.check(environment, environment_kwargs)
+
+
+def supports_persistence(environment: str) -> bool:
+    return bool(_ENVIRONMENTS.trait(environment, "persistent", False))
 
 
 def available_environments() -> list[str]:
-    return sorted(_REGISTRY)
+    return _ENVIRONMENTS.names()
 
 
 def get_environment(environment: str, environment_kwargs: dict[str, Any] | None) -> BaseEnv:
     """Build the environment called ``environment``."""
-    factory = _REGISTRY.get(environment)
-    if factory is None:
-        raise ConfigurationError(
-            f"Unknown environment {environment!r}. Available: {', '.join(available_environments())}"
-        )
-    return factory(dict(environment_kwargs or {}))
+    return _ENVIRONMENTS.build(environment, environment_kwargs)
 
 
-def _lazy(module: str, cls: str, extra: str | None = None) -> EnvFactory:
-    def factory(kwargs: dict[str, Any]) -> BaseEnv:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as exc:
-            hint = f' Install it with: pip install "rlm[{extra}]"' if extra else ""
-            raise ConfigurationError(f"{cls} could not be imported ({exc}).{hint}") from exc
-        return getattr(mod, cls)(**kwargs)
-
-    return factory
-
-
-def _lazy_check(module: str, cls: str) -> Callable[[dict[str, Any]], None]:
-    def check(kwargs: dict[str, Any]) -> None:
-        getattr(importlib.import_module(module), cls).check_kwargs(kwargs)
-
-    return check
-
-
-register_environment("local", lambda kwargs: LocalREPL(**kwargs), LocalREPL.check_kwargs)
+register_environment(
+    "local", lambda kwargs: LocalREPL(**kwargs), LocalREPL.check_kwargs, persistent=True
+)
 # Isolated environments: one worker program (worker.py) and one host driver (isolated.py).
 register_environment(
     "subprocess",
     _lazy("rlm.environments.subprocess_repl", "SubprocessREPL"),
-    _lazy_check("rlm.environments.subprocess_repl", "SubprocessREPL"),
+    _lazy_check("rlm.environments.subprocess_repl", "SubprocessREPL.check_kwargs"),
+    persistent=True,
 )
 register_environment(
     "docker",
     _lazy("rlm.environments.docker_repl", "DockerREPL"),
-    _lazy_check("rlm.environments.docker_repl", "DockerREPL"),
+    _lazy_check("rlm.environments.docker_repl", "DockerREPL.check_kwargs"),
+    persistent=True,
 )
+
+# IPython syntax, in this process or in the subprocess worker (mode="kernel").
+register_environment(
+    "ipython",
+    _lazy("rlm.environments.ipython_repl", "make_ipython", "ipython"),
+    _lazy_check("rlm.environments.ipython_repl", "check_kwargs"),
+    persistent=True,
+)
+# Cloud sandboxes: thin transports over the same worker (rlm/environments/sandbox.py).
+for _name, _module, _cls in (
+    ("modal", "modal_repl", "ModalREPL"),
+    ("e2b", "e2b_repl", "E2BREPL"),
+    ("daytona", "daytona_repl", "DaytonaREPL"),
+    ("prime", "prime_repl", "PrimeREPL"),
+):
+    register_environment(
+        _name,
+        _lazy(f"rlm.environments.{_module}", _cls, _name),
+        _lazy_check(f"rlm.environments.{_module}", f"{_cls}.check_kwargs"),
+        persistent=True,
+    )
 
 __all__ = [
     "RESERVED_TOOL_NAMES",
@@ -110,6 +111,7 @@ __all__ = [
     "ToolInfo",
     "available_environments",
     "check_environment_kwargs",
+    "supports_persistence",
     "extract_tool_value",
     "format_tools_for_prompt",
     "get_environment",

@@ -212,6 +212,8 @@ class IsolatedREPL(IsolatedEnv):
 
     supports_cell_timeout = True
     _OPTIONS: tuple[str, ...] = ()
+    #: Extra fields of the worker's ``init`` message (e.g. ``{"ipython": True}``).
+    _WORKER_INIT: dict[str, Any] = {}
 
     @classmethod
     def check_kwargs(cls, kwargs: dict[str, Any]) -> None:
@@ -335,6 +337,7 @@ class IsolatedREPL(IsolatedEnv):
                 "max_output_chars": self.max_output_chars,
                 "tools": tools,
                 "compaction": bool(self.compaction),
+                **self._WORKER_INIT,
             }
         )
         for index, payload in sorted(self._contexts.items()):

@@ -15,7 +15,8 @@ calls and custom tools are served by the host, by remote call.
 Host -> worker messages (``type``):
 
 * ``init``      ``{max_output_chars, depth, tools: {name: {"callable": bool, "value": v}},
-                compaction}``
+                compaction, ipython}`` (``ipython``: cells are IPython syntax, see
+                :class:`IPythonCells`; needs IPython in the sandbox's Python)
 * ``context``   ``{index, value}``: bind ``context_<index>`` (and ``context`` for 0); sent once
 * ``history``   ``{index, value}``: bind ``history_<index>`` (and ``history`` for 0)
 * ``compaction_entry`` ``{value}``: append to the compaction ``history`` list
@@ -114,6 +115,51 @@ def summarize(value: Any) -> Any:
     return f"<{type(value).__module__}.{type(value).__name__} object>"
 
 
+class IPythonCells:
+    """IPython syntax for a ``ReplCore``: magics (``%time``, ``%%writefile``...), ``!cmd``
+    and ``obj?``, translated by IPython's own input transformer into plain Python that the
+    shared engine then runs (same names, final-answer forms, output bounds and time
+    limits). ``get_ipython()`` returns a shell whose namespace is the REPL's."""
+
+    def __init__(self, core: Any, ipython_dir: str):
+        from IPython.core.interactiveshell import InteractiveShell  # type: ignore[import-not-found]
+        from traitlets.config import Config  # type: ignore[import-not-found]
+
+        config = Config()
+        config.HistoryManager.enabled = False
+        before = set(core.ns)
+        shell = InteractiveShell(config=config, user_ns=core.ns, ipython_dir=ipython_dir)
+        for name in set(core.ns) - before:  # In, Out, exit, quit, open...: not REPL names
+            del core.ns[name]
+        core.ns["__builtins__"] = core._builtins_table
+        shell.system = self._system
+        self.shell = shell
+        core.set_helper("get_ipython", lambda: shell)
+
+    def _system(self, cmd: str) -> None:
+        """``!cmd``: output into the cell's captured streams (not the process's fd 1)."""
+        import subprocess
+
+        proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, errors="replace")
+        sys.stdout.write(proc.stdout)
+        sys.stderr.write(proc.stderr)
+        self.shell.user_ns["_exit_code"] = proc.returncode
+
+    def transform(self, code: str) -> str:
+        return self.shell.transform_cell(code)
+
+    @classmethod
+    def load(cls, core: Any, ipython_dir: str) -> IPythonCells:
+        """Attach IPython; where the sandbox runs ``python -S``, site-packages first."""
+        try:
+            import IPython  # type: ignore[import-not-found]  # noqa: F401
+        except ImportError:
+            import site
+
+            site.main()
+        return cls(core, ipython_dir)
+
+
 class Worker:
     """The REPL namespace and the message loop."""
 
@@ -126,6 +172,8 @@ class Worker:
         self._waiting_lock = threading.Lock()
         self._tasks: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._compaction_history: list[Any] | None = None
+        self.ipython: IPythonCells | None = None
+        self.ipython_error: str | None = None
 
     # -- calls to the host -----------------------------------------------------------
 
@@ -255,6 +303,13 @@ class Worker:
             self._compaction_history = []
             core.set_fixed("history", self._compaction_history)
         self.core = core
+        if message.get("ipython"):
+            try:
+                self.ipython = IPythonCells.load(core, os.path.join(os.getcwd(), ".ipython"))
+            except Exception as exc:  # reported by every cell (the host probes at start)
+                self.ipython_error = (
+                    f"IPython is not available in the worker: {type(exc).__name__}: {exc}"
+                )
 
     def _result(self, call_id: Any, outcome: repl_core.CellOutcome) -> dict[str, Any]:
         assert self.core is not None
@@ -279,7 +334,12 @@ class Worker:
             raise RuntimeError(f"message {kind!r} before init")
         elif kind == "exec":
             timeout = message.get("timeout")
-            outcome = self.core.run_cell(str(message.get("code", "")), timeout)
+            code = str(message.get("code", ""))
+            if self.ipython_error is not None:
+                raise RuntimeError(self.ipython_error)
+            if self.ipython is not None:
+                code = self.ipython.transform(code)
+            outcome = self.core.run_cell(code, timeout)
             self.channel.send(self._result(message.get("id"), outcome))
         elif kind == "context":
             index = int(message["index"])
