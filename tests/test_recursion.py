@@ -581,3 +581,53 @@ def test_every_callback_fires_for_root_and_children_and_raising_ones_are_harmles
         on_subcall_complete=boom,
     )
     assert noisy.completion("ROOT", root_prompt="go").response == "root[mid(leaf:a,leaf:b)]"
+
+
+def test_cancelling_acompletion_stops_a_running_child_cell():
+    import asyncio
+
+    ticks: list[float] = []
+
+    def script(messages):
+        if "CHILD" in task(messages):
+            return (
+                "```repl\nimport time\nfor _ in range(400):\n    tick()\n    time.sleep(0.05)\n```"
+            )
+        if turns(messages) == 0:
+            return '```repl\nr = rlm_query("CHILD loop")\n```'
+        return answer("r")
+
+    rlm = RLM(
+        backend="scripted",
+        backend_kwargs={"responses": script},
+        max_depth=2,
+        custom_tools={"tick": lambda: ticks.append(time.monotonic())},
+    )
+
+    async def main():
+        task_ = asyncio.ensure_future(rlm.acompletion("ctx"))
+        while not ticks:  # the child's cell is running
+            await asyncio.sleep(0.01)
+        task_.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task_
+
+    asyncio.run(main())
+    time.sleep(3.0)  # past the interrupt grace period
+    settled = len(ticks)
+    time.sleep(0.5)
+    assert len(ticks) == settled  # the child's loop no longer runs
+    assert settled < 400
+
+
+def test_a_stopped_handler_refuses_batches_without_starting_a_thread():
+    from rlm.clients import get_client
+    from rlm.core.comms_utils import LMRequest
+
+    handler = LMHandler(get_client("scripted", {"responses": lambda m: "ok"}))
+    handler.start()
+    handler.stop()
+    before = {t.name for t in threading.enumerate()}
+    response = handler.handle_request(LMRequest(prompts=["a", "b"]))
+    assert response.error and "stopped" in response.error
+    assert not ({t.name for t in threading.enumerate()} - before)

@@ -308,6 +308,8 @@ class LMHandler:
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._loop_lock:
+            if not self._running:
+                raise RuntimeError("the LM handler is stopped")
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
@@ -336,7 +338,8 @@ class LMHandler:
 
             return list(await asyncio.gather(*(one(p) for p in prompts)))
 
-        return asyncio.run_coroutine_threadsafe(run_all(), self._event_loop()).result()
+        loop = self._event_loop()  # raises first if the handler is stopped
+        return asyncio.run_coroutine_threadsafe(run_all(), loop).result()
 
     # -- direct use from the loop -------------------------------------------------
 

@@ -71,6 +71,10 @@ def _without_secrets(value: Any) -> Any:
     return value
 
 
+#: How often a wait for the root model wakes to check cancellation and the deadline (s).
+_ROOT_WAIT_SLICE = 0.25
+
+
 def _error_completion(model: str, prompt: Any, message: str, start: float) -> RLMChatCompletion:
     return RLMChatCompletion(
         root_model=model,
@@ -119,6 +123,8 @@ class _Run:
         self.measured_tokens: int | None = None
         self.measured_messages = 0
         self.last_root_usage: UsageSummary | None = None
+        self.children: set[_Run] = set()
+        self.children_lock = threading.Lock()
 
     def chain(self) -> list[_Run]:
         runs, node = [], self
@@ -131,11 +137,16 @@ class _Run:
         return any(r.cancelled.is_set() for r in self.chain())
 
     def cancel(self) -> None:
-        """Cancel from another thread: later checks raise, and a running cell is stopped."""
+        """Cancel from another thread: later checks raise, and the running cells of this
+        run and of every live child run are stopped."""
         self.cancelled.set()
         env = self.env
         if env is not None:
             env.interrupt()
+        with self.children_lock:
+            children = list(self.children)
+        for child in children:
+            child.cancel()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -441,14 +452,22 @@ class RLM:
                 return _error_completion(label, prompt, f"Error: {refusal}", start)
             child = self._spawn_child(run, model)
             question = prompt if isinstance(prompt, str) and len(prompt) <= 4000 else None
+            child_run = _Run(child, parent=run)
+            with run.children_lock:
+                run.children.add(child_run)
+            if run.is_cancelled():  # cancelled while the child was being set up
+                child_run.cancel()
             try:
-                return child._completion(prompt, question, _Run(child, parent=run))
+                return child._completion(prompt, question, child_run)
             except (LimitExceededError, CancellationError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 partial = f" Partial answer: {exc.partial_answer}" if exc.partial_answer else ""
                 return _error_completion(
                     label, prompt, f"Error: the child RLM stopped: {exc}.{partial}", start
                 )
+            finally:
+                with run.children_lock:
+                    run.children.discard(child_run)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise
@@ -570,9 +589,8 @@ class RLM:
     # ------------------------------------------------------------------ model calls
 
     def _ask_root(self, run: _Run, handler: LMHandler, messages: list[dict[str, Any]]) -> str:
-        """One root-model call, abandoned (with TimeoutExceededError) if it outlives max_timeout."""
-        if run.deadline is None:
-            return self._measured(run, messages, handler.completion_record(messages))
+        """One root-model call, abandoned if it outlives ``max_timeout`` (TimeoutExceededError)
+        or the run is cancelled meanwhile (CancellationError)."""
         box: dict[str, Any] = {}
         done = threading.Event()
 
@@ -585,10 +603,13 @@ class RLM:
                 done.set()
 
         threading.Thread(target=call, name="rlm-root-call", daemon=True).start()
-        while not done.wait(max(0.0, run.remaining() or 0.0)):
-            self._check_time(
-                run, "while waiting for the root model"
-            )  # raises once past the deadline
+        while not done.wait(
+            _ROOT_WAIT_SLICE
+            if run.deadline is None
+            else max(0.0, min(_ROOT_WAIT_SLICE, run.remaining() or 0.0))
+        ):
+            # Raises once past the deadline or cancelled; otherwise keep waiting.
+            self._check_time(run, "while waiting for the root model")
         if "error" in box:
             raise box["error"]
         return box["text"]

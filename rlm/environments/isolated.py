@@ -507,8 +507,9 @@ class IsolatedREPL(IsolatedEnv):
         wait = None if limit is None else limit + HOST_GRACE_SECONDS
         message = self._request({"type": "exec", "code": code, "timeout": limit}, wait)
         if message is None:
-            if self._dead is not None:
-                error = f"WorkerDied: the worker stopped while running this cell: {self._dead}."
+            if self._dead is not None or limit is None:
+                cause = self._dead or "it closed the channel"
+                error = f"WorkerDied: the worker stopped while running this cell: {cause}."
             else:
                 error = (
                     f"TimeoutError: the cell ran longer than its limit of {limit:g} s and the "

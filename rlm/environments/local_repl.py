@@ -53,6 +53,7 @@ def _make_helpers(ch: _Channel) -> dict[str, Any]:
 
     def llm_query(prompt: Any, model: str | None = None) -> str:
         """Ask a language model one question (no REPL, no recursion); returns its answer."""
+        pending = ch.pending  # this cell's list, even if the call outlives the cell
         if ch.address is None:
             return "Error: no LM handler is configured for this REPL"
         response = send_lm_request(
@@ -60,7 +61,7 @@ def _make_helpers(ch: _Channel) -> dict[str, Any]:
         )
         if not response.success or response.chat_completion is None:
             return f"Error: {response.error}"
-        ch.pending.append(response.chat_completion)
+        pending.append(response.chat_completion)
         return response.chat_completion.response
 
     def llm_query_batched(prompts: list[Any], model: str | None = None) -> list[str]:
@@ -70,6 +71,7 @@ def _make_helpers(ch: _Channel) -> dict[str, Any]:
                 f"Error: llm_query_batched expects a list of prompts, got {type(prompts).__name__}"
             ]
         prompts = list(prompts)
+        pending = ch.pending
         if ch.address is None:
             return ["Error: no LM handler is configured for this REPL"] * len(prompts)
         responses = send_lm_request_batched(
@@ -78,7 +80,7 @@ def _make_helpers(ch: _Channel) -> dict[str, Any]:
         out = []
         for response in responses:
             if response.success and response.chat_completion is not None:
-                ch.pending.append(response.chat_completion)
+                pending.append(response.chat_completion)
                 out.append(response.chat_completion.response)
             else:
                 out.append(f"Error: {response.error}")
@@ -104,9 +106,10 @@ def _make_helpers(ch: _Channel) -> dict[str, Any]:
 
     def rlm_query(prompt: Any, model: str | None = None) -> str:
         """Hand a sub-task to a child RLM with its own REPL (a plain model call at the depth cap)."""
+        pending = ch.pending
         answer, completion = rlm_call(prompt, model)
         if completion is not None:
-            ch.pending.append(completion)
+            pending.append(completion)
         return answer
 
     def rlm_query_batched(prompts: list[Any], model: str | None = None) -> list[str]:
@@ -116,10 +119,11 @@ def _make_helpers(ch: _Channel) -> dict[str, Any]:
                 f"Error: rlm_query_batched expects a list of prompts, got {type(prompts).__name__}"
             ]
         prompts = list(prompts)
+        pending = ch.pending
         workers = min(ch.max_concurrent, max(1, len(prompts)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rlm-subcall") as pool:
             results = list(pool.map(lambda p: rlm_call(p, model), prompts))
-        ch.pending.extend(c for _, c in results if c is not None)
+        pending.extend(c for _, c in results if c is not None)
         return [answer for answer, _ in results]
 
     return {
