@@ -165,11 +165,27 @@ def socket_send(sock: socket.socket, data: Any) -> None:
     sock.sendall(encode_frame(data))
 
 
-def _recv_exact(sock: socket.socket, n: int, *, at_start: bool = False) -> bytearray | None:
-    """Read exactly ``n`` bytes into one preallocated buffer (linear time)."""
-    buf = bytearray(n)
-    view = memoryview(buf)
+#: Frames up to this size are first read with one plain recv() (the common case).
+_SMALL_FRAME = 1 << 16
+
+
+def _recv_exact(sock: socket.socket, n: int, *, at_start: bool = False) -> bytes | bytearray | None:
+    """Read exactly ``n`` bytes: one ``recv`` when it delivers them all (small frames),
+    else into one preallocated buffer (linear time for any size)."""
     got = 0
+    first = b""
+    if n <= _SMALL_FRAME:
+        first = sock.recv(n)
+        if len(first) == n:
+            return first
+        if not first:
+            if at_start:
+                return None
+            raise ConnectionError(f"Connection closed after 0 of {n} bytes")
+        got = len(first)
+    buf = bytearray(n)
+    buf[:got] = first
+    view = memoryview(buf)
     while got < n:
         k = sock.recv_into(view[got:], min(n - got, 1 << 22))
         if k == 0:
@@ -180,7 +196,7 @@ def _recv_exact(sock: socket.socket, n: int, *, at_start: bool = False) -> bytea
     return buf
 
 
-def recv_frame_bytes(sock: socket.socket, max_bytes: int | None = None) -> bytearray | None:
+def recv_frame_bytes(sock: socket.socket, max_bytes: int | None = None) -> bytes | bytearray | None:
     """Receive one frame's payload; ``None`` when the peer closed cleanly between frames."""
     header = _recv_exact(sock, _HEADER.size, at_start=True)
     if header is None:
