@@ -25,7 +25,7 @@ from rlm.environments.isolated import (
     BOOTSTRAP,
     IsolatedREPL,
     ProcessChannel,
-    describe_returncode,
+    ProcessTransport,
 )
 from rlm.utils.exceptions import ConfigurationError
 
@@ -68,10 +68,11 @@ def docker_available(binary: str = "docker", timeout: float = 10.0) -> str | Non
     return None
 
 
-class DockerTransport:
+class DockerTransport(ProcessTransport):
     """Starts the worker in a container; the channel is ``docker run -i`` stdin/stdout."""
 
     name = "docker"
+    exit_wait = 5.0  # `docker run` exits after the container is torn down
 
     def __init__(
         self,
@@ -97,8 +98,7 @@ class DockerTransport:
         self.network = network
         self.run_args = list(run_args or [])
         self.container: str | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.channel: ProcessChannel | None = None
+        super().__init__()
 
     def argv(self, name: str) -> list[str]:
         cmd = [
@@ -173,18 +173,6 @@ class DockerTransport:
         )
         self.channel = ProcessChannel(self.proc)
         return self.channel
-
-    def exit_status(self) -> str | None:
-        if self.proc is None:
-            return None
-        try:
-            code = self.proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            return None
-        return describe_returncode(code)
-
-    def stderr_tail(self) -> str:
-        return self.channel.stderr_tail() if self.channel is not None else ""
 
     def stop(self) -> None:
         name, self.container = self.container, None

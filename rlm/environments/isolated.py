@@ -30,6 +30,7 @@ import inspect
 import itertools
 import json
 import os
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -181,6 +182,30 @@ def describe_returncode(code: int | None) -> str | None:
     if code == 137:
         return "killed (exit status 137: SIGKILL, e.g. out of memory)"
     return f"exit status {code}"
+
+
+class ProcessTransport:
+    """What the transports that run the worker as a local process share: the process,
+    its channel, its exit status and its stderr. Subclasses start it and stop it."""
+
+    #: How long exit_status() waits for the process to finish exiting.
+    exit_wait = 1.0
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.channel: ProcessChannel | None = None
+
+    def exit_status(self) -> str | None:
+        if self.proc is None:
+            return None
+        try:
+            code = self.proc.wait(timeout=self.exit_wait)
+        except subprocess.TimeoutExpired:
+            return None
+        return describe_returncode(code)
+
+    def stderr_tail(self) -> str:
+        return self.channel.stderr_tail() if self.channel is not None else ""
 
 
 # ---------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from rlm.environments.isolated import (
     BOOTSTRAP,
     IsolatedREPL,
     ProcessChannel,
-    describe_returncode,
+    ProcessTransport,
     scrubbed_env,
 )
 from rlm.utils.exceptions import ConfigurationError
@@ -200,7 +200,7 @@ class _PidsCgroup:
                 time.sleep(0.01)
 
 
-class SubprocessTransport:
+class SubprocessTransport(ProcessTransport):
     """Starts the worker as a confined child process (see the module docstring)."""
 
     name = "subprocess"
@@ -257,8 +257,7 @@ class SubprocessTransport:
             )
         self.cgroup = _PidsCgroup(max_processes) if max_processes else None
         self._nproc: int | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.channel: ProcessChannel | None = None
+        super().__init__()
 
     # -- the plan ----------------------------------------------------------------------------
 
@@ -411,18 +410,6 @@ class SubprocessTransport:
                 os.close(seccomp_fd)
         self.channel = ProcessChannel(self.proc)
         return self.channel
-
-    def exit_status(self) -> str | None:
-        if self.proc is None:
-            return None
-        try:
-            code = self.proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            return None
-        return describe_returncode(code)
-
-    def stderr_tail(self) -> str:
-        return self.channel.stderr_tail() if self.channel is not None else ""
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
