@@ -10,6 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from rlm.core.types import REPLResult
 from rlm.environments.repl_core import SCAFFOLD_NAMES
+from rlm.utils.exceptions import ConfigurationError
 
 #: Names custom tools may not take: the REPL provides them and restores them after every cell.
 RESERVED_TOOL_NAMES: frozenset[str] = SCAFFOLD_NAMES
@@ -79,7 +80,6 @@ def format_tools_for_prompt(custom_tools: dict[str, Any] | None) -> str | None:
 
 def validate_custom_tools(custom_tools: dict[str, Any] | None) -> None:
     """Raise ``ConfigurationError`` (a ``ValueError``) if a name is reserved or not an identifier."""
-    from rlm.utils.exceptions import ConfigurationError
 
     if not custom_tools:
         return
@@ -96,6 +96,48 @@ def validate_custom_tools(custom_tools: dict[str, Any] | None) -> None:
     bad = sorted(str(n) for n in custom_tools if not (isinstance(n, str) and n.isidentifier()))
     if bad:
         raise ConfigurationError(f"Custom tool names must be Python identifiers: {bad}")
+
+
+#: Keyword arguments the RLM itself passes to every environment (not user options).
+_SUPPLIED_BY_RLM = frozenset(
+    {
+        "lm_handler_address",
+        "context_payload",
+        "depth",
+        "persistent",
+        "custom_tools",
+        "custom_sub_tools",
+        "compaction",
+        "max_concurrent_subcalls",
+        "subcall_fn",
+    }
+)
+
+
+def check_init_kwargs(cls: type, kwargs: dict[str, Any]) -> None:
+    """Reject environment_kwargs that ``cls`` (and the classes its ``__init__`` passes
+    ``**kwargs`` on to) does not take; called when an RLM is constructed."""
+    import inspect
+
+    accepted: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        accepted |= {
+            n
+            for n, p in params.items()
+            if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        }
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break  # this __init__ passes nothing further up
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        options = ", ".join(sorted(accepted - _SUPPLIED_BY_RLM))
+        raise ConfigurationError(
+            f"{cls.__name__} got unexpected environment_kwargs: {unknown}. Accepted: {options}"
+        )
 
 
 # ---------------------------------------------------------------------------

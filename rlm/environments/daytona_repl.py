@@ -86,7 +86,6 @@ class DaytonaREPL(SandboxREPL):
     SDK_MODULE = "daytona"
     CREDENTIALS = (("DAYTONA_API_KEY",), ("DAYTONA_JWT_TOKEN", "DAYTONA_ORGANIZATION_ID"))
     TRANSPORT = DaytonaTransport
-    _OPTIONS = ("snapshot", "network", "create_timeout", "sdk")
 
     def __init__(
         self,

@@ -211,18 +211,6 @@ class DockerREPL(IsolatedREPL):
     ``start_timeout``.
     """
 
-    _OPTIONS = (
-        "image",
-        "docker",
-        "memory_mb",
-        "cpus",
-        "pids_limit",
-        "workdir_mb",
-        "user",
-        "network",
-        "run_args",
-    )
-
     def __init__(
         self,
         image: str | None = None,

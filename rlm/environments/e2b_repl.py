@@ -70,7 +70,6 @@ class E2BREPL(SandboxREPL):
     SDK_MODULE = "e2b"
     CREDENTIALS = (("E2B_API_KEY",),)
     TRANSPORT = E2BTransport
-    _OPTIONS = ("template", "lifetime", "network", "sdk")
 
     def __init__(
         self,

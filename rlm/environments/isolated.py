@@ -39,7 +39,12 @@ from typing import Any, Protocol
 
 from rlm.core.comms_utils import encode_frame
 from rlm.core.types import REPLResult
-from rlm.environments.base_env import IsolatedEnv, parse_custom_tools, validate_custom_tools
+from rlm.environments.base_env import (
+    IsolatedEnv,
+    check_init_kwargs,
+    parse_custom_tools,
+    validate_custom_tools,
+)
 from rlm.environments.local_repl import DEFAULT_CELL_TIMEOUT, _Channel, _make_helpers
 from rlm.environments.repl_core import DEFAULT_MAX_OUTPUT_CHARS
 from rlm.utils.exceptions import ConfigurationError
@@ -212,44 +217,22 @@ class ProcessTransport:
 # The driver
 # ---------------------------------------------------------------------------
 
-_COMMON_KWARGS = (
-    "lm_handler_address",
-    "context_payload",
-    "setup_code",
-    "persistent",
-    "depth",
-    "custom_tools",
-    "custom_sub_tools",
-    "compaction",
-    "max_concurrent_subcalls",
-    "cell_timeout",
-    "max_output_chars",
-    "start_timeout",
-)
-
 
 class IsolatedREPL(IsolatedEnv):
     """A REPL whose namespace lives in a worker process reached through a transport.
 
-    Subclasses implement ``_make_transport()`` and list their own options in
-    ``_OPTIONS`` (the keyword arguments ``__init__`` takes beyond the common ones).
+    Subclasses implement ``_make_transport()``; their ``__init__`` takes their own
+    options and passes ``**kwargs`` on to this one (which is how options are checked).
     """
 
     supports_cell_timeout = True
-    _OPTIONS: tuple[str, ...] = ()
     #: Extra fields of the worker's ``init`` message (e.g. ``{"ipython": True}``).
     _WORKER_INIT: dict[str, Any] = {}
 
     @classmethod
     def check_kwargs(cls, kwargs: dict[str, Any]) -> None:
         """Reject environment_kwargs this environment does not take (at RLM construction)."""
-        accepted = set(_COMMON_KWARGS) | set(cls._OPTIONS)
-        unknown = sorted(set(kwargs) - accepted)
-        if unknown:
-            raise ConfigurationError(
-                f"{cls.__name__} got unexpected environment_kwargs: {unknown}. "
-                f"Accepted: {', '.join(sorted(set(cls._OPTIONS) | {'setup_code', 'cell_timeout', 'max_output_chars', 'start_timeout'}))}"
-            )
+        check_init_kwargs(cls, kwargs)
 
     def __init__(
         self,

@@ -24,12 +24,12 @@ from rlm.core.comms_utils import LMRequest, send_lm_request, send_lm_request_bat
 from rlm.core.types import REPLResult, RLMChatCompletion
 from rlm.environments.base_env import (
     NonIsolatedEnv,
+    check_init_kwargs,
     extract_tool_value,
     guarded_tool,
     validate_custom_tools,
 )
 from rlm.environments.repl_core import DEFAULT_MAX_OUTPUT_CHARS, ReplCore
-from rlm.utils.exceptions import ConfigurationError
 
 DEFAULT_CELL_TIMEOUT = 600.0
 
@@ -142,15 +142,7 @@ class LocalREPL(NonIsolatedEnv):
     @classmethod
     def check_kwargs(cls, kwargs: dict[str, Any]) -> None:
         """Reject environment_kwargs LocalREPL does not take (called at RLM construction)."""
-        import inspect
-
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
-        unknown = sorted(set(kwargs) - accepted)
-        if unknown:
-            raise ConfigurationError(
-                f"LocalREPL got unexpected environment_kwargs: {unknown}. "
-                "Accepted: setup_code, cell_timeout, max_output_chars"
-            )
+        check_init_kwargs(cls, kwargs)
 
     def __init__(
         self,

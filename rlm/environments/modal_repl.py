@@ -84,7 +84,6 @@ class ModalREPL(SandboxREPL):
     CREDENTIALS = (("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"),)
     CREDENTIAL_FILES = ("~/.modal.toml",)
     TRANSPORT = ModalTransport
-    _OPTIONS = ("image", "app_name", "lifetime", "network", "cpu", "memory_mb", "sdk")
 
     def __init__(
         self,

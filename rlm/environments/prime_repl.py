@@ -90,7 +90,6 @@ class PrimeREPL(SandboxREPL):
     CREDENTIALS = (("PRIME_API_KEY",),)
     CREDENTIAL_FILES = ("~/.prime/config.json",)
     TRANSPORT = PrimeTransport
-    _OPTIONS = ("image", "lifetime_minutes", "sdk")
 
     def __init__(
         self,

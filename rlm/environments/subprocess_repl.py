@@ -485,18 +485,6 @@ class SubprocessREPL(IsolatedREPL):
     ``max_output_chars``, ``setup_code``, ``start_timeout``.
     """
 
-    _OPTIONS = (
-        "python",
-        "sandbox",
-        "seccomp",
-        "network",
-        "memory_mb",
-        "cpu_seconds",
-        "max_file_mb",
-        "max_processes",
-        "max_open_files",
-    )
-
     def __init__(
         self,
         python: str | None = None,
