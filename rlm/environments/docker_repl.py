@@ -11,18 +11,30 @@ memory, CPU and process limits, every capability dropped,
 The ``docker`` command runs with a scrubbed environment (only PATH, HOME and
 ``DOCKER_*`` settings), and nothing from the host's environment is passed
 into the container.
+
+Names kept from rlms' ``DockerREPL``: ``image``, ``container_id`` (the real
+container id, read from ``docker run --cidfile``), ``temp_dir`` (a host-side
+folder for that file, removed by ``cleanup()``; nothing is mounted into the
+container), ``subcall_fn``, ``proxy_server`` (the host-side relay that serves
+the container's sub-calls; it opens no port, so ``proxy_port`` is None) and
+code-string custom tools (a string that is the source of a ``def``, ``class``
+or ``lambda`` binding the tool's name is defined inside the container).
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
+import tempfile
+import textwrap
 import uuid
 from typing import Any
 
 from rlm.environments.isolated import (
     BOOTSTRAP,
+    HOST_GRACE_SECONDS,
     IsolatedREPL,
     ProcessChannel,
     ProcessTransport,
@@ -85,6 +97,7 @@ class DockerTransport(ProcessTransport):
         user: str = "65534:65534",
         network: str = "none",
         run_args: list[str] | None = None,
+        cid_dir: str | None = None,
     ):
         self.image = image
         self.docker = docker
@@ -97,7 +110,10 @@ class DockerTransport(ProcessTransport):
         self.user = user
         self.network = network
         self.run_args = list(run_args or [])
-        self.container: str | None = None
+        self.cid_dir = cid_dir
+        self.container: str | None = None  # the name we gave it
+        self._cidfile: str | None = None
+        self._container_id: str | None = None
         super().__init__()
 
     def argv(self, name: str) -> list[str]:
@@ -141,8 +157,21 @@ class DockerTransport(ProcessTransport):
             cmd += ["--cpus", str(self.limits["cpus"])]
         if self.limits["pids_limit"]:
             cmd += ["--pids-limit", str(self.limits["pids_limit"])]
+        if self._cidfile:
+            cmd += ["--cidfile", self._cidfile]
         cmd += self.run_args
         return [*cmd, self.image, "python3", "-I", "-S", "-B", "-c", BOOTSTRAP]
+
+    @property
+    def container_id(self) -> str | None:
+        """The running container's full id (docker writes it to the cidfile at creation)."""
+        if self._container_id is None and self._cidfile and self.container:
+            try:
+                with open(self._cidfile, encoding="ascii") as f:
+                    self._container_id = f.read().strip() or None
+            except OSError:
+                pass
+        return self._container_id
 
     @property
     def isolation(self) -> dict[str, Any]:
@@ -162,6 +191,8 @@ class DockerTransport(ProcessTransport):
     def start(self) -> ProcessChannel:
         self.stop()
         self.container = f"rlm-{uuid.uuid4().hex[:12]}"
+        if self.cid_dir is not None and os.path.isdir(self.cid_dir):
+            self._cidfile = os.path.join(self.cid_dir, f"{self.container}.cid")
         self.proc = subprocess.Popen(
             self.argv(self.container),
             stdin=subprocess.PIPE,
@@ -177,6 +208,7 @@ class DockerTransport(ProcessTransport):
     def stop(self) -> None:
         name, self.container = self.container, None
         proc, self.proc = self.proc, None
+        cidfile, self._cidfile, self._container_id = self._cidfile, None, None
         if name is not None:
             # Removes the container even when the docker client is stuck or gone.
             try:
@@ -198,6 +230,60 @@ class DockerTransport(ProcessTransport):
         if self.channel is not None:
             self.channel.close()
             self.channel = None
+        if cidfile is not None:
+            try:
+                os.unlink(cidfile)
+            except OSError:
+                pass
+
+
+def code_tool_source(name: str, value: Any) -> str | None:
+    """The Python source that defines custom tool ``name`` inside the container, or None
+    when ``value`` is data.
+
+    rlms' docker environment runs a string tool that looks like code (it starts with
+    ``def``, ``class`` or ``lambda``, or spans lines) as code. Here a string counts as
+    code only when it also parses and binds ``name`` (a ``def``/``class``/assignment of
+    that name at top level, or a single ``lambda`` expression); any other string, a
+    multi-line prompt template say, stays a string.
+    """
+    if not isinstance(value, str):
+        return None
+    text = textwrap.dedent(value).strip()
+    if not (text.startswith(("def ", "class ", "async def ", "lambda")) or "\n" in text):
+        return None
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+    body = tree.body
+    if len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Lambda):
+        return f"{name} = (\n{text}\n)"
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name == name:
+                return text
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return text
+    return None
+
+
+class SubcallRelay:
+    """What serves the container's ``llm_query``/``rlm_query`` calls: the host driver,
+    over the ``docker run -i`` channel. It stands where rlms keeps an HTTP proxy
+    (``DockerREPL.proxy_server``); no port is opened, so :attr:`port` is None."""
+
+    port: int | None = None
+
+    def __init__(self, env: IsolatedREPL):
+        self._env = env
+
+    @property
+    def lm_handler_address(self) -> tuple[str, int] | None:
+        """The LM handler the relayed calls go to (changed by ``update_handler_address``)."""
+        return self._env.lm_handler_address
 
 
 class DockerREPL(IsolatedREPL):
@@ -208,7 +294,8 @@ class DockerREPL(IsolatedREPL):
     ``cpus`` (1.0), ``pids_limit`` (64), ``workdir_mb`` (256), ``user``
     ("65534:65534"), ``network`` ("none"), ``run_args`` (extra ``docker run``
     arguments), plus ``cell_timeout``, ``max_output_chars``, ``setup_code``,
-    ``start_timeout``.
+    ``start_timeout``. ``subcall_fn(prompt, model) -> RLMChatCompletion``, as in
+    rlms, serves ``rlm_query`` on the host instead of the LM handler.
     """
 
     def __init__(
@@ -222,18 +309,27 @@ class DockerREPL(IsolatedREPL):
         user: str = "65534:65534",
         network: str = "none",
         run_args: list[str] | None = None,
+        subcall_fn: Any = None,
         **kwargs: Any,
     ):
         self.check_kwargs(kwargs)
         image = image or os.environ.get(IMAGE_ENV_VAR) or DEFAULT_IMAGE
         if not isinstance(image, str) or not image.strip():
             raise ConfigurationError(f"image must be a non-empty string, got {image!r}")
+        if subcall_fn is not None and not callable(subcall_fn):
+            raise ConfigurationError(f"subcall_fn must be callable, got {subcall_fn!r}")
         why = docker_available(docker)
         if why is not None:
             raise ConfigurationError(
                 f"environment='docker' needs a running Docker engine: {why}. "
                 "Install docker and start dockerd (see scripts/docker_image.sh)."
             )
+        self.image = image
+        self.subcall_fn = subcall_fn
+        self._code_tools: dict[str, str] = {}
+        self.proxy_server = SubcallRelay(self)
+        self.proxy_port: int | None = None
+        self.temp_dir: str = tempfile.mkdtemp(prefix="rlm_docker_")
         self._transport_args = dict(
             image=image,
             docker=docker,
@@ -244,8 +340,47 @@ class DockerREPL(IsolatedREPL):
             user=user,
             network=network,
             run_args=run_args,
+            cid_dir=self.temp_dir,
         )
-        super().__init__(**kwargs)
+        try:
+            super().__init__(**kwargs)
+        except BaseException:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            raise
 
     def _make_transport(self) -> DockerTransport:
         return DockerTransport(**self._transport_args)
+
+    @property
+    def container_id(self) -> str | None:
+        """The id of the container the worker runs in now (None once cleaned up)."""
+        transport = getattr(self, "transport", None)
+        return None if transport is None else transport.container_id
+
+    def setup(self) -> None:
+        self._channel.subcall_fn = self.subcall_fn
+        self._code_tools = {
+            name: source
+            for name, tool in self._tools.items()
+            if (source := code_tool_source(name, tool.value)) is not None
+        }
+        super().setup()
+
+    def _start_worker(self) -> None:
+        super()._start_worker()
+        for name, source in self._code_tools.items():
+            wait = self.start_timeout
+            reply = self._request(
+                {"type": "exec", "code": source, "timeout": wait}, wait + HOST_GRACE_SECONDS
+            )
+            error = "no answer from the worker" if reply is None else reply.get("error")
+            if error:
+                raise ConfigurationError(
+                    f"custom tool {name!r}: its code failed in the container: {error}"
+                )
+
+    def cleanup(self) -> None:
+        try:
+            super().cleanup()
+        finally:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
