@@ -310,4 +310,86 @@ def test_format_iteration_short_output_is_untouched():
         max_character_length=1000,
     )[1]["content"]
     assert stdout in user
-    assert "cut" not in user
+    assert "characters cut" not in user
+
+
+# ---------------------------------------------------------------------------
+# The 0.1.1 dialect: FINAL_VAR precedence, duck-typed environments, texts
+# ---------------------------------------------------------------------------
+
+
+class PrintingEnv:
+    """A 0.1.x-style environment that is not a BaseEnv: it only runs code.
+
+    It answers ``print(FINAL_VAR('name'))`` from a dict, as rlms 0.1.1's REPL did."""
+
+    def __init__(self, values: dict[str, str]):
+        self.values = values
+        self.ran: list[str] = []
+
+    def execute_code(self, code: str) -> REPLResult:
+        self.ran.append(code)
+        name = code.split("FINAL_VAR(", 1)[1].rsplit("))", 1)[0].strip("'\"")
+        if name in self.values:
+            return REPLResult(stdout=self.values[name] + "\n", stderr="", locals={})
+        message = f"Error: Variable '{name}' not found. Assign it before calling FINAL_VAR on it."
+        return REPLResult(stdout=message + "\n", stderr="", locals={})
+
+
+def test_final_var_wins_over_an_earlier_final(repl):
+    repl.execute_code("result = 'from the variable'")
+    text = "FINAL(from the text)\nlater:\nFINAL_VAR(result)"
+    assert find_final_answer(text, environment=repl) == "from the variable"
+    # No environment: FINAL_VAR is still the answer line, so there is no answer.
+    assert find_final_answer(text) is None
+
+
+def test_final_var_through_a_duck_typed_environment():
+    env = PrintingEnv({"total": "45"})
+    assert find_final_answer("done\nFINAL_VAR(total)", environment=env) == "45"
+    assert env.ran == ["print(FINAL_VAR('total'))"]
+    # The environment's not-found text means: no answer yet, keep going.
+    assert find_final_answer("FINAL_VAR(missing)", environment=env) is None
+
+
+def test_final_var_followed_by_prose_names_the_variable(repl):
+    repl.execute_code("x = 7")
+    assert find_final_answer("FINAL_VAR(x) is my answer", environment=repl) == "7"
+
+
+def test_format_execution_result_texts_of_the_reference():
+    from rlm.utils.parsing import format_execution_result
+
+    assert format_execution_result(REPLResult(stdout="", stderr="", locals={})) == "No output"
+    text = format_execution_result(
+        REPLResult(
+            stdout="hi\n",
+            stderr="oops",
+            locals={"x": 1, "_hidden": 2, "fn": print, "name": "a"},
+        )
+    )
+    assert text == "\nhi\n\n\n\noops\n\nREPL variables: ['x', 'name']\n"
+
+
+def test_format_iteration_shows_code_only_when_the_response_lacks_it():
+    result = REPLResult(stdout="3", stderr="", locals={"x": 3})
+    by_hand = RLMIteration(
+        prompt="p", response="Let me add.", code_blocks=[CodeBlock("x = 1 + 2", result)]
+    )
+    user = format_iteration(by_hand)[1]["content"]
+    assert user.startswith("Code executed:\n```python\nx = 1 + 2\n```\n\nREPL output:\n")
+    written = RLMIteration(
+        prompt="p",
+        response=f"Let me add.\n{fenced('x = 1 + 2')}",
+        code_blocks=[CodeBlock("x = 1 + 2", result)],
+    )
+    user = format_iteration(written)[1]["content"]
+    assert user.startswith("REPL output:\n")
+    assert "x = 1 + 2" not in user
+
+
+def test_format_iteration_numbers_blocks_as_the_reference():
+    results = [REPLResult(stdout=f"out{i}", stderr="", locals={}) for i in range(2)]
+    user = format_iteration(iteration_with(*results, response="block_0 block_1"))[1]["content"]
+    assert "REPL output (block 1):\n" in user
+    assert "REPL output (block 2):\n" in user

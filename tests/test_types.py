@@ -537,3 +537,20 @@ def test_query_metadata_other_scalars_and_deep_nesting():
     for context in (12345, 3.5, None, (1, "two"), deep, range(3)):
         check_query_metadata(QueryMetadata(context))
     assert QueryMetadata(12345).context_lengths == [5]
+
+
+def test_repl_result_is_a_dataclass_with_the_reference_str():
+    import dataclasses
+
+    result = REPLResult(stdout="test", stderr="warn", locals={"x": 1}, execution_time=0.5)
+    assert dataclasses.is_dataclass(result)
+    names = [f.name for f in dataclasses.fields(REPLResult)]
+    assert names[:3] == ["stdout", "stderr", "locals"]
+    assert str(result) == (
+        "REPLResult(stdout=test, stderr=warn, locals={'x': 1}, execution_time=0.5, rlm_calls=0)"
+    )
+    # repr stays short: a namespace can hold the whole context.
+    big = REPLResult(stdout="", stderr="", locals={"context": "x" * 100_000})
+    assert len(repr(big)) < 400
+    assert REPLResult("a", "", {}, rlm_calls=None).rlm_calls == []
+    assert dataclasses.replace(result, stdout="other").stdout == "other"

@@ -217,35 +217,38 @@ class RLMChatCompletion:
         )
 
 
+@dataclass(repr=False, eq=False)
 class REPLResult:
     """What one executed code block produced.
 
-    ``error`` is ours: the exception text when the block raised (``None`` when it
-    ran to the end). It is written to logs only when set.
+    A dataclass, as in rlms, with rlms' ``__str__``; ``repr()`` is short (the
+    namespace can hold the whole context). ``error`` is ours: the exception
+    text when the block raised (``None`` when it ran to the end), written to
+    logs only when set.
     """
 
-    def __init__(
-        self,
-        stdout: str,
-        stderr: str,
-        locals: dict[str, Any],
-        execution_time: float | None = None,
-        rlm_calls: list[RLMChatCompletion] | None = None,
-        final_answer: str | None = None,
-        error: str | None = None,
-    ):
-        self.stdout = stdout
-        self.stderr = stderr
-        self.locals = locals
-        self.execution_time = execution_time
-        self.rlm_calls = list(rlm_calls or [])
-        self.final_answer = final_answer
-        self.error = error
+    stdout: str
+    stderr: str
+    locals: dict[str, Any]
+    execution_time: float | None = None
+    rlm_calls: list[RLMChatCompletion] = field(default_factory=list)
+    final_answer: str | None = None
+    error: str | None = None
 
-    # The 0.1.x dataclass exposed this alias; some user code reads it.
+    def __post_init__(self) -> None:
+        if self.rlm_calls is None:
+            self.rlm_calls = []
+
+    # The 0.1.x dataclass declared this field name; some user code reads it.
     @property
     def llm_calls(self) -> list[RLMChatCompletion]:
         return self.rlm_calls
+
+    def __str__(self) -> str:
+        return (
+            f"REPLResult(stdout={self.stdout}, stderr={self.stderr}, locals={self.locals}, "
+            f"execution_time={self.execution_time}, rlm_calls={len(self.rlm_calls)})"
+        )
 
     def __repr__(self) -> str:
         return (
@@ -254,12 +257,13 @@ class REPLResult:
             f"rlm_calls={len(self.rlm_calls)}, final_answer={self.final_answer!r:.80})"
         )
 
-    __str__ = __repr__
-
     def __eq__(self, other: object) -> bool:
+        # Equal when they log the same: a value and its JSON round trip compare equal.
         if not isinstance(other, REPLResult):
             return NotImplemented
         return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
     def to_dict(self) -> dict[str, Any]:
         out = {

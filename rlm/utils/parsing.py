@@ -119,63 +119,108 @@ def _final_argument(text: str, start: int) -> str | None:
     return None if last is None else rest[:last].strip()
 
 
+def _final_match(prose: str, kind: str) -> str | None:
+    """The argument of the first ``kind(...)`` line (``FINAL`` or ``FINAL_VAR``) in ``prose``."""
+    for match in _FINAL_START.finditer(prose):
+        if match.group(1) == kind:
+            argument = _final_argument(prose, match.end())
+            if argument is None and kind == "FINAL_VAR":
+                # A name needs no balancing: ``FINAL_VAR(x) and some prose`` names x.
+                closing = prose.find(")", match.end())
+                argument = prose[match.end() : closing] if closing >= 0 else None
+            return argument
+    return None
+
+
+def _resolve_final_var(environment: Any, name: str) -> str | None:
+    """The text of REPL variable ``name`` in ``environment``, or None.
+
+    Environments built on our ``BaseEnv`` (or any class defining
+    ``resolve_final_var``) answer directly. Anything else -- a duck-typed
+    0.1.x environment, a test double -- is asked the way rlms 0.1.1 asked:
+    it runs ``print(FINAL_VAR('name'))`` and the printed text is the answer,
+    unless it is empty or an error such as "Variable 'x' not found".
+    """
+    resolver = getattr(type(environment), "resolve_final_var", None)
+    if callable(resolver):
+        return environment.resolve_final_var(name)
+    result = environment.execute_code(f"print(FINAL_VAR({name!r}))")
+    text = str(getattr(result, "stdout", "") or "").strip()
+    if not text or text.startswith("Error:"):
+        return None
+    if "Variable '" in text and "' not found" in text and "FINAL_VAR" in text:
+        return None
+    return text
+
+
 def find_final_answer(text: str, environment: BaseEnv | None = None) -> str | None:
     """A final answer written in the response text (outside code), or None.
 
-    ``FINAL_VAR(name)`` on its own line is resolved in ``environment`` (None if
-    there is none or the variable does not exist); ``FINAL(text)`` returns the
-    text. Lines inside code fences never count.
+    As in rlms 0.1.1, a ``FINAL_VAR(name)`` line wins over any ``FINAL(text)``
+    line, wherever each stands: it is resolved in ``environment`` (None if there
+    is none or the variable does not exist, with no fall-back to ``FINAL``).
+    Otherwise ``FINAL(text)`` returns the text. Both must start a line; lines
+    inside code fences never count.
     """
     if not text or "FINAL" not in text:
         return None
     prose = _strip_fenced(text)
-    match = _FINAL_START.search(prose)
-    if match is None:
+    if _FINAL_START.search(prose) is None:
         return None
-    argument = _final_argument(prose, match.end())
-    if argument is None:
-        return None
-    if match.group(1) == "FINAL_VAR":
+    name = _final_match(prose, "FINAL_VAR")
+    if name is not None:
         if environment is None:
             return None
-        name = argument.strip().strip("\"'")
-        return environment.resolve_final_var(name)
-    return argument
+        return _resolve_final_var(environment, name.strip().strip("\"'"))
+    return _final_match(prose, "FINAL")
 
 
 # ---------------------------------------------------------------------------
 # Feeding results back to the model
 # ---------------------------------------------------------------------------
 
+#: Variable types that ``format_execution_result`` names (as rlms does).
+_SHOWN_TYPES = (str, int, float, bool, list, dict, tuple)
 
-def format_execution_result(result: REPLResult, max_variables: int = 40) -> str:
-    """One block's output as the model will read it."""
+
+def format_execution_result(result: REPLResult) -> str:
+    """One block's output as the model will read it, in rlms' words: the stdout,
+    the stderr and the names of the simple-typed variables, or ``No output``."""
     parts = []
     if result.stdout:
-        parts.append(result.stdout.rstrip("\n"))
+        parts.append(f"\n{result.stdout}")
     if result.stderr:
-        parts.append(result.stderr.rstrip("\n"))
-    if not parts:
-        parts.append("(no output)")
-    names = [k for k, v in result.locals.items() if not k.startswith("_") and not callable(v)]
+        parts.append(f"\n{result.stderr}")
+    names = [
+        name
+        for name, value in result.locals.items()
+        if not name.startswith("_") and isinstance(value, _SHOWN_TYPES)
+    ]
     if names:
-        shown = ", ".join(names[:max_variables])
-        more = f" (+{len(names) - max_variables} more)" if len(names) > max_variables else ""
-        parts.append(f"REPL variables: {shown}{more}")
-    return "\n".join(parts)
+        parts.append(f"REPL variables: {names}\n")
+    return "\n\n".join(parts) if parts else "No output"
 
 
 def format_iteration(
     iteration: RLMIteration, max_character_length: int = 20000
 ) -> list[dict[str, str]]:
     """The messages one iteration adds to the history: the model's response, then
-    one user message with the output of every block (each cut to ``max_character_length``)."""
+    one user message with the output of every block (each cut to about
+    ``max_character_length``, keeping its head and tail).
+
+    A block whose code does not appear in the response (an iteration built by
+    hand, as 0.1.x code does) is shown with its code, as rlms 0.1.1 did; code the
+    model wrote in its response is not echoed back, as in rlms 0.1.3.
+    """
     messages = [{"role": "assistant", "content": iteration.response}]
     blocks = iteration.code_blocks
+    response = iteration.response or ""
     parts = []
     for i, block in enumerate(blocks, start=1):
         output = truncate_middle(format_execution_result(block.result), max_character_length)
-        header = f"REPL output (block {i} of {len(blocks)}):" if len(blocks) > 1 else "REPL output:"
+        header = f"REPL output (block {i}):" if len(blocks) > 1 else "REPL output:"
+        if block.code and block.code.strip() not in response:
+            header = f"Code executed:\n```python\n{block.code}\n```\n\n{header}"
         parts.append(f"{header}\n{output}")
     if parts:
         messages.append({"role": "user", "content": "\n\n".join(parts)})
