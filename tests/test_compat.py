@@ -462,9 +462,42 @@ def test_openai_sampling_args_reach_the_request(openai_stub):
     assert body["max_tokens"] == 64
 
 
-def test_openai_backend_without_a_key_fails_at_construction(monkeypatch):
+def test_openai_backend_without_a_key_constructs_and_fails_at_the_first_completion(monkeypatch):
+    # As in rlms: the client is built when first needed, so RLM(...) needs no key, and the
+    # error naming the variable comes from completion(), catchable as ValueError.
     from rlm import RLM
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(ValueError, match="API key"):
-        RLM(backend="openai", backend_kwargs={"model_name": "gpt-x"})
+    rlm = RLM(backend="openai", backend_kwargs={"model_name": "gpt-x"})
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        rlm.completion("question")
+
+
+def test_patching_get_client_after_construction_takes_effect(monkeypatch):
+    """A user's test patches rlm.core.rlm.get_client after building the RLM (and between
+    completions): the patched factory is used, and no real HTTP call is made."""
+    import rlm.core.rlm as rlm_module
+    from rlm import RLM
+    from rlm.clients.scripted import ScriptedLM
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    rlm = RLM(backend="openai", backend_kwargs={"model_name": "gpt-x"})
+    built: list[tuple] = []
+
+    def fake_factory(answer):
+        def factory(backend, kwargs):
+            built.append((backend, kwargs["model_name"]))
+            return ScriptedLM(
+                responses=lambda m: f"FINAL({answer})", model_name=kwargs["model_name"]
+            )
+
+        return factory
+
+    with patch.object(rlm_module, "get_client", fake_factory("first")):
+        assert rlm.completion("q").response == "first"
+        assert rlm.completion("q").response == "first"  # clients reused while the patch holds
+    with patch.object(rlm_module, "get_client", fake_factory("second")):
+        result = rlm.completion("q")
+    assert result.response == "second"
+    assert result.root_model == "gpt-x"
+    assert built == [("openai", "gpt-x"), ("openai", "gpt-x")]

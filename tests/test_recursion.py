@@ -235,7 +235,8 @@ def test_a_child_receives_what_is_left_of_the_limits():
     assert d1 == 1
     assert budget2 < budget1 < 1.0 and tokens2 < tokens1 < 100_000
     assert timeout2 <= timeout1 <= 60
-    assert (iters1, iters2) == (4, 3)  # what is left of the root's 5 iterations
+    # Each child gets the full max_iterations, as in rlms; money, tokens and time are leased.
+    assert (iters1, iters2) == (5, 5)
 
 
 def _reachable(roots, max_depth: int = 6):
@@ -376,8 +377,12 @@ def test_depth_models_map_a_depth_to_a_registered_model():
         depth_models={2: "two"},
     )
     assert rlm.completion("ctx").response == "one:two"
+    # Clients are built at the first completion (as in rlms), so the check runs there.
+    unserved = RLM(
+        backend="scripted", backend_kwargs={"responses": ["x"]}, depth_models={1: "nope"}
+    )
     with pytest.raises(ValueError, match="depth_models"):
-        RLM(backend="scripted", backend_kwargs={"responses": ["x"]}, depth_models={1: "nope"})
+        unserved.completion("ctx")
 
 
 def test_sampling_args_reach_root_and_sub_clients():

@@ -222,7 +222,7 @@ def test_max_budget():
     assert err.spent > 0.01
     assert err.partial_answer == response
     # Once the budget was spent, the sub-call was refused with an Error: string.
-    assert got[0].startswith("Error:") and "budget" in got[0]
+    assert got[0].startswith("Error:") and "Budget exhausted" in got[0]
 
 
 def test_max_budget_not_reached():
@@ -453,25 +453,46 @@ def test_depth_at_or_beyond_max_depth_is_one_plain_call(depth):
 
 def test_all_callbacks_fire_with_the_right_arguments():
     events: list[tuple] = []
+    root_turns = iter([block("r = rlm_query('sub question here')\nprint(r)"), "FINAL(done)"])
+
+    def script(messages):
+        if "sub question here" in messages[1]["content"]:  # the child's own task
+            return "FINAL(child says hi)"
+        return next(root_turns)
+
     rlm = make_rlm(
-        [block("r = rlm_query('sub question here')\nprint(r)"), "FINAL(done)"],
-        sub_responses=lambda m: "child says hi",
+        script,
+        max_depth=2,
         on_subcall_start=lambda *a: events.append(("sub_start", *a)),
         on_subcall_complete=lambda *a: events.append(("sub_done", *a)),
         on_iteration_start=lambda *a: events.append(("it_start", *a)),
         on_iteration_complete=lambda *a: events.append(("it_done", *a)),
     )
     assert rlm.completion("c").response == "done"
-    kinds = [e[0] for e in events]
-    assert kinds == ["it_start", "sub_start", "sub_done", "it_done", "it_start", "it_done"]
+    # The root's iteration 1 starts a child RLM (depth 1), whose own iterations fire too.
+    kinds = [(e[0], e[1]) for e in events]
+    assert kinds[:2] == [("it_start", 0), ("sub_start", 1)]
+    assert kinds[-3:] == [("it_done", 0), ("it_start", 0), ("it_done", 0)]
     assert events[0] == ("it_start", 0, 1)
     assert events[1] == ("sub_start", 1, "scripted", "sub question here")
-    sub_done = events[2]
+    sub_done = next(e for e in events if e[0] == "sub_done")
     assert sub_done[:3] == ("sub_done", 1, "scripted")
     assert isinstance(sub_done[3], float) and sub_done[3] >= 0
     assert sub_done[4] is None
-    assert events[3][:3] == ("it_done", 0, 1) and isinstance(events[3][3], float)
-    assert events[4] == ("it_start", 0, 2)
+    assert all(depth == 1 for kind, depth in kinds[2:-3] if kind.startswith("it_"))
+
+
+def test_subcall_callbacks_do_not_fire_for_plain_calls_at_the_depth_cap():
+    # As in rlms, on_subcall_* report child RLMs; rlm_query at the cap is a plain call.
+    events: list[tuple] = []
+    rlm = make_rlm(
+        [block("r = rlm_query('q')"), "FINAL(ok)"],
+        sub_responses=lambda m: "plain",
+        on_subcall_start=lambda *a: events.append(a),
+        on_subcall_complete=lambda *a: events.append(a),
+    )
+    assert rlm.completion("c").response == "ok"
+    assert events == []
 
 
 def test_rlm_query_falls_back_to_a_model_call_at_max_depth_one():
@@ -488,19 +509,24 @@ def test_rlm_query_falls_back_to_a_model_call_at_max_depth_one():
 def test_subcall_error_reaches_on_subcall_complete():
     events: list[tuple] = []
 
-    def sub(messages):
-        raise RuntimeError("sub model down")
-
     got: list[str] = []
-    rlm = make_rlm(
-        [block("got(rlm_query('q'))"), "FINAL(ok)"],
-        sub_responses=sub,
+    responses = iter([block("got(rlm_query('CHILD task'))"), "FINAL(ok)"])
+
+    def root(messages):
+        if "CHILD" in messages[1]["content"]:  # the child's own task
+            raise RuntimeError("child model down")
+        return next(responses)
+
+    rlm = RLM(
+        backend="scripted",
+        backend_kwargs={"responses": root},
+        max_depth=2,
         custom_tools={"got": got.append},
         on_subcall_complete=lambda *a: events.append(a),
     )
     assert rlm.completion("c").response == "ok"
-    assert got[0].startswith("Error:")
-    assert "sub model down" in (events[0][3] or "")
+    assert got[0].startswith("Error: Child RLM completion failed")
+    assert "child model down" in (events[0][3] or "")
 
 
 def test_raising_callbacks_never_break_the_run():
@@ -600,9 +626,11 @@ def test_usage_per_model_with_other_backends():
 # ---------------------------------------------------------------------------
 
 
-def test_unknown_backend_raises_at_construction():
+def test_unknown_backend_raises_at_the_first_completion():
+    # As in rlms, clients are built when first needed: RLM(...) itself constructs.
+    rlm = RLM(backend="no-such-backend")
     with pytest.raises(ConfigurationError, match="no-such-backend"):
-        RLM(backend="no-such-backend")
+        rlm.completion("c")
 
 
 def test_unknown_environment_raises_at_construction():

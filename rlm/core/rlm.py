@@ -8,7 +8,6 @@ and returns the answer the model submits, as an :class:`RLMChatCompletion`.
 from __future__ import annotations
 
 import asyncio
-import copy
 import threading
 import time
 import warnings
@@ -265,6 +264,7 @@ class RLM:
         self.max_timeout = max_timeout
         self.max_tokens = max_tokens
         self.max_errors = max_errors
+        self.custom_system_prompt = custom_system_prompt
         self.system_prompt = custom_system_prompt or RLM_SYSTEM_PROMPT
         self.logger = logger
         self.verbose = VerbosePrinter(enabled=verbose)
@@ -286,33 +286,82 @@ class RLM:
         self.orchestrator = orchestrator
         self.user_prologue = user_prologue
 
-        # Clients are built once, here: configuration errors surface at construction.
-        self.client: BaseLM = get_client(backend, backend_kwargs)
-        self.other_clients: list[BaseLM] = [
-            get_client(b, kw)
-            for b, kw in zip(other_backends or [], other_backend_kwargs or [], strict=True)
-        ]
+        # Clients are built at the first completion(), as in rlms: RLM(...) constructs without
+        # an API key, and a patch of rlm.core.rlm.get_client made after construction applies.
+        self._client_cache: tuple[Any, BaseLM, list[BaseLM]] | None = None
+        self._clients_lock = threading.Lock()
         self._persistent_env: BaseEnv | None = None
         self._persistent_lock = threading.Lock()
-        known = {self.client.model_name, *(c.model_name for c in self.other_clients)}
-        unknown = {d: m for d, m in self.depth_models.items() if m not in known}
-        if unknown:
-            raise ConfigurationError(
-                f"depth_models names models no client serves: {unknown}; known: {sorted(known)}"
-            )
+        # The run whose REPL a persistent environment's subcall_fn serves.
+        self._persistent_run: _Run | None = None
+        # rlms' private seams, kept for code (and tests) that use them.
+        self._completion_start_time: float | None = None
+        self._compat_run: _Run | None = None
         if context_window is not None and (
             not isinstance(context_window, int) or context_window < 1
         ):
             raise ConfigurationError("context_window must be a positive number of tokens")
 
-        if max_budget is not None:
-            self._warn_unpriced()
-        if self.logger is not None:
-            self.logger.log_metadata(self._metadata())
+        # The log's first line, written here as rlms does when the model is named; when the
+        # backend picks its own default model, at the first completion (once it is known).
+        self._metadata_logged = False
+        if self.logger is not None and self.backend_kwargs.get("model_name"):
+            self._log_metadata()
 
-    def _warn_unpriced(self) -> None:
+    # ------------------------------------------------------------------ clients
+
+    def _clients(self) -> tuple[BaseLM, list[BaseLM]]:
+        """The root client and the ``other_backends`` clients, built on first use.
+
+        They are built with this module's ``get_client`` as it is *now*, and rebuilt when
+        that name has been patched since (what users' tests do); otherwise they are reused
+        across completions. A child RLM uses its parent's clients (pinned).
+        """
+        factory = get_client
+        cache = self._client_cache
+        if cache is not None and (cache[0] is None or cache[0] is factory):
+            return cache[1], cache[2]
+        with self._clients_lock:
+            cache = self._client_cache
+            if cache is not None and (cache[0] is None or cache[0] is factory):
+                return cache[1], cache[2]
+            root = factory(self.backend, self.backend_kwargs)
+            others = [
+                factory(b, kw)
+                for b, kw in zip(
+                    self.other_backends or [], self.other_backend_kwargs or [], strict=True
+                )
+            ]
+            known = {getattr(c, "model_name", None) for c in (root, *others)}
+            unknown = {d: m for d, m in self.depth_models.items() if m not in known}
+            if unknown:
+                raise ConfigurationError(
+                    f"depth_models names models no client serves: {unknown}; "
+                    f"known: {sorted(str(k) for k in known)}"
+                )
+            if self.max_budget is not None:
+                self._warn_unpriced(root, others)
+            self._client_cache = (factory, root, others)
+            return root, others
+
+    @property
+    def client(self) -> BaseLM:
+        """The root model's client (built on first use)."""
+        return self._clients()[0]
+
+    @client.setter
+    def client(self, value: BaseLM) -> None:
+        others = self._client_cache[2] if self._client_cache is not None else []
+        self._client_cache = (None, value, others)
+
+    @property
+    def other_clients(self) -> list[BaseLM]:
+        """Clients of ``other_backends``, in order (built on first use)."""
+        return self._clients()[1]
+
+    def _warn_unpriced(self, root: BaseLM, others: list[BaseLM]) -> None:
         """max_budget only counts calls with a known cost: say so for models without a price."""
-        for client in (self.client, *self.other_clients):
+        for client in (root, *others):
             knows = getattr(client, "knows_price", None)
             if knows is None or knows():
                 continue  # a 0.1.x-style client (reports its own cost) or a priced model
@@ -320,7 +369,7 @@ class RLM:
                 f"max_budget is set but no price is known for model {client.model_name!r}: its "
                 "calls will not count toward the budget. Give one with backend_kwargs={'prices': "
                 f"{{{client.model_name!r}: {{'input': USD_per_million, 'output': USD_per_million}}}}}}",
-                stacklevel=3,
+                stacklevel=5,
             )
 
     @staticmethod
@@ -345,11 +394,19 @@ class RLM:
 
     @property
     def root_model(self) -> str:
-        name = getattr(self.client, "model_name", None)
-        if isinstance(name, str):
-            return name
+        """The configured ``model_name`` (as rlms reports it), else the client's own default."""
+        configured = self.backend_kwargs.get("model_name")
+        if isinstance(configured, str) and configured:
+            return configured
+        cache = self._client_cache
+        name = getattr(cache[1], "model_name", None) if cache is not None else None
         # A stand-in client (e.g. a unittest.mock.Mock in a user's tests) has no real name.
-        return str(self.backend_kwargs.get("model_name") or "unknown")
+        return name if isinstance(name, str) else "unknown"
+
+    def _log_metadata(self) -> None:
+        if self.logger is not None and not self._metadata_logged:
+            self._metadata_logged = True
+            self.logger.log_metadata(self._metadata())
 
     def _metadata(self) -> RLMMetadata:
         return RLMMetadata(
@@ -364,117 +421,216 @@ class RLM:
         )
 
     def _make_handler(self, run: _Run) -> LMHandler:
+        root, others = self._clients()
         parent = run.parent.handler if run.parent is not None else None
         handler = LMHandler(
-            self.client,
-            other_backend_client=self.other_clients[0] if self.other_clients else None,
+            root,
+            other_backend_client=others[0] if others else None,
             batch_max_concurrent=self.max_concurrent_lm_calls,
             limiter=None if parent is not None else CallLimiter(self.max_concurrent_lm_calls),
             depth_models=self.depth_models,
         )
         if parent is not None:
             handler.attach_to(parent)  # one usage tree, one concurrency cap
-        for client in self.other_clients:
+        for client in others:
             handler.register_client(client.model_name, client)
         handler.guard = lambda request: self._refusal(run)
         # The child's depth is decided here, from this run, never from the request.
-        handler.subcall_fn = lambda prompt, model, _depth: self._subcall(run, prompt, model)
+        handler.subcall_fn = lambda prompt, model, _depth: self._subcall(prompt, model, _run=run)
         run.handler = handler
         return handler
 
     @staticmethod
     def _refusal(run: _Run) -> str | None:
-        """Why a model call must not start now (a limit of this run or an ancestor is spent)."""
+        """Why a model call must not start now (a limit of this run or an ancestor is spent).
+        The texts are rlms' (``Error: Timeout exhausted (...)``) after the ``Error: `` prefix."""
         for node in run.chain():
             cfg, handler = node.rlm, node.handler
             if node.cancelled.is_set():
-                return "the run was cancelled"
+                return "Cancelled (the run was cancelled)"
             remaining = node.remaining()
             if remaining is not None and remaining <= 0:
-                return f"time limit reached ({node.elapsed():.1f}s)"
+                limit = (node.deadline or 0.0) - node.start
+                return f"Timeout exhausted ({node.elapsed():.1f}s of {limit:.1f}s)"
             if handler is None or (cfg.max_budget is None and cfg.max_tokens is None):
                 continue
             usage = handler.get_usage_summary()
             cost = usage.total_cost or 0.0
-            if cfg.max_budget is not None and cost > cfg.max_budget:
-                return f"budget exhausted (spent ${cost:.6f} of ${cfg.max_budget:.6f})"
-            if cfg.max_tokens is not None and usage.total_tokens > cfg.max_tokens:
-                return f"token limit reached ({usage.total_tokens:,} of {cfg.max_tokens:,} tokens)"
+            if cfg.max_budget is not None and cost >= cfg.max_budget:
+                return f"Budget exhausted (spent ${cost:.6f} of ${cfg.max_budget:.6f})"
+            if cfg.max_tokens is not None and usage.total_tokens >= cfg.max_tokens:
+                return (
+                    f"Token limit exhausted ({usage.total_tokens:,} of {cfg.max_tokens:,} tokens)"
+                )
         return None
 
+    def _configured_models(self, run: _Run) -> set[str]:
+        """Model names model code may choose: the root, other_backends and depth_models."""
+        root, others = self._clients()
+        names = {getattr(c, "model_name", None) for c in (root, *others)}
+        if run.handler is not None:
+            names.update(run.handler.clients)
+        names.update(self.depth_models.values())
+        return {n for n in names if isinstance(n, str)}
+
     def _spawn_child(self, run: _Run, model: str | None) -> RLM:
-        """A child RLM one level down: same clients, limits leased from what ``run`` has left."""
-        assert run.handler is not None
-        child = copy.copy(self)
-        child.depth = self.depth + 1
-        if model:
-            registered = run.handler.clients.get(model)
-            child.client = registered or get_client(
-                self.backend, {**self.backend_kwargs, "model_name": model}
-            )
-        usage = run.handler.get_usage_summary()
+        """A child RLM one level down, built with the arguments rlms passes its children.
+
+        It gets the full ``max_iterations`` (as in rlms); money, tokens and time are leased
+        from what ``run`` and its ancestors have left. It shares this RLM's clients.
+        """
+        child_backend_kwargs = dict(self.backend_kwargs)
+        if model is not None:
+            child_backend_kwargs["model_name"] = model
+        usage = run.handler.get_usage_summary() if run.handler is not None else None
+        budget = tokens = timeout = None
         if self.max_budget is not None:
-            child.max_budget = max(self.max_budget - (usage.total_cost or 0.0), 1e-12)
+            spent = (usage.total_cost or 0.0) if usage is not None else 0.0
+            budget = max(self.max_budget - spent, 1e-12)
         if self.max_tokens is not None:
-            child.max_tokens = max(self.max_tokens - usage.total_tokens, 1)
+            used = usage.total_tokens if usage is not None else 0
+            tokens = max(self.max_tokens - used, 1)
         remaining = run.remaining()
         if remaining is not None:
-            child.max_timeout = max(remaining, 1e-3)
-        child.max_iterations = max(1, min(self.max_iterations, self.max_iterations - run.iteration))
-        child.custom_tools = self.custom_sub_tools
-        child.custom_sub_tools = self.custom_sub_tools
-        child.persistent = False
-        child._persistent_env = None
-        child._persistent_lock = threading.Lock()
-        child.verbose = VerbosePrinter(enabled=False)
-        child.logger = None
-        if self.logger is not None:  # the child's trajectory travels in its result's metadata
-            child.logger = RLMLogger()
-            child.logger.log_metadata(child._metadata())
+            timeout = max(remaining, 1e-3)
+        # Looked up in this module at call time, like rlms does (its tests patch it).
+        child = RLM(
+            backend=self.backend,
+            backend_kwargs=child_backend_kwargs,
+            environment=self.environment_type,
+            environment_kwargs=self.environment_kwargs,
+            depth=self.depth + 1,
+            max_depth=self.max_depth,
+            max_iterations=self.max_iterations,
+            max_budget=budget,
+            max_timeout=timeout,
+            max_tokens=tokens,
+            max_errors=self.max_errors,
+            custom_system_prompt=self.custom_system_prompt,
+            other_backends=self.other_backends,
+            other_backend_kwargs=self.other_backend_kwargs,
+            logger=RLMLogger() if self.logger is not None else None,
+            verbose=False,
+            custom_tools=self.custom_sub_tools,
+            custom_sub_tools=self.custom_sub_tools,
+            compaction=self.compaction,
+            compaction_threshold_pct=self.compaction_threshold_pct,
+            max_concurrent_subcalls=self.max_concurrent_subcalls,
+            on_subcall_start=self.on_subcall_start,
+            on_subcall_complete=self.on_subcall_complete,
+            on_iteration_start=self.on_iteration_start,
+            on_iteration_complete=self.on_iteration_complete,
+            orchestrator=self.orchestrator,
+            user_prologue=self.user_prologue,
+            max_concurrent_lm_calls=self.max_concurrent_lm_calls,
+            depth_models=self.depth_models,
+            context_window=self.context_window,
+        )
+        root, others = self._clients()
+        if model is not None and model != root.model_name:
+            registered = run.handler.clients.get(model) if run.handler is not None else None
+            registered = registered or next((c for c in others if c.model_name == model), None)
+            root = registered or get_client(self.backend, child_backend_kwargs)
+        child._client_cache = (None, root, others)
         return child
 
-    def _subcall(self, run: _Run, prompt: Any, model: str | None) -> RLMChatCompletion:
-        """Serve ``rlm_query``: a child RLM one level down, or a plain call at the depth cap."""
-        assert run.handler is not None
+    def _subcall(
+        self, prompt: Any, model: str | None = None, _run: _Run | None = None
+    ) -> RLMChatCompletion:
+        """Serve ``rlm_query``: a child RLM one level down, or a plain call at the depth cap.
+
+        Called by the REPL (through the handler, with the run) and, as in rlms, directly
+        from Python (``rlm._subcall(prompt, model=None)``); then a deadline counts from
+        ``_completion_start_time``. Never raises: failures come back as ``Error:`` texts.
+        """
+        run = _run if _run is not None else self._standalone_run()
         handler = run.handler
         depth = self.depth + 1
-        preview = prompt if isinstance(prompt, str) else repr(prompt)
-        label = model or handler.get_client(model, depth).model_name
-        _fire(self.on_subcall_start, depth, label, preview[:80])
         start = time.perf_counter()
+        if _run is not None and model is not None and model not in self._configured_models(run):
+            known = sorted(self._configured_models(run))
+            return _error_completion(
+                model, prompt, f"Error: unknown model {model!r}; configured models: {known}", start
+            )
+        preview = prompt if isinstance(prompt, str) else repr(prompt)
+        label = model or (
+            handler.get_client(model, depth).model_name if handler is not None else self.root_model
+        )
+        if depth >= self.max_depth:
+            if handler is not None:
+                return handler.completion_record(prompt, model, depth)
+            return self._leaf_completion(prompt, model, start)
+        refusal = self._refusal(run)
+        if refusal:
+            return _error_completion(label, prompt, f"Error: {refusal}", start)
+        _fire(self.on_subcall_start, depth, label, preview[:80])
         error: str | None = None
         try:
-            if depth >= self.max_depth:
-                return handler.completion_record(prompt, model, depth)
-            refusal = self._refusal(run)
-            if refusal:
-                error = refusal
-                return _error_completion(label, prompt, f"Error: {refusal}", start)
             child = self._spawn_child(run, model)
             question = prompt if isinstance(prompt, str) and len(prompt) <= 4000 else None
-            child_run = _Run(child, parent=run)
+            child_run = _Run(child, parent=run if _run is not None else None)
             with run.children_lock:
                 run.children.add(child_run)
             if run.is_cancelled():  # cancelled while the child was being set up
                 child_run.cancel()
             try:
                 return child._completion(prompt, question, child_run)
-            except (LimitExceededError, CancellationError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                partial = f" Partial answer: {exc.partial_answer}" if exc.partial_answer else ""
-                return _error_completion(
-                    label, prompt, f"Error: the child RLM stopped: {exc}.{partial}", start
-                )
             finally:
                 with run.children_lock:
                     run.children.discard(child_run)
+        except (LimitExceededError, CancellationError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            partial = f" Partial answer: {exc.partial_answer}" if exc.partial_answer else ""
+            return _error_completion(
+                label, prompt, f"Error: Child RLM stopped - {exc}.{partial}", start
+            )
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            raise
+            return _error_completion(
+                label, prompt, f"Error: Child RLM completion failed - {exc}", start
+            )
         finally:
             _fire(self.on_subcall_complete, depth, label, time.perf_counter() - start, error)
 
-    def _environment(self, prompt: Any, handler: LMHandler) -> BaseEnv:
+    def _standalone_run(self) -> _Run:
+        """A run for ``_subcall`` called from Python outside a completion (rlms' seam)."""
+        run = _Run(self)
+        if self._completion_start_time is not None:
+            run.start = self._completion_start_time
+            if self.max_timeout is not None:
+                run.deadline = run.start + self.max_timeout
+        return run
+
+    def _leaf_completion(self, prompt: Any, model: str | None, start: float) -> RLMChatCompletion:
+        """A plain model call at the depth cap, for ``_subcall`` outside a completion."""
+        root, others = self._clients()
+        if others:
+            client = others[0]
+        elif model is not None and model != getattr(root, "model_name", None):
+            client = get_client(self.backend, {**self.backend_kwargs, "model_name": model})
+        else:
+            client = root
+        name = model or getattr(client, "model_name", None) or self.root_model
+        try:
+            generation = call_client(client, prompt)
+        except Exception as exc:
+            return _error_completion(
+                str(name), prompt, f"Error: LM query failed at max depth - {exc}", start
+            )
+        return RLMChatCompletion(
+            root_model=str(name),
+            prompt=prompt,
+            response=generation.text,
+            usage_summary=UsageSummary({str(name): generation.usage()}),
+            execution_time=time.perf_counter() - start,
+        )
+
+    #: Environments that get rlms' in-process ``subcall_fn`` callback when ``max_depth > 1``.
+    _SUBCALL_FN_ENVIRONMENTS = ("local", "ipython", "docker")
+
+    def _environment(self, prompt: Any, handler: LMHandler, run: _Run) -> BaseEnv:
+        if self.persistent:
+            self._persistent_run = run  # what the persistent REPL's subcall_fn serves now
         if self.persistent and self._persistent_env is not None:
             env = self._persistent_env
             assert isinstance(env, SupportsPersistence)
@@ -488,6 +644,8 @@ class RLM:
             depth=self.depth + 1,
             max_concurrent_subcalls=self.max_concurrent_subcalls,
         )
+        if self.environment_type in self._SUBCALL_FN_ENVIRONMENTS and self.max_depth > 1:
+            kwargs["subcall_fn"] = self._subcall_fn(run)
         if self.custom_tools is not None:
             kwargs["custom_tools"] = self.custom_tools
         if self.custom_sub_tools is not None:
@@ -500,6 +658,19 @@ class RLM:
         if self.persistent:
             self._persistent_env = env
         return env
+
+    def _subcall_fn(self, run: _Run) -> Callable[..., RLMChatCompletion]:
+        """rlms' ``subcall_fn(prompt, model=None)`` for the environment, tied to ``run`` (or,
+        for a persistent environment, to whichever run is using it at the time)."""
+
+        def subcall_fn(prompt: Any, model: str | None = None) -> RLMChatCompletion:
+            current = self._persistent_run if self.persistent else None
+            return self._subcall(prompt, model, _run=current or run)
+
+        # Our own environments route rlm_query through the handler instead (the same
+        # _subcall), so that nothing the model's helpers hold can reach this RLM.
+        subcall_fn.rlm_routed_via_handler = True  # type: ignore[attr-defined]
+        return subcall_fn
 
     def _setup_prompt(self, prompt: Any, root_prompt: str | None = None) -> list[dict[str, Any]]:
         messages = build_rlm_system_prompt(
@@ -541,10 +712,13 @@ class RLM:
     ) -> None:
         if run.is_cancelled():  # a cancelled cell's error is not the model's error
             self._check_time(run, f"after iteration {number}")
-        errors = [b.result for b in iteration.code_blocks if b.result.error is not None]
+        # As in rlms, a block that wrote to stderr counts as failing (an exception does too).
+        errors = [
+            b.result for b in iteration.code_blocks if b.result.error is not None or b.result.stderr
+        ]
         if errors:
             run.consecutive_errors += 1
-            run.last_error = errors[0].error
+            run.last_error = errors[0].error or errors[0].stderr
         elif iteration.code_blocks:
             run.consecutive_errors = 0
         if self.max_errors is not None and run.consecutive_errors >= self.max_errors:
@@ -585,6 +759,30 @@ class RLM:
                 ),
             )
         self._check_time(run, f"after iteration {number}")
+
+    # ------------------------------------------------------------------ rlms' private seams
+
+    def _check_timeout(self, iteration: int, time_start: float) -> None:
+        """rlms' seam: raise TimeoutExceededError when ``max_timeout`` has passed since
+        ``time_start`` (a ``time.perf_counter()`` value)."""
+        if self.max_timeout is None:
+            return
+        run = _Run(self)
+        run.start, run.deadline = time_start, time_start + self.max_timeout
+        self._check_time(run, f"after iteration {iteration}")
+
+    def _check_iteration_limits(
+        self, iteration: RLMIteration, iteration_num: int, lm_handler: Any
+    ) -> None:
+        """rlms' seam: the after-iteration checks (errors, budget, tokens) with the state
+        kept on this RLM; ``iteration_num`` is 0-based as in rlms."""
+        if self._compat_run is None:
+            self._compat_run = _Run(self)
+        self._check_limits(self._compat_run, iteration, iteration_num + 1, lm_handler)
+
+    @property
+    def _consecutive_errors(self) -> int:
+        return self._compat_run.consecutive_errors if self._compat_run is not None else 0
 
     # ------------------------------------------------------------------ model calls
 
@@ -714,11 +912,14 @@ class RLM:
         Raises a limit error (with ``partial_answer``) when a limit stops the
         run, and ``CancellationError`` on Ctrl-C.
         """
-        return self._completion(prompt, root_prompt, _Run(self))
+        run = _Run(self)
+        self._completion_start_time = run.start
+        return self._completion(prompt, root_prompt, run)
 
     async def acompletion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
         """``completion()`` without blocking the event loop; cancelling the task cancels the run."""
         run = _Run(self)
+        self._completion_start_time = run.start
         task = asyncio.ensure_future(asyncio.to_thread(self._completion, prompt, root_prompt, run))
         try:
             return await asyncio.shield(task)
@@ -745,13 +946,14 @@ class RLM:
             other_backends=[str(b) for b in self.other_backends] if self.other_backends else None,
         )
         handler = self._make_handler(run)
+        self._log_metadata()
         handler.start()
         env: BaseEnv | None = None
         lock = self._persistent_lock if self.persistent else None
         if lock is not None:
             lock.acquire()
         try:
-            env = run.env = self._environment(prompt, handler)
+            env = run.env = self._environment(prompt, handler, run)
             messages = self._setup_prompt(prompt, root_prompt)
             return self._loop(run, handler, env, messages, prompt, root_prompt)
         except KeyboardInterrupt:
