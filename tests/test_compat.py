@@ -501,3 +501,13 @@ def test_patching_get_client_after_construction_takes_effect(monkeypatch):
     assert result.response == "second"
     assert result.root_model == "gpt-x"
     assert built == [("openai", "gpt-x"), ("openai", "gpt-x")]
+
+
+def test_vllm_without_base_url_is_caught_by_assertion_error_and_value_error():
+    from rlm import RLM
+
+    rlm = RLM(backend="vllm", backend_kwargs={"model_name": "m"})  # constructs, as in rlms
+    with pytest.raises(AssertionError, match="base_url"):
+        rlm.completion("q")
+    with pytest.raises(ValueError, match="base_url"):
+        rlm.completion("q")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rlm.clients.base_lm import BaseLM, Generation, UsageTracker, to_messages
-from rlm.utils.exceptions import ConfigurationError
+from rlm.utils.exceptions import MissingBaseURLError
 from rlm.utils.registry import Registry
 from rlm.utils.registry import lazy as _lazy
 
@@ -37,7 +37,7 @@ def get_client(backend: str, backend_kwargs: dict[str, Any] | None) -> BaseLM:
 
 def _vllm(kwargs: dict[str, Any]) -> BaseLM:
     if not kwargs.get("base_url"):
-        raise ConfigurationError(
+        raise MissingBaseURLError(
             "backend='vllm' needs backend_kwargs['base_url'], the address of your server "
             "(e.g. 'http://127.0.0.1:8000/v1')"
         )

@@ -102,7 +102,16 @@ class ProtocolError(RLMError):
 
 
 class ConfigurationError(RLMError, ValueError):
-    """The RLM, a client or an environment was configured wrongly (raised at construction)."""
+    """The RLM, a client or an environment was configured wrongly.
+
+    Raised where rlms raised: unknown names and malformed options at construction, a
+    missing API key when the client is first built (the first completion). A subclass of
+    ``ValueError``, which is what rlms raised, so existing ``except`` clauses catch it.
+    """
+
+
+class MissingBaseURLError(ConfigurationError, AssertionError):
+    """``backend="vllm"`` without ``base_url``; also an ``AssertionError``, as in rlms."""
 
 
 __all__ = [
@@ -115,4 +124,5 @@ __all__ = [
     "CancellationError",
     "ProtocolError",
     "ConfigurationError",
+    "MissingBaseURLError",
 ]
