@@ -8,17 +8,31 @@ as null). That much is the public ``rlms`` protocol, unchanged.
 
 Ours adds three optional request keys -- ``"token"`` (the handler's secret;
 a request without it is refused), ``"id"`` (echoed in the response) and
-``"kind"`` (``"llm"``, the default, or ``"rlm"`` for ``rlm_query``) -- and
-keeps connections open for many requests. The helpers below attach the token
-for handlers started in this process, so callers need nothing new.
+``"kind"`` (``"llm"``, the default, or ``"rlm"`` for ``rlm_query``) -- one
+optional frame, ``{"kind": "auth", "token": ...}``, that authenticates a whole
+connection (it gets no answer when the token is right), and keeps connections
+open for many requests.
+
+Where the token comes from: ``LMHandler.address`` is a :class:`HandlerAddress`,
+a ``(host, port)`` tuple that also carries ``.token`` (and keeps it through
+pickling, so it reaches a worker process started with ``multiprocessing``);
+the helpers below use it, or the token of a handler started in this process,
+or the ``RLM_LM_HANDLER_TOKEN`` environment variable, in that order. So callers
+need nothing new.
+
+Every frame read checks the announced length against a cap before anything
+is allocated (:func:`check_frame_length`, used by every reader here and by
+:func:`read_frame` for other channels).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +41,45 @@ from rlm.utils.exceptions import ProtocolError
 
 #: Largest frame either side accepts (bytes). Big enough for a 100 MB prompt.
 MAX_FRAME_BYTES = 512 * 1024 * 1024
+#: Largest frame a handler reads on a connection whose token it has not checked yet.
+MAX_PREAUTH_FRAME_BYTES = 64 * 1024
+#: Environment variable the helpers read the handler token from, when nothing else gives it.
+TOKEN_ENV_VAR = "RLM_LM_HANDLER_TOKEN"
 
 _HEADER = struct.Struct(">I")
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame's announced length is over the reader's cap (nothing was allocated for it)."""
+
+    def __init__(self, length: int, limit: int, what: str = "the maximum"):
+        super().__init__(f"Frame of {length:,} bytes exceeds {what} of {limit:,} bytes")
+        self.length = length
+        self.limit = limit
+
+
+class HandlerAddress(tuple):
+    """An LM handler's ``(host, port)``, carrying the handler's token as ``.token``.
+
+    It unpacks, indexes, hashes and compares like the plain tuple (``host, port =
+    address`` and ``address == ("127.0.0.1", port)`` hold), and its ``repr`` is the
+    plain tuple's, so the token never shows in a print or a log. Pickling and
+    copying keep the token; JSON and string formatting drop it (pass ``.token``
+    along yourself then, or set ``RLM_LM_HANDLER_TOKEN`` in the other process).
+    """
+
+    token: str | None
+
+    def __new__(cls, host: str, port: int, token: str | None = None) -> HandlerAddress:
+        self = super().__new__(cls, (host, int(port)))
+        self.token = token
+        return self
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (HandlerAddress, (self[0], self[1], self.token))
 
 
 # ---------------------------------------------------------------------------
@@ -72,14 +123,20 @@ class LMRequest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LMRequest:
         depth = data.get("depth", 0)
+        rid = data.get("id")
+        kind = data.get("kind")
         return cls(
             prompt=data.get("prompt"),
             prompts=data.get("prompts"),
             model=data.get("model"),
-            depth=depth if isinstance(depth, int) else 0,
+            depth=depth if isinstance(depth, int) and not isinstance(depth, bool) else 0,
             token=data.get("token"),
-            id=data.get("id"),
-            kind=data.get("kind") or "llm",
+            # Only an id that echoes safely (a short string or an int) is kept.
+            id=rid
+            if (isinstance(rid, int) and not isinstance(rid, bool))
+            or (isinstance(rid, str) and len(rid) <= 256)
+            else None,
+            kind=kind if isinstance(kind, str) and kind else "llm",
         )
 
 
@@ -116,18 +173,27 @@ class LMResponse:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LMResponse:
+        """Parse a response frame. Anything that is not the documented shape (a forged
+        or corrupted frame) becomes an error response; this never raises."""
         if not isinstance(data, dict) or not data:
             return cls(error="Empty or invalid response from the LM handler")
-        completions = data.get("chat_completions")
-        completion = data.get("chat_completion")
-        return cls(
-            error=data.get("error"),
-            chat_completion=RLMChatCompletion.from_dict(completion) if completion else None,
-            chat_completions=[RLMChatCompletion.from_dict(c) for c in completions]
-            if completions is not None
-            else None,
-            id=data.get("id"),
-        )
+        rid = data.get("id")
+        rid = rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
+        error = data.get("error")
+        if error is not None:
+            return cls(error=error if isinstance(error, str) else repr(error)[:2000], id=rid)
+        try:
+            completions = data.get("chat_completions")
+            if completions is not None:
+                if not isinstance(completions, list):
+                    raise ValueError("'chat_completions' is not a list")
+                return cls(chat_completions=[_completion_from(c) for c in completions], id=rid)
+            completion = data.get("chat_completion")
+            if completion is None:
+                raise ValueError("no chat_completion, chat_completions or error")
+            return cls(chat_completion=_completion_from(completion), id=rid)
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
+            return cls(error=f"Malformed response from the LM handler: {exc}", id=rid)
 
     @classmethod
     def success_response(cls, chat_completion: RLMChatCompletion) -> LMResponse:
@@ -142,6 +208,23 @@ class LMResponse:
         return cls(error=error)
 
 
+def _completion_from(data: Any) -> RLMChatCompletion:
+    """An ``RLMChatCompletion`` from a response frame, checked field by field."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a completion must be an object, got {type(data).__name__}")
+    for key in ("response", "root_model", "error"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"completion field {key!r} must be a string")
+    usage = data.get("usage_summary")
+    if usage is not None and not isinstance(usage, dict):
+        raise ValueError("completion field 'usage_summary' must be an object")
+    elapsed = data.get("execution_time")
+    if elapsed is not None and (isinstance(elapsed, bool) or not isinstance(elapsed, (int, float))):
+        raise ValueError("completion field 'execution_time' must be a number")
+    return RLMChatCompletion.from_dict(data)
+
+
 # ---------------------------------------------------------------------------
 # Framing
 # ---------------------------------------------------------------------------
@@ -154,15 +237,46 @@ def encode_frame(data: Any) -> bytes:
     except UnicodeEncodeError:  # lone surrogates (e.g. surrogateescape-decoded text)
         payload = json.dumps(data, ensure_ascii=True, default=repr).encode("ascii")
     if len(payload) > MAX_FRAME_BYTES:
-        raise ProtocolError(
-            f"Frame of {len(payload):,} bytes exceeds the maximum of {MAX_FRAME_BYTES:,} bytes"
-        )
+        raise FrameTooLargeError(len(payload), MAX_FRAME_BYTES)
     return _HEADER.pack(len(payload)) + payload
 
 
 def socket_send(sock: socket.socket, data: Any) -> None:
     """Send one length-prefixed JSON frame."""
     sock.sendall(encode_frame(data))
+
+
+def check_frame_length(header: bytes | bytearray, max_bytes: int | None = None) -> int:
+    """Decode a 4-byte frame header; raise :class:`FrameTooLargeError` over the cap.
+
+    The one check every frame reader runs before it allocates the payload.
+    """
+    if len(header) != _HEADER.size:
+        raise ProtocolError(f"Frame header of {len(header)} bytes; expected {_HEADER.size}")
+    (length,) = _HEADER.unpack(header)
+    limit = MAX_FRAME_BYTES if max_bytes is None else max_bytes
+    if length > limit:
+        raise FrameTooLargeError(length, limit)
+    return length
+
+
+def read_frame(
+    read_exact: Callable[[int], bytes | bytearray | None], max_bytes: int | None = None
+) -> bytes | bytearray | None:
+    """One frame's payload from any channel with ``read_exact(n)`` (``None`` at a clean end).
+
+    The length is checked against ``max_bytes`` (default :data:`MAX_FRAME_BYTES`)
+    before the payload is read; a stream that ends inside a frame raises
+    ``ConnectionError``.
+    """
+    header = read_exact(_HEADER.size)
+    if header is None:
+        return None
+    length = check_frame_length(header, max_bytes)
+    payload = read_exact(length) if length else b""
+    if payload is None or len(payload) != length:
+        raise ConnectionError(f"Channel closed inside a frame of {length:,} bytes")
+    return payload
 
 
 #: Frames up to this size are first read with one plain recv() (the common case).
@@ -172,6 +286,8 @@ _SMALL_FRAME = 1 << 16
 def _recv_exact(sock: socket.socket, n: int, *, at_start: bool = False) -> bytes | bytearray | None:
     """Read exactly ``n`` bytes: one ``recv`` when it delivers them all (small frames),
     else into one preallocated buffer (linear time for any size)."""
+    if n == 0:
+        return b""
     got = 0
     first = b""
     if n <= _SMALL_FRAME:
@@ -197,15 +313,23 @@ def _recv_exact(sock: socket.socket, n: int, *, at_start: bool = False) -> bytes
 
 
 def recv_frame_bytes(sock: socket.socket, max_bytes: int | None = None) -> bytes | bytearray | None:
-    """Receive one frame's payload; ``None`` when the peer closed cleanly between frames."""
+    """Receive one frame's payload; ``None`` when the peer closed cleanly between frames.
+
+    The announced length is checked (:func:`check_frame_length`) before the
+    payload is read or allocated; over the cap, :class:`FrameTooLargeError`.
+    """
     header = _recv_exact(sock, _HEADER.size, at_start=True)
     if header is None:
         return None
-    (length,) = _HEADER.unpack(header)
-    limit = MAX_FRAME_BYTES if max_bytes is None else max_bytes
-    if length > limit:
-        raise ProtocolError(f"Frame of {length:,} bytes exceeds the maximum of {limit:,} bytes")
-    return _recv_exact(sock, length)
+    return _recv_exact(sock, check_frame_length(header, max_bytes))
+
+
+def decode_payload(payload: bytes | bytearray) -> Any:
+    """Parse a frame's UTF-8 JSON; :class:`ProtocolError` when it is not."""
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"Frame is not valid UTF-8 JSON: {exc}") from exc
 
 
 def socket_recv(sock: socket.socket, max_bytes: int | None = None) -> Any:
@@ -213,10 +337,7 @@ def socket_recv(sock: socket.socket, max_bytes: int | None = None) -> Any:
     payload = recv_frame_bytes(sock, max_bytes)
     if payload is None:
         return {}
-    try:
-        return json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"Frame is not valid UTF-8 JSON: {exc}") from exc
+    return decode_payload(payload)
 
 
 # ---------------------------------------------------------------------------
@@ -238,7 +359,20 @@ def register_handler_token(address: tuple[str, int], token: str | None) -> None:
 
 
 def _token_for(address: tuple[str, int]) -> str | None:
-    return _tokens.get((address[0], int(address[1])))
+    """The token for ``address``: carried by a :class:`HandlerAddress`, else that of a
+    handler started in this process, else ``$RLM_LM_HANDLER_TOKEN``."""
+    carried = getattr(address, "token", None)
+    if isinstance(carried, str) and carried:
+        return carried
+    token = _tokens.get((address[0], int(address[1])))
+    if token is not None:
+        return token
+    return os.environ.get(TOKEN_ENV_VAR) or None
+
+
+def auth_frame(token: str) -> bytes:
+    """The frame that authenticates a connection: ``{"kind": "auth", "token": token}``."""
+    return encode_frame({"kind": "auth", "token": token})
 
 
 class _Conns(dict):
@@ -282,25 +416,27 @@ def socket_request(
 ) -> Any:
     """Send one request and wait for its response, reusing this thread's connection.
 
-    The handler's token is attached when the handler runs in this process and
-    the request carries none. A stale kept-alive connection is retried once on
-    a fresh one; a connection is dropped whenever a request does not complete.
+    A new connection starts with the auth frame when a token is known (see
+    :func:`_token_for`), so the handler checks the token before it reads any
+    request body. A stale kept-alive connection is retried once on a fresh one;
+    a connection is dropped whenever a request does not complete.
     """
     key = (address[0], int(address[1]))
-    if "token" not in data:
-        token = _token_for(key)
-        if token is not None:
-            data = {**data, "token": token}
+    token = data.get("token") if isinstance(data.get("token"), str) else None
+    token = token or _token_for(address)
     frame = encode_frame(data)
     for attempt in (0, 1):
         sock = _pool.conns.get(key)
         reused = sock is not None
+        out = frame
         if sock is None:
             sock = _pool.conns[key] = _connect(key, timeout)
+            if token is not None:
+                out = auth_frame(token) + frame  # one write: no extra round trip
         completed = False
         try:
             sock.settimeout(timeout)
-            sock.sendall(frame)
+            sock.sendall(out)
             response = socket_recv(sock)
             if response == {} and reused and attempt == 0:
                 _drop(key)  # the server closed an idle connection: retry once on a new one

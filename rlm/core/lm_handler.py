@@ -6,13 +6,31 @@ oversized frames with an error instead of dying, and stops at once. Batched
 requests run on the clients' async API on one long-lived event loop, at most
 ``batch_max_concurrent`` at a time; a failed item fails only itself. Usage is
 recorded per call, from the call's own numbers.
+
+Bounded against whatever can reach the socket:
+
+- a connection whose token has not been checked may send only small frames
+  (``max_preauth_bytes``); a larger announced length is refused before a byte
+  of its body is read, and the connection closed;
+- at most ``max_connections`` connections at once (the next one gets an error
+  frame and is closed); a connection idle for ``idle_timeout`` seconds, or one
+  that sends no valid token within ``auth_timeout``, is closed;
+- running out of file descriptors (EMFILE) sheds the waiting connection with
+  an error instead of stopping the accept loop;
+- a batch holds at most ``max_batch_size`` prompts;
+- ``model=`` names only a configured client (``register_client``): any other
+  name is refused with ``unknown model ...``, never sent to a provider.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
+import os
 import secrets
 import socket
+import socketserver
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +39,9 @@ from typing import Any
 from rlm.clients.base_lm import BaseLM, Generation, UsageTracker, acall_client, call_client
 from rlm.core.comms_utils import (
     MAX_FRAME_BYTES,
+    MAX_PREAUTH_FRAME_BYTES,
+    FrameTooLargeError,
+    HandlerAddress,
     LMRequest,
     LMResponse,
     recv_frame_bytes,
@@ -35,6 +56,22 @@ from rlm.utils.exceptions import ProtocolError
 Guard = Callable[[LMRequest], str | None]
 #: ``subcall_fn(prompt, model, depth) -> RLMChatCompletion``: serves ``rlm_query``.
 SubcallFn = Callable[[Any, str | None, int], RLMChatCompletion]
+
+
+#: Defaults of the socket bounds (see the module docstring).
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_AUTH_TIMEOUT = 30.0
+DEFAULT_MAX_BATCH_SIZE = 10_000
+#: Wrong tokens one connection may send before it is closed.
+MAX_AUTH_FAILURES = 8
+
+#: accept() errors that mean "out of descriptors or memory for now", not "stopped".
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class UnknownModelError(ValueError):
+    """``model=`` named no configured client."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -55,6 +92,11 @@ class LMHandler:
         max_frame_bytes: int = MAX_FRAME_BYTES,
         limiter: CallLimiter | None = None,
         depth_models: dict[int, str] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        auth_timeout: float | None = DEFAULT_AUTH_TIMEOUT,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_preauth_bytes: int = MAX_PREAUTH_FRAME_BYTES,
     ):
         self.default_client = client
         self.other_backend_client = other_backend_client
@@ -64,6 +106,21 @@ class LMHandler:
         self.batch_max_concurrent = max(1, int(batch_max_concurrent))
         self.token: str | None = secrets.token_hex(16) if require_token else None
         self.max_frame_bytes = max_frame_bytes
+        self.max_preauth_bytes = max(256, int(max_preauth_bytes))
+        self.max_connections = max(1, int(max_connections))
+        self.idle_timeout = idle_timeout
+        self.auth_timeout = auth_timeout
+        self.max_batch_size = max(1, int(max_batch_size))
+        #: Counters of what the socket bounds refused (for tests and diagnostics).
+        self.stats = {
+            "accept_errors": 0,
+            "shed_connections": 0,
+            "refused_connections": 0,
+            "unauthorized": 0,
+            "oversized_frames": 0,
+            "idle_closed": 0,
+        }
+        self._spare_fd: int | None = None
         self.guard: Guard | None = None
         self.subcall_fn: SubcallFn | None = None
         self._usage = UsageTracker()
@@ -83,6 +140,9 @@ class LMHandler:
         self._loop_lock = threading.Lock()
         self._running = False
         self.register_client(client.model_name, client)
+        if other_backend_client is not None and other_backend_client.model_name not in self.clients:
+            # A configured model: ``model=`` may name it.
+            self.register_client(other_backend_client.model_name, other_backend_client)
 
     # -- routing ----------------------------------------------------------------
 
@@ -90,9 +150,35 @@ class LMHandler:
         """Make ``model=model_name`` in a sub-call use ``client``."""
         self.clients[model_name] = client
 
+    def configured_models(self) -> list[str]:
+        """The model names a request may ask for (``model=``)."""
+        return sorted(self.clients)
+
+    def check_model(self, model: Any) -> None:
+        """Raise :class:`UnknownModelError` unless ``model`` is ``None`` or a configured name.
+
+        Model code chooses only among the clients the user configured; a name that
+        is not one of them is never turned into a new client or sent to a provider.
+        """
+        if model is None or model == "":
+            return
+        if not isinstance(model, str):
+            raise UnknownModelError(
+                f"malformed request: 'model' must be a string, got {type(model).__name__}"
+            )
+        if model not in self.clients:
+            names = ", ".join(repr(name) for name in self.configured_models())
+            raise UnknownModelError(
+                f"unknown model {model[:200]!r}; the configured models are: {names}"
+            )
+
     def get_client(self, model: str | None = None, depth: int = 0) -> BaseLM:
         """A registered model name wins; then a per-depth mapping; then depth >= 1 goes to
-        the sub-call client; else the default client."""
+        the sub-call client; else the default client.
+
+        Calls arriving over the socket are checked first (:meth:`check_model`), so an
+        unknown name never gets here from model code; called directly, an unknown
+        name falls back like ``model=None``, as in rlms."""
         if model and model in self.clients:
             return self.clients[model]
         mapped = self.depth_models.get(depth)
@@ -117,8 +203,10 @@ class LMHandler:
         return self._port
 
     @property
-    def address(self) -> tuple[str, int]:
-        return (self.host, self.port)
+    def address(self) -> HandlerAddress:
+        """``(host, port)``; the tuple also carries the token as ``.token`` (hidden in its
+        repr), so an environment handed this address can authenticate."""
+        return HandlerAddress(self.host, self.port, self.token)
 
     def start(self) -> tuple[str, int]:
         """Start serving in a background thread; returns ``(host, port)``."""
@@ -130,6 +218,7 @@ class LMHandler:
         listener.listen(128)
         self._listener = listener
         self._running = True
+        self._spare_fd = _open_spare_fd()
         register_handler_token(self.address, self.token)
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name=f"rlm-lm-handler:{self.port}", daemon=True
@@ -157,6 +246,12 @@ class LMHandler:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        spare, self._spare_fd = self._spare_fd, None
+        if spare is not None:
+            try:
+                os.close(spare)
+            except OSError:
+                pass
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)
@@ -176,32 +271,66 @@ class LMHandler:
         while self._running and listener is not None:
             try:
                 conn, _ = listener.accept()
+            except OSError as exc:
+                if not self._running:
+                    return  # listener shut down by stop()
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self.stats["accept_errors"] += 1
+                    self._shed_one(listener)
+                continue  # ECONNABORTED and the like: the next connection is fine
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
-                return  # listener shut down
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                pass
             with self._conns_lock:
                 if not self._running:
                     conn.close()
                     return
-                self._conns.add(conn)
-            threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
+                full = len(self._conns) >= self.max_connections
+                if not full:
+                    self._conns.add(conn)
+            if full:
+                self.stats["refused_connections"] += 1
+                _refuse(
+                    conn, f"too many connections to the LM handler (limit {self.max_connections})"
+                )
+                continue
+            try:
+                threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
+            except RuntimeError:  # no thread could be started: shed this connection
+                with self._conns_lock:
+                    self._conns.discard(conn)
+                _refuse(conn, "the LM handler cannot start a thread for this connection")
+
+    def _shed_one(self, listener: socket.socket) -> None:
+        """Out of descriptors: free the spare one, accept the waiting connection, answer it
+        with an error and close it, then take the spare back. Without a spare (or when
+        even that fails), back off briefly so the loop does not spin."""
+        spare, self._spare_fd = self._spare_fd, None
+        if spare is not None:
+            try:
+                os.close(spare)
+            except OSError:
+                pass
+            try:
+                listener.settimeout(0)
+                try:
+                    conn, _ = listener.accept()
+                finally:
+                    listener.settimeout(None)
+            except OSError:
+                conn = None
+            if conn is not None:
+                self.stats["shed_connections"] += 1
+                _refuse(conn, "the LM handler is out of file descriptors; retry later")
+            self._spare_fd = _open_spare_fd()
+            if conn is not None:
+                return
+        time.sleep(0.05)
 
     def _serve_connection(self, conn: socket.socket) -> None:
         try:
-            while self._running:
-                try:
-                    payload = recv_frame_bytes(conn, self.max_frame_bytes)
-                except ProtocolError as exc:
-                    # The oversized payload was not read, so the stream cannot be resynced.
-                    self._send(conn, LMResponse.error_response(str(exc)))
-                    return
-                if payload is None:
-                    return
-                response = self.handle_payload(payload)
-                if not self._send(conn, response):
-                    return
-        except OSError:
-            return  # peer went away, or stop() shut the socket
+            self.serve_stream(conn)
         finally:
             with self._conns_lock:
                 self._conns.discard(conn)
@@ -209,6 +338,63 @@ class LMHandler:
                 conn.close()
             except OSError:
                 pass
+
+    def serve_stream(self, conn: socket.socket) -> None:
+        """Answer the frames of one connection until it closes, times out or misbehaves.
+
+        Until the connection has shown the token, frames are capped at
+        ``max_preauth_bytes`` and must arrive within ``auth_timeout``; afterwards at
+        ``max_frame_bytes``, with ``idle_timeout`` between frames. Never raises.
+        """
+        authed = self.token is None  # the connection sent a valid auth frame
+        proven = authed  # some frame carried the right token: large frames allowed
+        failures = 0
+        try:
+            conn.settimeout(self.idle_timeout if proven else self.auth_timeout)
+            while self._running:
+                limit = self.max_frame_bytes
+                if not proven:
+                    limit = min(limit, self.max_preauth_bytes)
+                try:
+                    payload = recv_frame_bytes(conn, limit)
+                except FrameTooLargeError as exc:
+                    # The body was not read, so the stream cannot be resynced: answer, close.
+                    self.stats["oversized_frames"] += 1
+                    if proven:
+                        message = str(exc)
+                    else:
+                        self.stats["unauthorized"] += 1
+                        message = (
+                            f"Unauthorized: frame of {exc.length:,} bytes exceeds the "
+                            f"{exc.limit:,} bytes allowed before the handler token is checked; "
+                            'send {"kind": "auth", "token": ...} first'
+                        )
+                    self._send(conn, LMResponse.error_response(message))
+                    return
+                except ProtocolError as exc:
+                    self._send(conn, LMResponse.error_response(str(exc)))
+                    return
+                except TimeoutError:
+                    self.stats["idle_closed"] += 1
+                    return
+                if payload is None:
+                    return
+                response, verdict = self._answer_frame(payload, authed)
+                if verdict in ("auth", "ok") and not proven:
+                    proven = True
+                    conn.settimeout(self.idle_timeout)
+                if verdict == "auth":
+                    authed = True
+                    continue  # a valid auth frame gets no answer
+                if verdict == "refused":
+                    self.stats["unauthorized"] += 1
+                    failures += 1
+                if response is not None and not self._send(conn, response):
+                    return
+                if verdict == "bad-auth" or failures >= MAX_AUTH_FAILURES:
+                    return
+        except OSError:
+            return  # peer went away, or stop() shut the socket
 
     @staticmethod
     def _send(conn: socket.socket, response: LMResponse) -> bool:
@@ -218,37 +404,71 @@ class LMHandler:
         except OSError:
             return False
 
-    def handle_payload(self, payload: bytes | bytearray) -> LMResponse:
-        """Decode, authenticate and answer one request frame. Never raises."""
-        import json
+    def _token_ok(self, token: Any) -> bool:
+        return self.token is None or (
+            isinstance(token, str)
+            and secrets.compare_digest(
+                token.encode("utf-8", "surrogatepass"), self.token.encode("utf-8")
+            )
+        )
 
+    def _answer_frame(
+        self, payload: bytes | bytearray, authed: bool
+    ) -> tuple[LMResponse | None, str]:
+        """``(response, verdict)`` for one frame of a connection.
+
+        verdict: ``"auth"`` (a valid auth frame: no response), ``"bad-auth"`` (an auth
+        frame with a wrong token: answer, then close), ``"refused"`` (a request without
+        a valid token on an unauthenticated connection, or with a wrong one),
+        ``"malformed"`` or ``"ok"``.
+        """
         try:
             data = json.loads(payload)
         except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting
-            return LMResponse.error_response(f"Malformed request: not UTF-8 JSON ({exc})")
-        if not isinstance(data, dict):
-            return LMResponse.error_response("Malformed request: a request must be a JSON object")
-        request = LMRequest.from_dict(data)
-        if self.token is not None and not (
-            isinstance(request.token, str)
-            and secrets.compare_digest(
-                request.token.encode("utf-8", "surrogatepass"), self.token.encode("utf-8")
+            return LMResponse.error_response(f"Malformed request: not UTF-8 JSON ({exc})"), (
+                "malformed"
             )
-        ):
+        if not isinstance(data, dict):
+            return LMResponse.error_response(
+                "Malformed request: a request must be a JSON object"
+            ), "malformed"
+        if data.get("kind") == "auth":
+            if self._token_ok(data.get("token")):
+                return None, "auth"
+            return LMResponse.error_response("Unauthorized: wrong handler token"), "bad-auth"
+        request = LMRequest.from_dict(data)
+        token_given = "token" in data
+        if (token_given or not authed) and not self._token_ok(request.token):
             response = LMResponse.error_response("Unauthorized: missing or wrong handler token")
-        else:
-            response = self.handle_request(request)
+            response.id = request.id
+            return response, "refused"
+        response = self.handle_request(request)
         response.id = request.id
+        return response, "ok"
+
+    def handle_payload(self, payload: bytes | bytearray) -> LMResponse:
+        """Decode, authenticate (the frame's own ``token``) and answer one request frame.
+        Never raises."""
+        response, verdict = self._answer_frame(payload, authed=False)
+        if verdict == "auth":
+            return LMResponse.error_response("Missing 'prompt' or 'prompts' in request.")
+        assert response is not None
         return response
 
     def handle_request(self, request: LMRequest) -> LMResponse:
         """Answer an authenticated request. Never raises."""
         try:
+            self.check_model(request.model)
             if request.prompts is not None:
                 if not isinstance(request.prompts, list):
                     return LMResponse.error_response("Malformed request: 'prompts' must be a list")
                 if not request.prompts:
                     return LMResponse.batched_success_response([])
+                if len(request.prompts) > self.max_batch_size:
+                    return LMResponse.error_response(
+                        f"batch of {len(request.prompts):,} prompts exceeds the limit of "
+                        f"{self.max_batch_size:,} prompts per batch; split it into smaller batches"
+                    )
                 return LMResponse.batched_success_response(self._run_batch(request))
             if request.prompt is None or request.prompt == "":
                 return LMResponse.error_response("Missing 'prompt' or 'prompts' in request.")
@@ -262,6 +482,8 @@ class LMHandler:
             return LMResponse.success_response(
                 self._call(request.prompt, request.model, request.depth)
             )
+        except UnknownModelError as exc:
+            return LMResponse.error_response(str(exc))
         except Exception as exc:
             return LMResponse.error_response(_describe(exc))
 
@@ -381,3 +603,60 @@ def _failed(prompt: Any, model: str | None, error: str) -> RLMChatCompletion:
         execution_time=0.0,
         error=error,
     )
+
+
+def _open_spare_fd() -> int | None:
+    """A descriptor kept in reserve, closed to make room when accept() hits EMFILE."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _refuse(conn: socket.socket, message: str) -> None:
+    """Answer a connection that will not be served with one error frame, then close it."""
+    try:
+        conn.settimeout(1.0)
+        socket_send(conn, LMResponse.error_response(message).to_dict())
+    except OSError:
+        pass
+    finally:
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------
+# rlms' names
+# ---------------------------------------------------------------------------
+
+
+class LMRequestHandler(socketserver.StreamRequestHandler):
+    """rlms' per-connection handler class, for code that builds its own server:
+    ``ThreadingLMServer((host, port), LMRequestHandler)`` with ``server.lm_handler``
+    set to an :class:`LMHandler`. Frames are answered exactly as the handler's own
+    server answers them (token, caps, routing)."""
+
+    def handle(self) -> None:
+        handler: LMHandler | None = getattr(self.server, "lm_handler", None)
+        if handler is None:
+            _refuse(self.connection, "this server has no lm_handler")
+            return
+        handler.serve_stream(self.connection)
+
+    def _safe_send(self, response: LMResponse) -> bool:
+        """Send ``response``; ``False`` when the peer is gone."""
+        return LMHandler._send(self.connection, response)
+
+
+class ThreadingLMServer(socketserver.ThreadingTCPServer):
+    """rlms' multi-threaded TCP server class (daemon threads, address reuse).
+
+    ``LMHandler`` runs its own bounded accept loop and does not use this class;
+    it is here for code written against rlms that serves an ``LMHandler`` itself.
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+    lm_handler: LMHandler | None = None
