@@ -358,7 +358,10 @@ class DockerREPL(IsolatedREPL):
         return None if transport is None else transport.container_id
 
     def setup(self) -> None:
-        self._channel.subcall_fn = self.subcall_fn
+        # The RLM's own callback is served through the LM handler (the same call, as in
+        # LocalREPL); a user's subcall_fn is called on the host for each rlm_query.
+        routed = getattr(self.subcall_fn, "rlm_routed_via_handler", False)
+        self._channel.subcall_fn = None if routed else self.subcall_fn
         self._code_tools = {
             name: source
             for name, tool in self._tools.items()
@@ -373,7 +376,10 @@ class DockerREPL(IsolatedREPL):
             reply = self._request(
                 {"type": "exec", "code": source, "timeout": wait}, wait + HOST_GRACE_SECONDS
             )
-            error = "no answer from the worker" if reply is None else reply.get("error")
+            if reply is None:
+                error = "no answer from the worker"
+            else:
+                error = reply.get("error") or reply.get("malformed")
             if error:
                 raise ConfigurationError(
                     f"custom tool {name!r}: its code failed in the container: {error}"
