@@ -177,6 +177,14 @@ def test_batched_rlm_query_keeps_order_and_tracks_only_successes(docker):
     assert env.execute_code("print(rlm_query_batched([]))").stdout == "[]\n"
 
 
+def test_one_malformed_result_in_a_batch_fails_that_item_only(docker):
+    env = docker(subcall_fn=lambda p, m=None: 12345 if p == "odd" else child(f"r:{p}"))
+    result = env.execute_code("out = rlm_query_batched(['a', 'odd', 'b'])\nprint(out[0], out[2])")
+    assert result.stdout == "r:a r:b\n", result.stderr
+    assert env.execute_code("print(out[1].startswith('Error:'))").stdout == "True\n"
+    assert [c.response for c in result.rlm_calls] == ["r:a", "r:b"]
+
+
 def test_batched_rlm_query_runs_at_most_max_concurrent_subcalls_at_once(docker):
     lock = threading.Lock()
     active = [0]
