@@ -68,6 +68,9 @@ BOOTSTRAP = (
 #: spends up to 2 s interrupting the cell) before it kills and restarts the worker.
 HOST_GRACE_SECONDS = 5.0
 DEFAULT_START_TIMEOUT = 60.0
+#: The largest frame the host accepts from a worker; the length is checked before any
+#: allocation, and a larger (or malformed) frame ends the channel (the worker is restarted).
+MAX_WORKER_FRAME_BYTES = 128 * 1024 * 1024
 
 _sources: dict[str, str] | None = None
 
@@ -85,6 +88,31 @@ def worker_sources() -> dict[str, str]:
 
 class WorkerError(RuntimeError):
     """The worker could not be started or stopped answering."""
+
+
+class ProtocolError(ValueError):
+    """A frame from the worker broke the protocol (too large, not JSON, wrong shape)."""
+
+
+def _check_result(message: Any, kind: str) -> str | None:
+    """Why a ``result``/``resolved`` frame is malformed, or None. Model code controls the
+    worker process, so every field is checked before the host uses it."""
+    if kind == "resolved":
+        value = message.get("value")
+        if value is not None and not isinstance(value, str):
+            return f"'value' is {type(value).__name__}, not a string"
+        return None
+    for field in ("stdout", "stderr", "error", "final_answer"):
+        value = message.get(field)
+        if value is not None and not isinstance(value, str):
+            return f"'{field}' is {type(value).__name__}, not a string"
+    value = message.get("execution_time")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return f"'execution_time' is {type(value).__name__}, not a number"
+    value = message.get("locals")
+    if value is not None and not isinstance(value, dict):
+        return f"'locals' is {type(value).__name__}, not an object"
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -366,7 +394,7 @@ class IsolatedREPL(IsolatedEnv):
             return f"The worker could not be restarted: {exc}"
         return (
             "The worker was restarted with its contexts and histories; "
-            "variables created by earlier cells were lost."
+            "variables and files created by earlier cells were lost."
         )
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -391,18 +419,32 @@ class IsolatedREPL(IsolatedEnv):
                 header = chan.read_exact(4)
                 if header is None:
                     break
-                payload = chan.read_exact(int.from_bytes(header, "big"))
+                length = int.from_bytes(header, "big")
+                if length > MAX_WORKER_FRAME_BYTES:  # checked before anything is allocated
+                    raise ProtocolError(
+                        f"a frame of {length:,} bytes exceeds the limit of "
+                        f"{MAX_WORKER_FRAME_BYTES:,} bytes"
+                    )
+                payload = chan.read_exact(length)
                 if payload is None:
                     break
                 message = json.loads(payload)
+                if not isinstance(message, dict):
+                    raise ProtocolError(f"a frame holds a JSON {type(message).__name__}")
                 kind = message.get("type")
                 if kind == "ready":
                     self._ready.set()
                 elif kind == "call":
                     self._pool.submit(self._serve_call, message)
                 elif kind in ("result", "resolved"):
+                    request_id = message.get("id")
+                    if not isinstance(request_id, int) or isinstance(request_id, bool):
+                        continue  # not an answer to anything we asked
+                    problem = _check_result(message, kind)
+                    if problem is not None:
+                        message = {"type": kind, "malformed": problem}
                     with self._state_lock:
-                        slot = self._waiting.get(message.get("id"))
+                        slot = self._waiting.get(request_id)
                     if slot is not None:
                         slot[1] = message
                         slot[0].set()
@@ -423,6 +465,8 @@ class IsolatedREPL(IsolatedEnv):
         kwargs = message.get("kwargs") or {}
         reply: dict[str, Any] = {"type": "reply", "id": message.get("id")}
         try:
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise TypeError("a call needs a list of args and an object of kwargs")
             if op == "tool":
                 tool = self._tools.get(str(message.get("name")))
                 if tool is None or not tool.is_callable:
@@ -533,24 +577,47 @@ class IsolatedREPL(IsolatedEnv):
                 final_answer=None,
                 error=error,
             )
+        if "malformed" in message:
+            error = (
+                f"WorkerProtocolError: the worker sent a malformed result ({message['malformed']})"
+            )
+            return REPLResult(
+                stdout="",
+                stderr=f"{error}\n" + (f"{note}\n" if note else ""),
+                locals={},
+                execution_time=time.perf_counter() - start,
+                rlm_calls=list(pending),
+                final_answer=None,
+                error=error,
+            )
         stderr = message.get("stderr") or ""
+        error = message.get("error")
         if note:
             stderr = note + "\n" + stderr
+        if message.get("abandoned") is True:
+            # The cell did not stop at its limit (it caught the interruption, or sits in
+            # native code): a thread would go on burning CPU in the worker. Kill it.
+            error = (
+                f"TimeoutError: the cell ran longer than its limit of {limit or 0:g} s and did "
+                "not stop (it caught the interruption or was blocked outside Python); "
+                "the worker was killed."
+            )
+            stderr += f"{error}\n{self._restart()}\n"
         return REPLResult(
             stdout=message.get("stdout") or "",
             stderr=stderr,
-            locals=message.get("locals") or {},
+            locals={} if message.get("abandoned") is True else (message.get("locals") or {}),
             execution_time=float(message.get("execution_time") or 0.0),
             rlm_calls=list(pending),
             final_answer=message.get("final_answer"),
-            error=message.get("error"),
+            error=error,
         )
 
     def resolve_final_var(self, name: str) -> str | None:
         if self._closed or self._dead is not None:
             return None
         message = self._request({"type": "resolve", "name": name}, 30.0)
-        return None if message is None else message.get("value")
+        return None if message is None else message.get("value")  # checked: str or None
 
     def interrupt(self) -> None:
         """Stop the running cell, if any (from any thread; returns at once)."""

@@ -51,6 +51,8 @@ except ImportError:  # imported from the installed package (tests, tools)
 
 _HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 512 * 1024 * 1024
+#: The host reads at most this much per frame (rlm.environments.isolated.MAX_WORKER_FRAME_BYTES).
+MAX_SEND_BYTES = 128 * 1024 * 1024
 SUMMARY_CHARS = 200
 
 
@@ -92,6 +94,11 @@ class Channel:
             payload = text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates
             payload = json.dumps(message, ensure_ascii=True, default=repr).encode("ascii")
+        if len(payload) > MAX_SEND_BYTES:
+            raise ValueError(
+                f"a message of {len(payload):,} bytes exceeds the host's limit of "
+                f"{MAX_SEND_BYTES:,} bytes"
+            )
         data = _HEADER.pack(len(payload)) + payload
         with self._write_lock:
             view = memoryview(data)
@@ -113,6 +120,17 @@ def summarize(value: Any) -> Any:
     if callable(value):
         return f"<{type(value).__name__} {getattr(value, '__name__', '?')}>"
     return f"<{type(value).__module__}.{type(value).__name__} object>"
+
+
+def _cell_still_running() -> bool:
+    """True when a stopped cell's thread lives on (it caught the interruption, or sits in
+    native code): the host then kills and restarts this worker."""
+    for thread in threading.enumerate():
+        if thread.name == "rlm-cell" and thread is not threading.current_thread():
+            thread.join(0.1)  # a cell that was stopped is finishing its last lines
+            if thread.is_alive():
+                return True
+    return False
 
 
 class IPythonCells:
@@ -322,6 +340,7 @@ class Worker:
             "final_answer": outcome.final_answer,
             "execution_time": outcome.execution_time,
             "timed_out": outcome.timed_out,
+            "abandoned": outcome.timed_out and _cell_still_running(),
             "locals": {k: summarize(v) for k, v in self.core.user_variables().items()},
         }
 
