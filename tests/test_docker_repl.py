@@ -319,3 +319,10 @@ def test_code_string_tools_come_back_after_a_worker_restart(docker):
 def test_a_code_tool_that_fails_in_the_container_fails_construction(docker):
     with pytest.raises(ConfigurationError, match="custom tool 'bad'"):
         docker(custom_tools={"bad": "import not_a_module_here\ndef bad():\n    pass"})
+
+
+def test_a_missing_image_says_how_to_build_one(docker):
+    from rlm.environments.isolated import WorkerError
+
+    with pytest.raises(WorkerError, match="scripts/docker_image.sh"):
+        docker(image="rlm-no-such-image:never-built")

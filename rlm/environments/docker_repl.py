@@ -38,6 +38,7 @@ from rlm.environments.isolated import (
     IsolatedREPL,
     ProcessChannel,
     ProcessTransport,
+    WorkerError,
 )
 from rlm.utils.exceptions import ConfigurationError
 
@@ -370,7 +371,16 @@ class DockerREPL(IsolatedREPL):
         super().setup()
 
     def _start_worker(self) -> None:
-        super()._start_worker()
+        try:
+            super()._start_worker()
+        except WorkerError as exc:
+            if "Unable to find image" not in str(exc):
+                raise
+            raise WorkerError(
+                f"{exc}\nThe image {self.image!r} is not on this machine and could not be "
+                "pulled. Build one offline with scripts/docker_image.sh and name it with "
+                f"environment_kwargs={{'image': ...}} or ${IMAGE_ENV_VAR}."
+            ) from exc
         for name, source in self._code_tools.items():
             wait = self.start_timeout
             reply = self._request(
