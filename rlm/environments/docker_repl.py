@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+import time
 import uuid
 from typing import Any
 
@@ -211,17 +212,7 @@ class DockerTransport(ProcessTransport):
         proc, self.proc = self.proc, None
         cidfile, self._cidfile, self._container_id = self._cidfile, None, None
         if name is not None:
-            # Removes the container even when the docker client is stuck or gone.
-            try:
-                subprocess.run(
-                    [self.docker, "rm", "-f", name],
-                    capture_output=True,
-                    timeout=30,
-                    env=docker_env(),
-                    check=False,
-                )
-            except (OSError, subprocess.SubprocessError):
-                pass
+            self._remove(name)
         if proc is not None:
             try:
                 proc.kill()
@@ -236,6 +227,35 @@ class DockerTransport(ProcessTransport):
                 os.unlink(cidfile)
             except OSError:
                 pass
+
+    def _remove(self, name: str, deadline_s: float = 15.0) -> None:
+        """Remove the container and return once it is gone (even when the docker client
+        is stuck or gone). When the worker has just exited, ``--rm`` may already be
+        removing it (``docker rm`` then answers "already in progress" at once), so wait
+        for that removal to finish: a caller that sees cleanup() return must not find
+        the container listed."""
+        end = time.monotonic() + deadline_s
+        try:
+            subprocess.run(
+                [self.docker, "rm", "-f", name],
+                capture_output=True,
+                timeout=30,
+                env=docker_env(),
+                check=False,
+            )
+            while time.monotonic() < end:
+                probe = subprocess.run(
+                    [self.docker, "inspect", "--format", "{{.State.Status}}", name],
+                    capture_output=True,
+                    timeout=30,
+                    env=docker_env(),
+                    check=False,
+                )
+                if probe.returncode != 0:  # no such container: removed
+                    return
+                time.sleep(0.05)
+        except (OSError, subprocess.SubprocessError):
+            pass
 
 
 def code_tool_source(name: str, value: Any) -> str | None:
