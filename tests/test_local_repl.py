@@ -315,9 +315,11 @@ def test_answer_update(repl):
 def test_answer_rebinding(repl):
     result = repl.execute_code("answer = {'content': 'rebound', 'ready': True}")
     assert result.final_answer == "rebound"
-    # Rebinding to something that is not a dict is repaired.
-    repl.execute_code("answer = 'oops'")
-    assert isinstance(repl.locals["answer"], dict)
+    # Rebinding to something that is not a dict makes it an ordinary variable (0.1.1
+    # code: answer = llm_query(...); FINAL_VAR(answer)); deleting it brings the dict back.
+    assert repl.execute_code("answer = 'not a dict'").final_answer is None
+    assert repl.locals["answer"] == "not a dict"
+    repl.execute_code("del answer")
     assert repl.execute_code("answer['content'] = 'x'; answer['ready'] = True").final_answer == "x"
 
 
@@ -706,9 +708,10 @@ def test_helpers_expose_nothing_in_an_environment_built_by_rlm():
         other_backends=["openai"],
         other_backend_kwargs=[{**_openai_kwargs(), "model_name": "sub"}],
     )
-    handler = rlm._make_handler(_Run(rlm))
+    run = _Run(rlm)
+    handler = rlm._make_handler(run)
     handler.start()
-    env = rlm._environment("ctx", handler)
+    env = rlm._environment("ctx", handler, run)
     try:
         # Use the helpers once so connection pools are populated (the server is unreachable:
         # the calls come back as Error: strings).

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from rlm.core.types import REPLResult
-from rlm.environments.repl_core import SCAFFOLD_NAMES
+from rlm.environments.repl_core import SCAFFOLD_NAMES, code_tool_source, guard_tool
 from rlm.utils.exceptions import ConfigurationError
 
 #: Names custom tools may not take: the REPL provides them and restores them after every cell.
@@ -33,6 +32,11 @@ class ToolInfo:
     def is_callable(self) -> bool:
         return callable(self.value)
 
+    @property
+    def is_code(self) -> bool:
+        """A code string (``"def f(x): ..."``): every environment runs it to define the tool."""
+        return code_tool_source(self.name, self.value) is not None
+
 
 def parse_tool_entry(name: str, entry: Any) -> ToolInfo:
     """Read one entry: a plain value, or ``{"tool": value, "description": "..."}``."""
@@ -52,15 +56,7 @@ def extract_tool_value(entry: Any) -> Any:
 
 def guarded_tool(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a custom tool so that an exception becomes an ``Error: ...`` string for the model."""
-
-    @functools.wraps(fn)
-    def tool(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            return f"Error: tool {name}() failed: {type(exc).__name__}: {exc}"
-
-    return tool
+    return guard_tool(name, fn)
 
 
 def format_tools_for_prompt(custom_tools: dict[str, Any] | None) -> str | None:
@@ -69,11 +65,11 @@ def format_tools_for_prompt(custom_tools: dict[str, Any] | None) -> str | None:
     for tool in parse_custom_tools(custom_tools):
         if tool.description:
             what = tool.description
-        elif tool.is_callable:
+        elif tool.is_callable or tool.is_code:
             what = "a function"
         else:
             what = f"a {type(tool.value).__name__} value"
-        call = "()" if tool.is_callable else ""
+        call = "()" if tool.is_callable or tool.is_code else ""
         lines.append(f"- `{tool.name}{call}`: {what}")
     return "\n".join(lines) or None
 
@@ -114,9 +110,9 @@ _SUPPLIED_BY_RLM = frozenset(
 )
 
 
-def check_init_kwargs(cls: type, kwargs: dict[str, Any]) -> None:
-    """Reject environment_kwargs that ``cls`` (and the classes its ``__init__`` passes
-    ``**kwargs`` on to) does not take; called when an RLM is constructed."""
+def accepted_init_kwargs(cls: type) -> set[str]:
+    """The keyword arguments ``cls.__init__`` takes, with those of the classes it passes
+    ``**kwargs`` on to."""
     import inspect
 
     accepted: set[str] = set()
@@ -132,6 +128,18 @@ def check_init_kwargs(cls: type, kwargs: dict[str, Any]) -> None:
         }
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             break  # this __init__ passes nothing further up
+    return accepted
+
+
+def user_options(cls: type) -> str:
+    """The environment_kwargs a user may set on ``cls``, for messages."""
+    return ", ".join(sorted(accepted_init_kwargs(cls) - _SUPPLIED_BY_RLM))
+
+
+def check_init_kwargs(cls: type, kwargs: dict[str, Any]) -> None:
+    """Reject environment_kwargs that ``cls`` (and the classes its ``__init__`` passes
+    ``**kwargs`` on to) does not take; called when an RLM is constructed."""
+    accepted = accepted_init_kwargs(cls)
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         options = ", ".join(sorted(accepted - _SUPPLIED_BY_RLM))

@@ -603,7 +603,7 @@ class IsolatedREPL(IsolatedEnv):
                 "the worker was killed."
             )
             stderr += f"{error}\n{self._restart()}\n"
-        return REPLResult(
+        result = REPLResult(
             stdout=message.get("stdout") or "",
             stderr=stderr,
             locals={} if message.get("abandoned") is True else (message.get("locals") or {}),
@@ -612,6 +612,9 @@ class IsolatedREPL(IsolatedEnv):
             final_answer=message.get("final_answer"),
             error=error,
         )
+        kind = message.get("final_kind")  # which protocol gave final_answer (see repl_core)
+        result.final_kind = kind if kind in ("FINAL_VAR", "answer", "FINAL") else None
+        return result
 
     def resolve_final_var(self, name: str) -> str | None:
         if self._closed or self._dead is not None:

@@ -10,6 +10,15 @@ What it does guard: sub-calls travel over the LM handler's socket, so the
 REPL's helper functions hold an address and nothing else -- no client
 object, no API key, no reference back to the RLM -- and model code cannot
 stop the host with ``sys.exit()`` or ``KeyboardInterrupt``.
+
+Cells run with the REPL's temporary directory (``temp_dir``) as the working
+directory, so files the model writes with relative paths land there, and the
+host's working directory is put back after each cell whatever the cell's
+``os.chdir`` did. The working directory belongs to the whole process: while a
+cell runs, other threads of the host see the temporary directory too, and
+cells of several REPLs running at once (parallel child runs) share the
+directory of the one that started last. ``sys.stdout``/``sys.stderr`` are
+replaced only while cells run.
 """
 
 from __future__ import annotations
@@ -17,6 +26,9 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
+import threading
+import warnings
+from collections.abc import Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,14 +36,21 @@ from rlm.core.comms_utils import LMRequest, send_lm_request, send_lm_request_bat
 from rlm.core.types import REPLResult, RLMChatCompletion
 from rlm.environments.base_env import (
     NonIsolatedEnv,
-    check_init_kwargs,
+    accepted_init_kwargs,
     extract_tool_value,
-    guarded_tool,
+    user_options,
     validate_custom_tools,
 )
 from rlm.environments.repl_core import DEFAULT_MAX_OUTPUT_CHARS, ReplCore
+from rlm.utils.exceptions import ConfigurationError
 
 DEFAULT_CELL_TIMEOUT = 600.0
+NO_HANDLER = "Error: No LM handler configured"
+#: rlms' text for one failed prompt of a batch (the handler's message follows).
+BATCH_SLOT_FAILED = "llm() call failed - "
+
+_warned_keys: set[str] = set()
+_warned_lock = threading.Lock()
 
 
 class _Channel:
@@ -55,7 +74,7 @@ def _make_helpers(ch: _Channel) -> dict[str, Any]:
         """Ask a language model one question (no REPL, no recursion); returns its answer."""
         pending = ch.pending  # this cell's list, even if the call outlives the cell
         if ch.address is None:
-            return "Error: no LM handler is configured for this REPL"
+            return NO_HANDLER
         response = send_lm_request(
             ch.address, LMRequest(prompt=prompt, model=model, depth=ch.depth), timeout=ch.timeout
         )
@@ -73,7 +92,7 @@ def _make_helpers(ch: _Channel) -> dict[str, Any]:
         prompts = list(prompts)
         pending = ch.pending
         if ch.address is None:
-            return ["Error: no LM handler is configured for this REPL"] * len(prompts)
+            return [NO_HANDLER] * len(prompts)
         responses = send_lm_request_batched(
             ch.address, prompts, model=model, depth=ch.depth, timeout=ch.timeout
         )
@@ -83,18 +102,22 @@ def _make_helpers(ch: _Channel) -> dict[str, Any]:
                 pending.append(response.chat_completion)
                 out.append(response.chat_completion.response)
             else:
-                out.append(f"Error: {response.error}")
+                error = str(response.error)
+                if not error.startswith(BATCH_SLOT_FAILED):
+                    error = BATCH_SLOT_FAILED + error
+                out.append(f"Error: {error}")
         return out
 
     def rlm_call(prompt: Any, model: str | None) -> tuple[str, RLMChatCompletion | None]:
         if ch.subcall_fn is not None:
             try:
                 completion = ch.subcall_fn(prompt, model)
+                answer = completion.response  # a malformed result fails this item only
             except Exception as exc:
-                return f"Error: rlm_query failed: {type(exc).__name__}: {exc}", None
-            return completion.response, completion
+                return f"Error: RLM query failed - {exc}", None
+            return answer, completion
         if ch.address is None:
-            return "Error: no LM handler is configured for this REPL", None
+            return NO_HANDLER, None
         response = send_lm_request(
             ch.address,
             LMRequest(prompt=prompt, model=model, depth=ch.depth, kind="rlm"),
@@ -134,6 +157,47 @@ def _make_helpers(ch: _Channel) -> dict[str, Any]:
     }
 
 
+class _Variables(MutableMapping):
+    """``LocalREPL.locals``: the REPL's variables, as rlms' ``locals`` dict held them --
+    the namespace without the helper functions (``llm_query``...), callable custom tools
+    and private names. Reads and writes go to the live namespace."""
+
+    def __init__(self, core: ReplCore):
+        self._core = core
+
+    def _visible(self, key: Any, value: Any) -> bool:
+        return (
+            isinstance(key, str)
+            and not key.startswith("_")
+            and not self._core._is_scaffold(key, value)
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._core.ns[key]
+        if not self._visible(key, value):
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._core.ns[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self[key]  # noqa: B018 - KeyError for names that are not variables
+        del self._core.ns[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([k for k, v in list(self._core.ns.items()) if self._visible(k, v)])
+
+    def __len__(self) -> int:
+        return sum(1 for k, v in list(self._core.ns.items()) if self._visible(k, v))
+
+    def copy(self) -> dict[str, Any]:
+        return dict(self.items())
+
+    def __repr__(self) -> str:
+        return repr(self.copy())
+
+
 class LocalREPL(NonIsolatedEnv):
     """A persistent Python namespace in this process (see the module docstring)."""
 
@@ -141,8 +205,21 @@ class LocalREPL(NonIsolatedEnv):
 
     @classmethod
     def check_kwargs(cls, kwargs: dict[str, Any]) -> None:
-        """Reject environment_kwargs LocalREPL does not take (called at RLM construction)."""
-        check_init_kwargs(cls, kwargs)
+        """Warn (once per key and process) about environment_kwargs LocalREPL does not
+        take; rlms ignores them, so they are accepted and ignored (called at RLM
+        construction and by the constructor)."""
+        unknown = sorted(set(kwargs) - accepted_init_kwargs(cls))
+        for key in unknown:
+            with _warned_lock:
+                if key in _warned_keys:
+                    continue
+                _warned_keys.add(key)
+            warnings.warn(
+                f"LocalREPL ignores the unknown environment_kwargs key {key!r} "
+                f"(it takes: {user_options(cls)})",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def __init__(
         self,
@@ -162,7 +239,10 @@ class LocalREPL(NonIsolatedEnv):
     ):
         self.check_kwargs(kwargs)
         super().__init__(
-            persistent=persistent, depth=depth, max_concurrent_subcalls=max_concurrent_subcalls
+            persistent=persistent,
+            depth=depth,
+            max_concurrent_subcalls=max_concurrent_subcalls,
+            **kwargs,  # ignored (warned about above); kept in self.kwargs, as in rlms
         )
         validate_custom_tools(custom_tools)
         self.custom_tools = dict(custom_tools or {})
@@ -173,12 +253,20 @@ class LocalREPL(NonIsolatedEnv):
         self.cell_timeout = cell_timeout
         self.max_output_chars = max_output_chars
         self._channel = _Channel(lm_handler_address, depth, max_concurrent_subcalls)
+        # The RLM's own callback is served through the handler (same result), so that the
+        # model's helpers hold nothing that reaches the RLM; a user's subcall_fn is called.
+        if getattr(subcall_fn, "rlm_routed_via_handler", False) is True:
+            subcall_fn = None
         self._channel.subcall_fn = subcall_fn
         self._context_count = 0
         self._history_count = 0
-        self._temp_dir: str | None = None
+        self._temp_dir: str = tempfile.mkdtemp(prefix="rlm_repl_")
         self._closed = False
-        self.setup()
+        try:
+            self.setup()
+        except BaseException:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            raise
         if context_payload is not None:
             self.load_context(context_payload)
         if setup_code:
@@ -187,10 +275,16 @@ class LocalREPL(NonIsolatedEnv):
     # -- construction -------------------------------------------------------------
 
     def setup(self) -> None:
-        self._core = ReplCore(_make_helpers(self._channel), max_output_chars=self.max_output_chars)
+        self._core = ReplCore(
+            _make_helpers(self._channel),
+            max_output_chars=self.max_output_chars,
+            workdir=self.temp_dir,
+        )
+        self._variables = _Variables(self._core)
         for name, entry in self.custom_tools.items():
-            value = extract_tool_value(entry)
-            self._core.ns[name] = guarded_tool(name, value) if callable(value) else value
+            problem = self._core.install_tool(name, extract_tool_value(entry))
+            if problem is not None:
+                raise ConfigurationError(problem)
         if self.compaction:
             self._compaction_history: list[Any] = []
             self._core.set_fixed("history", self._compaction_history)
@@ -205,15 +299,15 @@ class LocalREPL(NonIsolatedEnv):
         return self._core.ns
 
     @property
-    def locals(self) -> dict[str, Any]:
-        """The same namespace (kept for code written against the 0.1.x API)."""
-        return self._core.ns
+    def locals(self) -> MutableMapping[str, Any]:
+        """The REPL's variables (a live view of the namespace without the helper functions,
+        callable tools and private names; ``.copy()`` gives a dict)."""
+        return self._variables
 
     @property
     def temp_dir(self) -> str:
-        """A scratch directory for this REPL, created on first use and removed by cleanup()."""
-        if self._temp_dir is None:
-            self._temp_dir = tempfile.mkdtemp(prefix="rlm_repl_")
+        """This REPL's scratch directory: the working directory of its cells (removed by
+        cleanup())."""
         return self._temp_dir
 
     # -- contexts and histories ---------------------------------------------------------
@@ -266,15 +360,19 @@ class LocalREPL(NonIsolatedEnv):
         self._channel.pending = pending = []
         self._channel.timeout = limit
         outcome = self._core.run_cell(code, limit)
-        return REPLResult(
+        result = REPLResult(
             stdout=outcome.stdout,
             stderr=outcome.stderr,
-            locals=self._core.user_variables(),
+            locals=self._core.cell_locals(),
             execution_time=outcome.execution_time,
             rlm_calls=list(pending),
             final_answer=outcome.final_answer,
             error=outcome.error,
         )
+        # Which protocol gave the final answer ("FINAL_VAR", "answer" or "FINAL"): the
+        # loop lets a later FINAL_VAR of the same response win over a FINAL.
+        result.final_kind = outcome.final_kind
+        return result
 
     def resolve_final_var(self, name: str) -> str | None:
         return self._core.resolve_final_var(name)
@@ -289,6 +387,4 @@ class LocalREPL(NonIsolatedEnv):
         self._closed = True
         self._core.ns.clear()
         self._core.fixed.clear()
-        if self._temp_dir is not None:
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
-            self._temp_dir = None
+        shutil.rmtree(self._temp_dir, ignore_errors=True)

@@ -15,9 +15,14 @@ there. It provides:
   exception and, if it sits in native code, abandoned so the caller is never
   held;
 * the final-answer protocols: ``answer["content"]``/``answer["ready"]``
-  (also ``answer.update(...)`` and rebinding ``answer``), and ``FINAL_VAR``;
+  (also ``answer.update(...)`` and rebinding ``answer`` to a dict), ``FINAL_VAR``
+  and ``FINAL`` called in code (``FINAL_VAR`` wins over ``FINAL``); ``answer``
+  rebound to something that is not a dict is an ordinary variable (0.1.1 code);
 * containment of ``sys.exit()``, ``SystemExit`` and ``KeyboardInterrupt``
-  raised by model code.
+  raised by model code;
+* optionally a working directory for cells (:func:`enter_workdir`), code-string
+  custom tools (:func:`code_tool_source`) and bounded, JSON-able renderings of
+  REPL variables for logs (:func:`loggable`).
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ from __future__ import annotations
 import ast
 import builtins
 import ctypes
+import functools
 import io
 import linecache
+import os
 import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -47,6 +55,7 @@ SCAFFOLD_NAMES = frozenset(
         "rlm_query_batched",
         "SHOW_VARS",
         "FINAL_VAR",
+        "FINAL",
         "answer",
         "context",
         "history",
@@ -136,12 +145,26 @@ class _Router(io.TextIOBase):
     def fileno(self) -> int:
         return self._original.fileno()
 
+    # io.TextIOBase defines these as None; callers of sys.stdout read the real stream's.
+    @property
+    def encoding(self) -> Any:  # type: ignore[override]
+        return getattr(self._original, "encoding", None)
+
+    @property
+    def errors(self) -> Any:  # type: ignore[override]
+        return getattr(self._original, "errors", None)
+
+    @property
+    def newlines(self) -> Any:  # type: ignore[override]
+        return getattr(self._original, "newlines", None)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._original, name)
 
 
 _capture = threading.local()
 _router_lock = threading.Lock()
+_router_users = 0
 
 
 def install_router() -> None:
@@ -151,6 +174,86 @@ def install_router() -> None:
             sys.stdout = _Router(sys.stdout, "out")
         if not isinstance(sys.stderr, _Router):
             sys.stderr = _Router(sys.stderr, "err")
+
+
+def _acquire_router() -> None:
+    """One more running cell: the routers stand in for ``sys.stdout``/``sys.stderr``."""
+    global _router_users
+    with _router_lock:
+        _router_users += 1
+        if not isinstance(sys.stdout, _Router):
+            sys.stdout = _Router(sys.stdout, "out")
+        if not isinstance(sys.stderr, _Router):
+            sys.stderr = _Router(sys.stderr, "err")
+
+
+def _release_router() -> None:
+    """One cell fewer; when none runs, the original streams are put back (unless
+    someone replaced the routers meanwhile: then their streams stay)."""
+    global _router_users
+    with _router_lock:
+        _router_users = max(0, _router_users - 1)
+        if _router_users:
+            return
+        if isinstance(sys.stdout, _Router):
+            sys.stdout = sys.stdout._original
+        if isinstance(sys.stderr, _Router):
+            sys.stderr = sys.stderr._original
+
+
+# ---------------------------------------------------------------------------
+# Working directory
+# ---------------------------------------------------------------------------
+
+# The working directory is one per process. While cells run, it is the directory
+# of the cell that started last (a stack: a child run's cell inside its parent's
+# cell, then back to the parent's); when no cell runs, the host's directory again.
+_cwd_lock = threading.Lock()
+_cwd_stack: list[list[Any]] = []  # [token, directory] per running cell, oldest first
+_cwd_home: list[str | None] = [None]
+
+
+def _getcwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # the directory was removed
+        return None
+
+
+def _chdir(path: str | None) -> None:
+    if path:
+        try:
+            os.chdir(path)
+        except OSError:
+            pass
+
+
+def enter_workdir(path: str) -> object:
+    """Make ``path`` the working directory for a cell; returns a token for
+    :func:`leave_workdir`. The first cell remembers the host's directory."""
+    token = object()
+    with _cwd_lock:
+        here = _getcwd()
+        if not _cwd_stack:
+            _cwd_home[0] = here
+        else:  # the covered cell resumes where its code had moved to
+            _cwd_stack[-1][1] = here or _cwd_stack[-1][1]
+        _cwd_stack.append([token, path])
+        _chdir(path)
+    return token
+
+
+def leave_workdir(token: object) -> None:
+    """The cell of ``token`` ended: back to the directory of the cell below it, or to
+    the host's directory when it was the last one (whatever the cell's code did)."""
+    with _cwd_lock:
+        was_top = bool(_cwd_stack) and _cwd_stack[-1][0] is token
+        _cwd_stack[:] = [entry for entry in _cwd_stack if entry[0] is not token]
+        if not was_top:
+            return
+        _chdir(_cwd_stack[-1][1] if _cwd_stack else _cwd_home[0])
+        if not _cwd_stack:
+            _cwd_home[0] = None
 
 
 # ---------------------------------------------------------------------------
@@ -208,22 +311,177 @@ def _is_identifier(text: str) -> bool:
 
 
 # ---------------------------------------------------------------------------
+# REPL variables in logs
+# ---------------------------------------------------------------------------
+
+#: A variable whose JSON form fits in this many characters is logged as its value.
+LOG_VALUE_CHARS = 4_000
+#: Nesting deeper than this is not walked: the variable is summarised instead.
+LOG_VALUE_DEPTH = 12
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _leaf_label(value: Any) -> str:
+    """rlms' text for values JSON has no form for: modules, callables, other objects."""
+    if isinstance(value, type(sys)):
+        return f"<module '{value.__name__}'>"
+    if callable(value):
+        return f"<{type(value).__name__} '{getattr(value, '__name__', '?')}'>"
+    return bounded_repr(value, 200)
+
+
+def _as_json(value: Any, budget: list[int], depth: int) -> Any:
+    """A JSON-able copy of ``value``; raises _TooBig once ``budget`` characters are spent."""
+    if value is None or isinstance(value, bool):
+        budget[0] -= 5
+        out: Any = value
+    elif isinstance(value, (int, float)):
+        try:
+            budget[0] -= len(repr(value))
+        except ValueError:  # an int too long to print
+            raise _TooBig from None
+        out = value
+    elif isinstance(value, str):
+        budget[0] -= len(value) + 2
+        out = value
+    elif isinstance(value, (dict, list, tuple)):
+        if depth >= LOG_VALUE_DEPTH:
+            raise _TooBig
+        budget[0] -= 2
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if budget[0] < 0:
+                    raise _TooBig
+                name = key if isinstance(key, str) else str(key)
+                budget[0] -= len(name) + 4
+                out[name] = _as_json(item, budget, depth + 1)
+        else:
+            out = []
+            for item in value:
+                if budget[0] < 0:
+                    raise _TooBig
+                budget[0] -= 2
+                out.append(_as_json(item, budget, depth + 1))
+    else:
+        out = _leaf_label(value)
+        budget[0] -= len(out) + 2
+    if budget[0] < 0:
+        raise _TooBig
+    return out
+
+
+def loggable(value: Any, limit: int = LOG_VALUE_CHARS) -> Any:
+    """How a REPL variable is written to a log: its value when it is JSON data of at most
+    about ``limit`` characters (dicts, lists, numbers, strings; tuples become lists, and
+    values JSON cannot hold inside them become text, as rlms writes them), else a short
+    summary string. Never walks more than ``limit`` items of a large value."""
+    if isinstance(value, (str, bytes, bytearray)) and len(value) > limit:
+        return f"{value[:200]!r}... [{type(value).__name__} of {len(value):,} characters]"
+    try:
+        return _as_json(value, [limit], 0)
+    except _TooBig:
+        pass
+    except Exception:  # a container whose iteration fails
+        return _leaf_label(value)
+    try:
+        size = f"{len(value):,} items"
+    except Exception:
+        size = "large"
+    return f"<{type(value).__name__} of {size}>"
+
+
+# ---------------------------------------------------------------------------
+# Custom tools
+# ---------------------------------------------------------------------------
+
+
+def code_tool_source(name: str, value: Any) -> str | None:
+    """The source that defines custom tool ``name``, when ``value`` is a code string.
+
+    rlms runs a string tool as code when it looks like code: it starts with ``def``,
+    ``class`` or ``lambda``, or spans several lines. Here such a string counts as code
+    only if it also parses and binds ``name`` at top level (``def``/``class``/an
+    assignment of that name, or one ``lambda`` expression); any other string (a
+    multi-line prompt template, say) stays a string value.
+    """
+    if not isinstance(value, str):
+        return None
+    text = textwrap.dedent(value).strip()
+    if not (text.startswith(("def ", "async def ", "class ", "lambda")) or "\n" in text):
+        return None
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+    body = tree.body
+    if len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Lambda):
+        return f"{name} = (\n{text}\n)"
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name == name:
+                return text
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return text
+    return None
+
+
+def guard_tool(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a custom tool so that an exception becomes an ``Error: ...`` string for the model."""
+
+    @functools.wraps(fn)
+    def tool(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            return f"Error: tool {name}() failed: {type(exc).__name__}: {exc}"
+
+    return tool
+
+
+# ---------------------------------------------------------------------------
 # The engine
 # ---------------------------------------------------------------------------
+
+_MISSING = object()
 
 
 class CellOutcome:
     """What one cell did."""
 
-    __slots__ = ("stdout", "stderr", "error", "final_answer", "execution_time", "timed_out")
+    __slots__ = (
+        "stdout",
+        "stderr",
+        "error",
+        "final_answer",
+        "final_kind",
+        "execution_time",
+        "timed_out",
+    )
 
     def __init__(self) -> None:
         self.stdout = ""
         self.stderr = ""
         self.error: str | None = None
         self.final_answer: str | None = None
+        #: Which protocol gave ``final_answer``: "FINAL_VAR", "answer" or "FINAL" (the
+        #: weakest: a later FINAL_VAR in the same response wins over it, as in 0.1.1).
+        self.final_kind: str | None = None
         self.execution_time = 0.0
         self.timed_out = False
+
+
+#: Which final answer wins when one cell gives several (higher wins; ties: the later call).
+FINAL_PRIORITY = {"FINAL": 1, "answer": 2, "FINAL_VAR": 3}
+
+
+def _fresh_answer() -> dict[str, Any]:
+    return {"content": "", "ready": False}
 
 
 class ReplCore:
@@ -231,21 +489,28 @@ class ReplCore:
 
     ``helpers`` maps REPL names (``llm_query``...) to callables; they are put
     in the namespace and restored after every cell, as are ``context`` (to
-    ``context_0``), ``history`` and a fresh ``answer`` dict.
+    ``context_0``) and ``history``. ``answer`` starts as a fresh answer dict and
+    gets a fresh one after it was submitted (or deleted). With ``workdir``, cells
+    run with that directory as the process's working directory (see
+    :func:`enter_workdir`).
     """
 
     def __init__(
         self,
         helpers: dict[str, Callable[..., Any]] | None = None,
         max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
+        workdir: str | None = None,
     ):
         self.max_output_chars = max_output_chars
+        self.workdir = workdir
         self._helpers: dict[str, Any] = dict(helpers or {})
+        self._tools: dict[str, Any] = {}  # custom tools as installed (name -> object)
         self._cell_lock = threading.Lock()
         self._cell_counter = 0
         self._out: BoundedBuffer | None = None
         self._err: BoundedBuffer | None = None
-        self._pending_final: str | None = None
+        self._pending_final: tuple[str, str] | None = None  # (kind, text)
+        self._answer_at_end: dict[str, Any] | None = None  # the answer dict as a cell left it
         # Set when the running cell ends or is interrupted; None between cells.
         self._wake: threading.Event | None = None
         self.fixed: dict[str, Any] = {}  # names restored after every cell (context, history...)
@@ -253,7 +518,8 @@ class ReplCore:
         self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": self._builtins_table}
         self._helpers["SHOW_VARS"] = self._make_show_vars()
         self._helpers["FINAL_VAR"] = self._make_final_var()
-        self.ns["answer"] = {"content": "", "ready": False}
+        self._helpers["FINAL"] = self._make_final()
+        self.ns["answer"] = _fresh_answer()
         self.restore_scaffold()
 
     # -- namespace -------------------------------------------------------------
@@ -269,10 +535,11 @@ class ReplCore:
             file: Any = None,
             flush: bool = False,
         ) -> None:
+            # The calling thread's cell buffers (a thread the cell started has none).
             if file is None or file is sys.stdout:
-                file = core._out or sys.stdout
+                file = getattr(_capture, "out", None) or core._out or sys.stdout
             elif file is sys.stderr:
-                file = core._err or sys.stderr
+                file = getattr(_capture, "err", None) or core._err or sys.stderr
             builtins.print(*args, sep=sep, end=end, file=file, flush=flush)
 
         def repl_input(prompt: Any = "") -> str:
@@ -298,13 +565,58 @@ class ReplCore:
         # print/len/... for every later cell; the REPL's own table always comes back.
         self.ns["__builtins__"] = self._builtins_table
 
-    def user_variables(self) -> dict[str, Any]:
-        """Names the model created or was given, without the scaffold and private names."""
+    def install_tool(self, name: str, value: Any, guard: bool = True) -> str | None:
+        """Bind custom tool ``name``: a code string (:func:`code_tool_source`) is run in the
+        namespace to define it; a function is wrapped so that its exceptions become
+        ``Error:`` strings (``guard``). Returns why a code string failed, or None (the
+        name then holds a function that returns that error)."""
+        source = code_tool_source(name, value)
+        problem = None
+        if source is not None:
+            try:
+                exec(compile(source, f"<custom tool {name}>", "exec"), self.ns)
+                value = self.ns[name]
+            except Exception as exc:
+                problem = f"custom tool {name!r}: its code failed: {type(exc).__name__}: {exc}"
+                message = f"Error: {problem}"
+
+                def value(*args: Any, **kwargs: Any) -> str:
+                    return message
+
+                value.__name__ = value.__qualname__ = name
+            self.ns["__builtins__"] = self._builtins_table
+        if guard and callable(value) and not isinstance(value, type) and problem is None:
+            value = guard_tool(name, value)
+        self._tools[name] = value
+        self.ns[name] = value
+        return problem
+
+    def _is_scaffold(self, name: str, value: Any) -> bool:
+        if name in self._helpers:
+            return True
+        tool = self._tools.get(name, _MISSING)
+        return tool is value and callable(tool)
+
+    def user_variables(self, include_answer: bool = False) -> dict[str, Any]:
+        """Names the model created or was given, without the helpers, callable tools and
+        private names; ``answer`` only when it is not the answer dict (a 0.1.1 variable),
+        or always with ``include_answer``."""
         return {
             k: v
             for k, v in self.ns.items()
-            if not k.startswith("_") and k not in self._helpers and k != "answer"
+            if not k.startswith("_")
+            and not self._is_scaffold(k, v)
+            and (include_answer or k != "answer" or not isinstance(v, dict))
         }
+
+    def cell_locals(self) -> dict[str, Any]:
+        """What a cell's result reports as its locals (rlms' ``REPLResult.locals``): the
+        user variables and ``answer`` as the cell left it (before a submitted answer
+        dict was replaced by a fresh one)."""
+        out = self.user_variables(include_answer=True)
+        if self._answer_at_end is not None and isinstance(out.get("answer"), dict):
+            out["answer"] = self._answer_at_end
+        return out
 
     def _make_show_vars(self) -> Callable[[], str]:
         core = self
@@ -337,10 +649,27 @@ class ReplCore:
                     answer = name_or_value  # not a variable name: the text is the answer
             else:
                 answer = str(name_or_value)
-            core._pending_final = answer
+            core._offer_final("FINAL_VAR", answer)
             return answer
 
         return FINAL_VAR
+
+    def _make_final(self) -> Callable[[Any], str]:
+        core = self
+
+        def FINAL(answer: Any) -> str:  # noqa: N802 - a REPL name
+            """Submit ``answer`` (any value, as text) as the final answer; a FINAL_VAR
+            in the same cell wins over it."""
+            text = str(answer)
+            core._offer_final("FINAL", text)
+            return text
+
+        return FINAL
+
+    def _offer_final(self, kind: str, text: str) -> None:
+        current = self._pending_final
+        if current is None or FINAL_PRIORITY[kind] >= FINAL_PRIORITY[current[0]]:
+            self._pending_final = (kind, text)
 
     def resolve_final_var(self, name: str) -> str | None:
         """Value of variable ``name`` as text, or None if it does not exist."""
@@ -349,16 +678,28 @@ class ReplCore:
             return str(self.ns[name])
         return None
 
-    def _take_final_answer(self) -> str | None:
+    def _take_final_answer(self) -> tuple[str | None, str | None]:
+        """(text, kind) of the final answer the cell submitted, if any; resets ``answer``."""
         final, self._pending_final = self._pending_final, None
-        current = self.ns.get("answer")
-        if isinstance(current, dict) and current.get("ready"):
-            if final is None:
-                final = str(current.get("content", ""))
-            self.ns["answer"] = {"content": "", "ready": False}
-        elif not isinstance(current, dict):
-            self.ns["answer"] = {"content": "", "ready": False}
-        return final
+        current = self.ns.get("answer", _MISSING)
+        self._answer_at_end = None
+        if isinstance(current, dict):
+            try:
+                ready = bool(current.get("ready"))
+            except Exception:
+                ready = False
+            if ready:
+                self._answer_at_end = dict(current)
+                offered = ("answer", str(current.get("content", "")))
+                if final is None or FINAL_PRIORITY["answer"] > FINAL_PRIORITY[final[0]]:
+                    final = offered
+                self.ns["answer"] = _fresh_answer()
+        elif current is _MISSING:
+            self.ns["answer"] = _fresh_answer()
+        # Any other value is the model's own variable (0.1.1: answer = llm_query(...)).
+        if final is None:
+            return None, None
+        return final[1], final[0]
 
     # -- running cells -----------------------------------------------------------
 
@@ -403,6 +744,7 @@ class ReplCore:
         finally:
             outcome.execution_time = time.perf_counter() - start
             _capture.out = _capture.err = None
+            _release_router()
             done.set()
             wake.set()
 
@@ -422,58 +764,78 @@ class ReplCore:
         Raises ``KeyboardInterrupt`` to the caller if the caller is interrupted while
         waiting (the cell is stopped first). Nothing the cell does escapes.
         """
-        install_router()
         outcome = CellOutcome()
         done = threading.Event()
         wake = threading.Event()
         with self._cell_lock:
-            self._out = BoundedBuffer(self.max_output_chars)
-            self._err = BoundedBuffer(self.max_output_chars)
-            out, err = self._out, self._err
-            thread = threading.Thread(
-                target=self._execute,
-                args=(code, outcome, done, wake),
-                name="rlm-cell",
-                daemon=True,
-            )
-            start = time.perf_counter()
-            self._wake = wake
+            workdir = enter_workdir(self.workdir) if self.workdir else None
             try:
-                # start() is inside the try: a Ctrl-C landing while the thread starts
-                # must stop the cell too, or it would run on (and hold the GIL) forever.
+                return self._run_locked(code, timeout, outcome, done, wake)
+            finally:
+                if workdir is not None:
+                    leave_workdir(workdir)
+
+    def _run_locked(
+        self,
+        code: str,
+        timeout: float | None,
+        outcome: CellOutcome,
+        done: threading.Event,
+        wake: threading.Event,
+    ) -> CellOutcome:
+        self._out = BoundedBuffer(self.max_output_chars)
+        self._err = BoundedBuffer(self.max_output_chars)
+        out, err = self._out, self._err
+        thread = threading.Thread(
+            target=self._execute,
+            args=(code, outcome, done, wake),
+            name="rlm-cell",
+            daemon=True,
+        )
+        start = time.perf_counter()
+        self._wake = wake
+        _acquire_router()  # released by the cell's thread when it ends
+        try:
+            # start() is inside the try: a Ctrl-C landing while the thread starts
+            # must stop the cell too, or it would run on (and hold the GIL) forever.
+            try:
                 thread.start()
-                finished = wake.wait(timeout)
             except BaseException:
-                _stop_thread(thread, done, CellInterrupted)
-                self._out = self._err = self._wake = None
+                if thread.ident is None:  # it never ran: nobody else releases
+                    _release_router()
                 raise
-            self._wake = None
-            if finished and not done.is_set():  # interrupt() was called
-                stopped = _stop_thread(thread, done, CellInterrupted)
-                note = (
-                    "Interrupted: the cell was stopped because the run was cancelled."
-                    if stopped
-                    else "Interrupted: the run was cancelled; the cell is blocked in native code "
-                    "and was abandoned (its later output is discarded)."
-                )
-                err.write(note + "\n")
-                outcome.error = note
-                outcome.execution_time = time.perf_counter() - start
-            elif not finished:
-                stopped = _stop_thread(thread, done, CellTimeout)
-                outcome.timed_out = True
-                note = (
-                    f"TimeoutError: the cell ran longer than its limit of {timeout:g} s and was stopped."
-                    if stopped
-                    else f"TimeoutError: the cell ran longer than its limit of {timeout:g} s; it is "
-                    "blocked in native code and was abandoned (its later output is discarded)."
-                )
-                err.write(note + "\n")
-                outcome.error = note
-                outcome.execution_time = time.perf_counter() - start
-            self._out = self._err = None
-            outcome.stdout = out.getvalue()
-            outcome.stderr = err.getvalue()
-            self.restore_scaffold()
-            outcome.final_answer = self._take_final_answer()
-            return outcome
+            finished = wake.wait(timeout)
+        except BaseException:
+            _stop_thread(thread, done, CellInterrupted)
+            self._out = self._err = self._wake = None
+            raise
+        self._wake = None
+        if finished and not done.is_set():  # interrupt() was called
+            stopped = _stop_thread(thread, done, CellInterrupted)
+            note = (
+                "Interrupted: the cell was stopped because the run was cancelled."
+                if stopped
+                else "Interrupted: the run was cancelled; the cell is blocked in native code "
+                "and was abandoned (its later output is discarded)."
+            )
+            err.write(note + "\n")
+            outcome.error = note
+            outcome.execution_time = time.perf_counter() - start
+        elif not finished:
+            stopped = _stop_thread(thread, done, CellTimeout)
+            outcome.timed_out = True
+            note = (
+                f"TimeoutError: the cell ran longer than its limit of {timeout:g} s and was stopped."
+                if stopped
+                else f"TimeoutError: the cell ran longer than its limit of {timeout:g} s; it is "
+                "blocked in native code and was abandoned (its later output is discarded)."
+            )
+            err.write(note + "\n")
+            outcome.error = note
+            outcome.execution_time = time.perf_counter() - start
+        self._out = self._err = None
+        outcome.stdout = out.getvalue()
+        outcome.stderr = err.getvalue()
+        self.restore_scaffold()
+        outcome.final_answer, outcome.final_kind = self._take_final_answer()
+        return outcome

@@ -316,7 +316,10 @@ class Worker:
             ),
         )
         for name, spec in (message.get("tools") or {}).items():
-            core.ns[name] = self._tool_stub(name) if spec.get("callable") else spec.get("value")
+            if spec.get("callable"):
+                core.install_tool(name, self._tool_stub(name), guard=False)
+            else:  # data, or a code string that defines the tool here
+                core.install_tool(name, spec.get("value"))
         if message.get("compaction"):
             self._compaction_history = []
             core.set_fixed("history", self._compaction_history)
@@ -338,10 +341,11 @@ class Worker:
             "stderr": outcome.stderr,
             "error": outcome.error,
             "final_answer": outcome.final_answer,
+            "final_kind": outcome.final_kind,
             "execution_time": outcome.execution_time,
             "timed_out": outcome.timed_out,
             "abandoned": outcome.timed_out and _cell_still_running(),
-            "locals": {k: summarize(v) for k, v in self.core.user_variables().items()},
+            "locals": {k: repl_core.loggable(v) for k, v in self.core.cell_locals().items()},
         }
 
     def handle(self, message: dict[str, Any]) -> bool:

@@ -14,15 +14,15 @@ import os
 import threading
 import uuid
 from datetime import datetime
-from types import ModuleType
 from typing import Any
 
 from rlm.core.types import RLMIteration, RLMMetadata
+from rlm.environments.repl_core import LOG_VALUE_CHARS, loggable
 from rlm.utils.text import truncate_middle
 
 #: Strings longer than this are cut (head and tail kept) in logs.
 MAX_LOG_STRING = 20_000
-#: REPL variables are shown as a bounded repr of this many characters.
+#: Unused since REPL variables are logged as data (see summarize_variable); kept for importers.
 MAX_LOG_VARIABLE = 500
 #: Containers inside logged values keep at most this many items.
 MAX_LOG_ITEMS = 1000
@@ -47,16 +47,14 @@ def _bounded_repr(value: Any, limit: int) -> str:
 
 
 def summarize_variable(value: Any) -> Any:
-    """How a REPL variable appears in a log: small scalars as is, everything else as a short repr."""
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    if isinstance(value, str) and len(value) <= MAX_LOG_VARIABLE:
-        return value
-    if isinstance(value, ModuleType):
-        return f"<module '{value.__name__}'>"
-    if callable(value) and not isinstance(value, type):
-        return f"<{type(value).__name__} '{getattr(value, '__name__', '?')}'>"
-    return _bounded_repr(value, MAX_LOG_VARIABLE)
+    """How a REPL variable appears in a log, as rlms writes it: JSON data (numbers,
+    strings, dicts -- the ``answer`` dict too --, lists; tuples as lists) stays data
+    while its JSON form is at most about ``LOG_VALUE_CHARS`` characters; a bigger
+    value (the context, a long string, a large list) becomes a short summary string
+    with its size, and a value JSON has no form for becomes rlms' text for it
+    (``<module 'math'>``, ``<function 'f'>``, a bounded repr). Values from isolated
+    environments arrive already rendered this way; rendering again keeps them."""
+    return loggable(value, LOG_VALUE_CHARS)
 
 
 def compact(value: Any, max_string: int = MAX_LOG_STRING, _depth: int = 0) -> Any:
