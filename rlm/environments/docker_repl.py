@@ -18,24 +18,22 @@ folder for that file, removed by ``cleanup()``; nothing is mounted into the
 container), ``subcall_fn``, ``proxy_server`` (the host-side relay that serves
 the container's sub-calls; it opens no port, so ``proxy_port`` is None) and
 code-string custom tools (a string that is the source of a ``def``, ``class``
-or ``lambda`` binding the tool's name is defined inside the container).
+or ``lambda`` binding the tool's name is defined inside the container, by the
+shared engine: ``repl_core.code_tool_source``).
 """
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import subprocess
 import tempfile
-import textwrap
 import time
 import uuid
 from typing import Any
 
 from rlm.environments.isolated import (
     BOOTSTRAP,
-    HOST_GRACE_SECONDS,
     IsolatedREPL,
     ProcessChannel,
     ProcessTransport,
@@ -258,39 +256,6 @@ class DockerTransport(ProcessTransport):
             pass
 
 
-def code_tool_source(name: str, value: Any) -> str | None:
-    """The Python source that defines custom tool ``name`` inside the container, or None
-    when ``value`` is data.
-
-    rlms' docker environment runs a string tool that looks like code (it starts with
-    ``def``, ``class`` or ``lambda``, or spans lines) as code. Here a string counts as
-    code only when it also parses and binds ``name`` (a ``def``/``class``/assignment of
-    that name at top level, or a single ``lambda`` expression); any other string, a
-    multi-line prompt template say, stays a string.
-    """
-    if not isinstance(value, str):
-        return None
-    text = textwrap.dedent(value).strip()
-    if not (text.startswith(("def ", "class ", "async def ", "lambda")) or "\n" in text):
-        return None
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return None
-    body = tree.body
-    if len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Lambda):
-        return f"{name} = (\n{text}\n)"
-    for node in body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            if node.name == name:
-                return text
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-                return text
-    return None
-
-
 class SubcallRelay:
     """What serves the container's ``llm_query``/``rlm_query`` calls: the host driver,
     over the ``docker run -i`` channel. It stands where rlms keeps an HTTP proxy
@@ -347,7 +312,6 @@ class DockerREPL(IsolatedREPL):
             )
         self.image = image
         self.subcall_fn = subcall_fn
-        self._code_tools: dict[str, str] = {}
         self.proxy_server = SubcallRelay(self)
         self.proxy_port: int | None = None
         self.temp_dir: str = tempfile.mkdtemp(prefix="rlm_docker_")
@@ -383,11 +347,6 @@ class DockerREPL(IsolatedREPL):
         # LocalREPL); a user's subcall_fn is called on the host for each rlm_query.
         routed = getattr(self.subcall_fn, "rlm_routed_via_handler", False)
         self._channel.subcall_fn = None if routed else self.subcall_fn
-        self._code_tools = {
-            name: source
-            for name, tool in self._tools.items()
-            if (source := code_tool_source(name, tool.value)) is not None
-        }
         super().setup()
 
     def _start_worker(self) -> None:
@@ -401,19 +360,6 @@ class DockerREPL(IsolatedREPL):
                 "pulled. Build one offline with scripts/docker_image.sh and name it with "
                 f"environment_kwargs={{'image': ...}} or ${IMAGE_ENV_VAR}."
             ) from exc
-        for name, source in self._code_tools.items():
-            wait = self.start_timeout
-            reply = self._request(
-                {"type": "exec", "code": source, "timeout": wait}, wait + HOST_GRACE_SECONDS
-            )
-            if reply is None:
-                error = "no answer from the worker"
-            else:
-                error = reply.get("error") or reply.get("malformed")
-            if error:
-                raise ConfigurationError(
-                    f"custom tool {name!r}: its code failed in the container: {error}"
-                )
 
     def cleanup(self) -> None:
         try:
