@@ -279,14 +279,20 @@ def fake_daytona() -> Any:
     service = FakeService()
 
     class Daytona:
+        def __init__(self, config: Any = None):
+            self.config = config
+
         def create(self, params: Any, *, timeout: float = 60) -> Any:
-            box = LocalBox(service, **vars(params))
+            box = LocalBox(service, config=self.config, **vars(params))
             return SimpleNamespace(id=box.id, process=_DaytonaProcess(box), delete=box.terminate)
 
     return SimpleNamespace(
         FAKE=service,
         Daytona=Daytona,
-        CreateSandboxFromSnapshotParams=lambda **kw: SimpleNamespace(**kw),
+        DaytonaConfig=lambda **kw: SimpleNamespace(**kw),
+        Resources=lambda **kw: SimpleNamespace(**kw),
+        CreateSandboxFromImageParams=lambda **kw: SimpleNamespace(kind="image", **kw),
+        CreateSandboxFromSnapshotParams=lambda **kw: SimpleNamespace(kind="snapshot", **kw),
         SessionExecuteRequest=lambda command, run_async=False, suppress_input_echo=None: (
             SimpleNamespace(command=command, run_async=run_async, echo=not suppress_input_echo)
         ),

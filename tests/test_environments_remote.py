@@ -122,6 +122,91 @@ def test_unknown_option_is_refused_at_construction(service):
         )
 
 
+# ---------------------------------------------------------------------------
+# rlms' option names (issue 9, item 5): each reaches the service as our equivalent
+# ---------------------------------------------------------------------------
+
+
+def _created(service: str, **options):
+    """Build ``service`` with ``options``; the create arguments its fake SDK received."""
+    sdk = FAKES[service]()
+    env = get_environment(service, {"sdk": sdk, **options})
+    try:
+        assert env.execute_code("print(6 * 7)").stdout == "42\n"
+        return env, sdk.FAKE.sandboxes[0].create_args
+    finally:
+        env.cleanup()
+
+
+@pytest.mark.parametrize("service", ["modal", "e2b"])
+def test_rlms_timeout_is_the_sandbox_lifetime(service):
+    _, args = _created(service, timeout=321)
+    assert args["timeout"] == 321
+    _, args = _created(service)
+    assert args["timeout"] == 3600  # ours when neither is given
+    with pytest.raises(ConfigurationError, match="timeout=5.*lifetime=6"):
+        get_environment(service, {"sdk": FAKES[service](), "timeout": 5, "lifetime": 6})
+
+
+def test_modal_takes_an_image_object_as_rlms_does():
+    built = object()  # a modal.Image the caller built
+    _, args = _created("modal", image=built)
+    assert args["image"] is built
+    _, args = _created("modal", image="python:3.12-slim")
+    assert args["image"] == ("registry", "python:3.12-slim")
+
+
+def test_daytona_takes_rlms_options():
+    env, args = _created(
+        "daytona",
+        api_key="dtn-test",
+        target="eu",
+        name="my-box",
+        image="python:3.12-slim",
+        cpu=2,
+        memory=4,
+        disk=8,
+        auto_stop_interval=0,
+        timeout=45,
+    )
+    assert vars(args["config"]) == {"api_key": "dtn-test", "target": "eu"}
+    assert args["kind"] == "image" and args["image"] == "python:3.12-slim"
+    assert vars(args["resources"]) == {"cpu": 2, "memory": 4, "disk": 8}
+    assert (args["name"], args["auto_stop_interval"]) == ("my-box", 0)
+    assert args["network_block_all"] is True and args["ephemeral"] is True
+    assert env.cell_timeout == 45  # rlms' per-execution timeout
+    assert "api_key" not in env.isolation  # credentials are never reported
+
+
+def test_daytona_api_key_replaces_the_variable(monkeypatch):
+    for name in ("DAYTONA_API_KEY", "DAYTONA_JWT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigurationError, match="DAYTONA_API_KEY"):
+        get_environment("daytona", {})
+    # With api_key= the credential check passes; the next thing needed is the SDK itself.
+    if importlib.util.find_spec("daytona") is None:
+        with pytest.raises(ConfigurationError, match=r'pip install "rlm\[daytona\]"'):
+            get_environment("daytona", {"api_key": "dtn-test"})
+
+
+def test_daytona_default_is_a_snapshot_sandbox():
+    _, args = _created("daytona")
+    assert args["kind"] == "snapshot" and "resources" not in args and "name" not in args
+    assert args["config"] is None
+
+
+def test_prime_takes_rlms_options():
+    _, args = _created("prime", name="my-box", docker_image="python:3.12-slim", timeout_minutes=15)
+    assert (args["name"], args["docker_image"], args["timeout_minutes"]) == (
+        "my-box",
+        "python:3.12-slim",
+        15,
+    )
+    assert args["network_allowlist"] == []  # no egress unless asked for
+    _, args = _created("prime", network_access=True)
+    assert "network_allowlist" not in args and args["name"].startswith("rlm-")
+
+
 @pytest.mark.parametrize("live", CLOUD)
 def test_live_service(live, scripted_handler):
     """Against the real service; runs only where its credentials are set."""

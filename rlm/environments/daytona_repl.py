@@ -23,8 +23,12 @@ from rlm.environments.sandbox import (
     SandboxREPL,
     SandboxTransport,
     reader_thread,
+    rlms_alias,
     worker_command,
 )
+
+#: The image of a sandbox given resources but no ``image`` (it must have ``python3``).
+DEFAULT_IMAGE = "python:3.11-slim"
 
 
 class DaytonaTransport(SandboxTransport):
@@ -33,13 +37,28 @@ class DaytonaTransport(SandboxTransport):
 
     def _open(self) -> None:
         sdk, opts = self.sdk, self.options
-        params: dict[str, Any] = {"language": "python", "network_block_all": not opts["network"]}
-        if opts["snapshot"]:
-            params["snapshot"] = opts["snapshot"]
-        self.sandbox = sdk.Daytona().create(
-            sdk.CreateSandboxFromSnapshotParams(ephemeral=True, **params),
-            timeout=opts["create_timeout"],
-        )
+        config = {k: opts[k] for k in ("api_key", "target") if opts[k] is not None}
+        client = sdk.Daytona(sdk.DaytonaConfig(**config)) if config else sdk.Daytona()
+        params: dict[str, Any] = {
+            "language": "python",
+            "network_block_all": not opts["network"],
+            "ephemeral": True,
+        }
+        for key in ("name", "auto_stop_interval"):
+            if opts[key] is not None:
+                params[key] = opts[key]
+        sizes = {k: opts[k] for k in ("cpu", "memory", "disk") if opts[k] is not None}
+        if opts["image"] is not None or sizes:  # resources apply to image-based sandboxes only
+            if sizes:
+                params["resources"] = sdk.Resources(**sizes)
+            request = sdk.CreateSandboxFromImageParams(
+                image=opts["image"] if opts["image"] is not None else DEFAULT_IMAGE, **params
+            )
+        else:
+            if opts["snapshot"]:
+                params["snapshot"] = opts["snapshot"]
+            request = sdk.CreateSandboxFromSnapshotParams(**params)
+        self.sandbox = client.create(request, timeout=opts["create_timeout"])
         process = self.sandbox.process
         self.session = f"rlm-{uuid.uuid4().hex[:12]}"
         process.create_session(self.session)
@@ -80,6 +99,14 @@ class DaytonaREPL(SandboxREPL):
     ``network`` (False), ``create_timeout`` (seconds, 120), ``sdk`` (a stand-in
     for the ``daytona`` module), plus the common ones. The sandbox is ephemeral:
     Daytona deletes it when it stops.
+
+    rlms' options: ``api_key`` and ``target`` (the client's ``DaytonaConfig``; with
+    ``api_key`` no variable is needed), ``name`` (the sandbox's name; default: one
+    Daytona chooses, so that runs never collide), ``image`` (a ``daytona.Image`` or an
+    image name) and ``cpu``/``memory``/``disk`` (cores, GB, GB: the sandbox is then
+    built from an image, ``python:3.11-slim`` unless ``image`` says otherwise),
+    ``auto_stop_interval`` (minutes), and ``timeout`` (seconds per code execution:
+    our ``cell_timeout``).
     """
 
     SERVICE = "daytona"
@@ -93,8 +120,26 @@ class DaytonaREPL(SandboxREPL):
         network: bool = False,
         create_timeout: float = 120,
         sdk: Any = None,
+        api_key: str | None = None,
+        target: str | None = None,
+        name: str | None = None,
+        image: Any = None,
+        cpu: int | None = None,
+        memory: int | None = None,
+        disk: int | None = None,
+        auto_stop_interval: int | None = None,
+        timeout: float | None = None,
         **kwargs: Any,
     ):
         self.check_kwargs(kwargs)
-        options = dict(snapshot=snapshot, network=network, create_timeout=create_timeout)
+        if timeout is not None:
+            kwargs["cell_timeout"] = rlms_alias(
+                "cell_timeout", kwargs.get("cell_timeout"), "timeout", timeout, None
+            )
+        self._explicit_credentials = bool(api_key)
+        options = dict(
+            snapshot=snapshot, network=network, create_timeout=create_timeout, api_key=api_key,
+            target=target, name=name, image=image, cpu=cpu, memory=memory, disk=disk,
+            auto_stop_interval=auto_stop_interval,
+        )  # fmt: skip
         super().__init__(sdk=sdk, transport_options=options, **kwargs)

@@ -19,6 +19,7 @@ from rlm.environments.sandbox import (
     SandboxREPL,
     SandboxTransport,
     reader_thread,
+    rlms_alias,
     worker_command,
 )
 
@@ -62,8 +63,8 @@ class E2BREPL(SandboxREPL):
     """The worker in an E2B sandbox (see the module docstring).
 
     Options: ``template`` (default: E2B's ``base`` template, which has ``python3``),
-    ``lifetime`` (seconds, 3600), ``network`` (False), ``sdk`` (a stand-in for the
-    ``e2b`` module), plus the common ones.
+    ``lifetime`` (seconds, 3600; rlms calls it ``timeout``), ``network`` (False),
+    ``sdk`` (a stand-in for the ``e2b`` module), plus the common ones.
     """
 
     SERVICE = "e2b"
@@ -74,11 +75,13 @@ class E2BREPL(SandboxREPL):
     def __init__(
         self,
         template: str | None = None,
-        lifetime: int = DEFAULT_LIFETIME,
+        lifetime: int | None = None,
         network: bool = False,
         sdk: Any = None,
+        timeout: int | None = None,
         **kwargs: Any,
     ):
         self.check_kwargs(kwargs)
+        lifetime = rlms_alias("lifetime", lifetime, "timeout", timeout, DEFAULT_LIFETIME)
         options = dict(template=template, lifetime=lifetime, network=network)
         super().__init__(sdk=sdk, transport_options=options, **kwargs)

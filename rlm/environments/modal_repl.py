@@ -18,6 +18,7 @@ from rlm.environments.sandbox import (
     SandboxREPL,
     SandboxTransport,
     reader_thread,
+    rlms_alias,
     worker_argv,
 )
 
@@ -28,11 +29,12 @@ class ModalTransport(SandboxTransport):
     def _open(self) -> None:
         modal, opts = self.sdk, self.options
         app = modal.App.lookup(opts["app_name"], create_if_missing=True)
-        image = (
-            modal.Image.from_registry(opts["image"])
-            if opts["image"]
-            else modal.Image.debian_slim(python_version="3.11")
-        )
+        image = opts["image"]
+        if image is None:
+            image = modal.Image.debian_slim(python_version="3.11")
+        elif isinstance(image, str):
+            image = modal.Image.from_registry(image)
+        # else: a modal.Image the caller built (rlms' form), used as it is
         self.sandbox = modal.Sandbox.create(
             app=app,
             image=image,
@@ -73,10 +75,11 @@ class ModalTransport(SandboxTransport):
 class ModalREPL(SandboxREPL):
     """The worker in a Modal Sandbox (see the module docstring).
 
-    Options: ``image`` (a registry image with ``python3``; default Modal's
-    ``debian_slim`` with Python 3.11), ``app_name`` ("rlm-sandboxes"),
-    ``lifetime`` (seconds, 3600), ``network`` (False), ``cpu``, ``memory_mb``,
-    ``sdk`` (a stand-in for the ``modal`` module), plus the common ones.
+    Options: ``image`` (a registry image name with ``python3``, or a ``modal.Image``
+    as rlms takes; default Modal's ``debian_slim`` with Python 3.11), ``app_name``
+    ("rlm-sandboxes"), ``lifetime`` (seconds, 3600; rlms calls it ``timeout``),
+    ``network`` (False), ``cpu``, ``memory_mb``, ``sdk`` (a stand-in for the
+    ``modal`` module), plus the common ones.
     """
 
     SERVICE = "modal"
@@ -87,16 +90,18 @@ class ModalREPL(SandboxREPL):
 
     def __init__(
         self,
-        image: str | None = None,
+        image: Any = None,
         app_name: str = "rlm-sandboxes",
-        lifetime: int = DEFAULT_LIFETIME,
+        lifetime: int | None = None,
         network: bool = False,
         cpu: float | None = None,
         memory_mb: int | None = None,
         sdk: Any = None,
+        timeout: int | None = None,
         **kwargs: Any,
     ):
         self.check_kwargs(kwargs)
+        lifetime = rlms_alias("lifetime", lifetime, "timeout", timeout, DEFAULT_LIFETIME)
         options = dict(
             image=image, app_name=app_name, lifetime=lifetime, network=network, cpu=cpu,
             memory_mb=memory_mb,

@@ -19,8 +19,11 @@ from rlm.environments.sandbox import (
     AsyncLoop,
     SandboxREPL,
     SandboxTransport,
+    rlms_alias,
     worker_command,
 )
+
+DEFAULT_IMAGE = "python:3.11-slim"
 
 
 class PrimeTransport(SandboxTransport):
@@ -36,13 +39,14 @@ class PrimeTransport(SandboxTransport):
         sdk, opts = self.sdk, self.options
         self.client = sdk.AsyncSandboxClient()
         self.process = None
-        self.sandbox = await self.client.create(
-            sdk.CreateSandboxRequest(
-                name=f"rlm-{uuid.uuid4().hex[:12]}",
-                docker_image=opts["image"],
-                timeout_minutes=opts["lifetime_minutes"],
-            )
-        )
+        request: dict[str, Any] = {
+            "name": opts["name"] or f"rlm-{uuid.uuid4().hex[:12]}",
+            "docker_image": opts["image"],
+            "timeout_minutes": opts["lifetime_minutes"],
+        }
+        if not opts["network"]:
+            request["network_allowlist"] = []  # an empty allowlist denies all egress, DNS too
+        self.sandbox = await self.client.create(sdk.CreateSandboxRequest(**request))
         await self.client.wait_for_creation(self.sandbox.id)
         self.process = await self.client.open_process(self.sandbox.id, worker_command())
 
@@ -81,8 +85,11 @@ class PrimeTransport(SandboxTransport):
 class PrimeREPL(SandboxREPL):
     """The worker in a Prime Intellect VM sandbox (see the module docstring).
 
-    Options: ``image`` ("python:3.11-slim"), ``lifetime_minutes`` (60), ``sdk``
-    (a stand-in for the ``prime_sandboxes`` module), plus the common ones.
+    Options: ``image`` ("python:3.11-slim"; rlms calls it ``docker_image``),
+    ``lifetime_minutes`` (60; rlms: ``timeout_minutes``), ``name`` (the sandbox's
+    name; default a fresh ``rlm-...`` one), ``network`` (False: no egress at all;
+    rlms: ``network_access``, which defaults to True there), ``sdk`` (a stand-in for
+    the ``prime_sandboxes`` module), plus the common ones.
     """
 
     SERVICE = "prime"
@@ -93,11 +100,23 @@ class PrimeREPL(SandboxREPL):
 
     def __init__(
         self,
-        image: str = "python:3.11-slim",
-        lifetime_minutes: int = 60,
+        image: str | None = None,
+        lifetime_minutes: int | None = None,
         sdk: Any = None,
+        name: str | None = None,
+        network: bool | None = None,
+        docker_image: str | None = None,
+        timeout_minutes: int | None = None,
+        network_access: bool | None = None,
         **kwargs: Any,
     ):
         self.check_kwargs(kwargs)
-        options = dict(image=image, lifetime_minutes=lifetime_minutes)
+        options = dict(
+            image=rlms_alias("image", image, "docker_image", docker_image, DEFAULT_IMAGE),
+            lifetime_minutes=rlms_alias(
+                "lifetime_minutes", lifetime_minutes, "timeout_minutes", timeout_minutes, 60
+            ),
+            name=name,
+            network=bool(rlms_alias("network", network, "network_access", network_access, False)),
+        )
         super().__init__(sdk=sdk, transport_options=options, **kwargs)

@@ -58,6 +58,8 @@ TEXT_BOOTSTRAP = TEXT_RELAY + BOOTSTRAP
 #: Bytes per base64 line the host sends (the services cap one stdin write).
 TEXT_CHUNK = 768 * 1024
 DEFAULT_LIFETIME = 3600
+#: Options never shown in ``isolation`` (credentials).
+SECRET_OPTIONS = frozenset({"api_key"})
 
 
 def worker_argv(text: bool = False) -> list[str]:
@@ -94,6 +96,19 @@ def require_credentials(
     wanted = " or ".join(" and ".join(group) for group in alternatives)
     where = f" (or a credentials file: {', '.join(files)})" if files else ""
     raise ConfigurationError(f"environment={service!r} needs credentials: set {wanted}{where}")
+
+
+def rlms_alias(ours: str, value: Any, theirs: str, alias: Any, default: Any) -> Any:
+    """Resolve an option that rlms spells ``theirs`` and we spell ``ours`` (both default
+    to None in the signature): the one given, else ``default``; both, differing: an error."""
+    if alias is not None and value is not None and alias != value:
+        raise ConfigurationError(
+            f"{theirs}={alias!r} (the rlms name) and {ours}={value!r} disagree: pass one of them"
+        )
+    for given in (value, alias):
+        if given is not None:
+            return given
+    return default
 
 
 class PushChannel:
@@ -268,7 +283,7 @@ class SandboxTransport:
             "sandbox": self.name,
             "remote": True,
             "scrubbed_env": True,  # nothing from the host's environment is passed in
-            **{k: v for k, v in self.options.items() if v is not None},
+            **{k: v for k, v in self.options.items() if v is not None and k not in SECRET_OPTIONS},
         }
 
 
@@ -291,7 +306,8 @@ class SandboxREPL(IsolatedREPL):
         self, sdk: Any = None, transport_options: dict[str, Any] | None = None, **kwargs: Any
     ):
         if sdk is None:
-            require_credentials(self.SERVICE, *self.CREDENTIALS, files=self.CREDENTIAL_FILES)
+            if not getattr(self, "_explicit_credentials", False):  # e.g. daytona's api_key=
+                require_credentials(self.SERVICE, *self.CREDENTIALS, files=self.CREDENTIAL_FILES)
             sdk = require_sdk(self.SDK_MODULE, self.SERVICE)
         self._sdk = sdk
         self._transport_options = dict(transport_options or {})
