@@ -100,9 +100,20 @@ for _name, _module, _cls in (
         persistent=True,
     )
 
+
+def __getattr__(name: str) -> Any:
+    # IPythonREPL (rlms exports it here) is imported on first use: IPython is an extra.
+    if name == "IPythonREPL":
+        from rlm.environments.ipython_repl import IPythonREPL
+
+        return IPythonREPL
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "RESERVED_TOOL_NAMES",
     "BaseEnv",
+    "IPythonREPL",
     "IsolatedEnv",
     "LocalREPL",
     "NonIsolatedEnv",
