@@ -597,11 +597,14 @@ class IsolatedREPL(IsolatedEnv):
         if message.get("abandoned") is True:
             # The cell did not stop at its limit (it caught the interruption, or sits in
             # native code): a thread would go on burning CPU in the worker. Kill it.
-            error = (
-                f"TimeoutError: the cell ran longer than its limit of {limit or 0:g} s and did "
-                "not stop (it caught the interruption or was blocked outside Python); "
-                "the worker was killed."
-            )
+            if str(error).startswith("Interrupted"):
+                error = "Interrupted: the cell did not stop when cancelled; the worker was killed."
+            else:
+                error = (
+                    f"TimeoutError: the cell ran longer than its limit of {limit or 0:g} s and "
+                    "did not stop (it caught the interruption or was blocked outside Python); "
+                    "the worker was killed."
+                )
             stderr += f"{error}\n{self._restart()}\n"
         result = REPLResult(
             stdout=message.get("stdout") or "",

@@ -815,8 +815,9 @@ class ReplCore:
             note = (
                 "Interrupted: the cell was stopped because the run was cancelled."
                 if stopped
-                else "Interrupted: the run was cancelled; the cell is blocked in native code "
-                "and was abandoned (its later output is discarded)."
+                else "Interrupted: the run was cancelled; the cell did not stop (it caught the "
+                "interruption or sits in native code) and may still run in this process; its "
+                "later output is discarded."
             )
             err.write(note + "\n")
             outcome.error = note
@@ -827,8 +828,9 @@ class ReplCore:
             note = (
                 f"TimeoutError: the cell ran longer than its limit of {timeout:g} s and was stopped."
                 if stopped
-                else f"TimeoutError: the cell ran longer than its limit of {timeout:g} s; it is "
-                "blocked in native code and was abandoned (its later output is discarded)."
+                else f"TimeoutError: the cell ran longer than its limit of {timeout:g} s and "
+                "did not stop (it caught the interruption or sits in native code); it may still "
+                "run in this process, and its later output is discarded."
             )
             err.write(note + "\n")
             outcome.error = note

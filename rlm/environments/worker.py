@@ -344,7 +344,8 @@ class Worker:
             "final_kind": outcome.final_kind,
             "execution_time": outcome.execution_time,
             "timed_out": outcome.timed_out,
-            "abandoned": outcome.timed_out and _cell_still_running(),
+            "abandoned": (outcome.timed_out or str(outcome.error).startswith("Interrupted"))
+            and _cell_still_running(),
             "locals": {k: repl_core.loggable(v) for k, v in self.core.cell_locals().items()},
         }
 
