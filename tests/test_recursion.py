@@ -543,6 +543,9 @@ def test_compaction_history_entries_are_segments_and_summaries():
     segments = [e for e in history if isinstance(e, list)]
     assert summaries and summaries[0]["content"] == "SUMMARY-TEXT"
     assert segments and all(m["role"] in ("user", "assistant") for seg in segments for m in seg)
+    # As in rlms, an iteration's entry is [the model's reply, the REPL output fed back].
+    assert all(seg[0]["role"] == "assistant" for seg in segments)
+    assert all(seg[-1]["role"] == "user" for seg in segments)
 
 
 # ---------------------------------------------------------------------------

@@ -1013,7 +1013,7 @@ class RLM:
             new_messages = format_iteration(iteration)
             messages.extend(new_messages)
             if self.compaction and hasattr(env, "append_compaction_entry"):
-                env.append_compaction_entry([turn, *new_messages])
+                env.append_compaction_entry(list(new_messages))  # rlms: [assistant, REPL output]
 
         # Out of iterations: ask once for the best answer from what was learned.
         final_messages = [*messages, build_final_answer_prompt(root_prompt)]
