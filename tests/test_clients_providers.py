@@ -273,7 +273,7 @@ def test_anthropic_system_placement_cache_markers_and_usage():
     assert root.headers["anthropic-version"]
     assert root.body["model"] == "claude-sonnet-4-5"
     assert root.body["temperature"] == 0.0
-    assert root.body["max_tokens"] == 8192
+    assert root.body["max_tokens"] == 32768  # rlms' default
     assert root.body["system"] == [
         {"type": "text", "text": "You are the root.", "cache_control": {"type": "ephemeral"}}
     ]

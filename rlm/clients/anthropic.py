@@ -31,8 +31,9 @@ from rlm.clients.base_lm import (
     require_model_name,
 )
 
-#: Anthropic requires max_tokens; used when sampling_args does not set it.
-DEFAULT_MAX_TOKENS = 8192
+#: Anthropic requires max_tokens; used when neither max_tokens nor sampling_args sets it
+#: (rlms' default).
+DEFAULT_MAX_TOKENS = 32768
 _CACHE = {"type": "ephemeral"}
 _CREATE_PARAMS = frozenset(inspect.signature(anthropic.resources.Messages.create).parameters)
 
@@ -123,23 +124,49 @@ class AnthropicClient(BaseLM):
             "max_retries": max_retries,
             **client_kwargs,
         }
+        # The SDK classes are looked up now, so a patch of rlm.clients.anthropic.anthropic
+        # active at construction is the one this client uses.
+        self._sdk = (anthropic.Anthropic, anthropic.AsyncAnthropic)
+        self._async_override: Any = None
         self._sync: anthropic.Anthropic | None = None
-        self._async: dict[int, anthropic.AsyncAnthropic] = {}  # one per event loop
+        self._async: dict[int | None, anthropic.AsyncAnthropic] = {}  # one per event loop
         self._lock = threading.Lock()
 
     def _sync_client(self) -> anthropic.Anthropic:
         with self._lock:
             if self._sync is None:
-                self._sync = anthropic.Anthropic(**self._client_args)
+                self._sync = self._sdk[0](**self._client_args)
             return self._sync
 
     def _async_client(self) -> anthropic.AsyncAnthropic:
-        loop_id = id(asyncio.get_running_loop())
+        try:
+            loop_id: int | None = id(asyncio.get_running_loop())
+        except RuntimeError:
+            loop_id = None
         with self._lock:
-            client = self._async.get(loop_id)
+            client = self._async_override or self._async.get(loop_id)
             if client is None:
-                client = self._async[loop_id] = anthropic.AsyncAnthropic(**self._client_args)
+                client = self._async[loop_id] = self._sdk[1](**self._client_args)
             return client
+
+    # rlms' attribute names: the SDK clients, built on first use here.
+    @property
+    def client(self) -> anthropic.Anthropic:
+        """The ``anthropic.Anthropic`` client the calls go through (assignable)."""
+        return self._sync_client()
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        self._sync = value
+
+    @property
+    def async_client(self) -> anthropic.AsyncAnthropic:
+        """The ``anthropic.AsyncAnthropic`` client of the running event loop (assignable)."""
+        return self._async_client()
+
+    @async_client.setter
+    def async_client(self, value: Any) -> None:
+        self._async_override = value
 
     def _request(self, messages: Messages, model: str | None) -> dict[str, Any]:
         system, turns = to_anthropic(messages, cache=self.prompt_caching)

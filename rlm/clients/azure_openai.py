@@ -11,9 +11,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import openai  # module-level, as in rlms: rlm.clients.azure_openai.openai can be patched
+
 from rlm.clients.base_lm import DEFAULT_TIMEOUT
 from rlm.clients.openai import OpenAIClient
 from rlm.utils.exceptions import ConfigurationError
+
+#: The key from the environment at import, named as in rlms (the environment is read again
+#: when a client is built).
+DEFAULT_AZURE_OPENAI_API_KEY = os.getenv("AZURE_OPENAI_API_KEY")
 
 
 class AzureOpenAIClient(OpenAIClient):
@@ -47,13 +53,14 @@ class AzureOpenAIClient(OpenAIClient):
                 "'2024-10-21'} or set the OPENAI_API_VERSION environment variable"
             )
         token_auth = "azure_ad_token" in client_kwargs or "azure_ad_token_provider" in client_kwargs
-        if not (api_key or os.environ.get("AZURE_OPENAI_API_KEY")) and not token_auth:
+        api_key = api_key or os.environ.get("AZURE_OPENAI_API_KEY") or DEFAULT_AZURE_OPENAI_API_KEY
+        if not api_key and not token_auth:
             raise ConfigurationError(
                 "No API key for the Azure OpenAI client: pass backend_kwargs={'api_key': ...} "
                 "(or azure_ad_token_provider) or set the AZURE_OPENAI_API_KEY environment variable"
             )
         super().__init__(
-            api_key=api_key or os.environ.get("AZURE_OPENAI_API_KEY") or "azure-ad",
+            api_key=api_key or "azure-ad",
             model_name=model_name,
             timeout=timeout,
             max_retries=max_retries,
@@ -64,7 +71,7 @@ class AzureOpenAIClient(OpenAIClient):
             price_provider=price_provider,
             **client_kwargs,
         )
-        if token_auth and not api_key and not os.environ.get("AZURE_OPENAI_API_KEY"):
+        if token_auth and not api_key:
             self._client_args.pop("api_key")
         self._client_args.pop("base_url")
         self._client_args["azure_endpoint"] = azure_endpoint
@@ -73,6 +80,7 @@ class AzureOpenAIClient(OpenAIClient):
 
     @staticmethod
     def _sdk_class(asynchronous: bool) -> Any:
-        import openai
-
         return openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI
+
+    def is_official_endpoint(self) -> bool:
+        return False  # an Azure resource, not api.openai.com

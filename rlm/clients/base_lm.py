@@ -18,6 +18,8 @@ import asyncio
 import json
 import os
 import threading
+from abc import ABCMeta
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,8 +117,37 @@ class UsageTracker:
         return getattr(self._local, "last", None) or self._last
 
 
-class BaseLM:
-    """Base class of every client. Subclasses implement ``_generate``."""
+#: The methods rlms' ``BaseLM`` declares abstract.
+_RLMS_ABSTRACT = ("completion", "acompletion", "get_usage_summary", "get_last_usage")
+
+
+class _LMMeta(ABCMeta):
+    """Abstract methods as in rlms, for classes that do not implement ``_generate``.
+
+    rlms' ``BaseLM`` is an ABC whose four methods in ``_RLMS_ABSTRACT`` are
+    abstract, so ``BaseLM(...)`` and a subclass missing one of them raise
+    ``TypeError`` on instantiation. Ours does the same, except that a class
+    implementing ``_generate`` (every client of ours) gets all four from here.
+    """
+
+    def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kw: Any):
+        cls = super().__new__(mcls, name, bases, namespace, **kw)
+        base = next((c for c in cls.__mro__ if c.__dict__.get("_is_rlm_base_lm")), cls)
+        abstract = set(cls.__abstractmethods__)
+        if getattr(cls, "_generate", None) is getattr(base, "_generate", None):
+            for method in _RLMS_ABSTRACT:
+                if getattr(cls, method, None) is getattr(base, method, None):
+                    abstract.add(method)
+        cls.__abstractmethods__ = frozenset(abstract)
+        return cls
+
+
+class BaseLM(metaclass=_LMMeta):
+    """Base class of every client. Subclasses implement ``_generate`` (ours), or
+    ``completion``, ``acompletion``, ``get_usage_summary`` and ``get_last_usage``
+    (rlms' abstract methods); a class with neither cannot be instantiated."""
+
+    _is_rlm_base_lm = True
 
     #: True for clients that run on the caller's machine and cost nothing per token.
     is_local: bool = False
@@ -137,9 +168,42 @@ class BaseLM:
         self.sampling_args: dict[str, Any] = dict(sampling_args or {})
         self.kwargs = kwargs
         self._usage = UsageTracker()
+        self._init_counters()
         # ``prices``: the user's per-model overrides (USD per million tokens);
         # ``price_provider``: where to look in the bundled price table (None: nowhere).
         self.price_book = PriceBook(prices, price_provider)
+
+    def _init_counters(self) -> None:
+        # rlms' per-model counters and last-call figures, kept up to date by every call.
+        self.model_call_counts: dict[str, int] = defaultdict(int)
+        self.model_input_tokens: dict[str, int] = defaultdict(int)
+        self.model_output_tokens: dict[str, int] = defaultdict(int)
+        self.model_total_tokens: dict[str, int] = defaultdict(int)
+        self.model_costs: dict[str, float] = defaultdict(float)
+        self.last_prompt_tokens: int = 0
+        self.last_completion_tokens: int = 0
+        self.last_cost: float | None = None
+
+    def _record(self, generation: Generation) -> None:
+        """Count one call: the usage tracker, then rlms' counter attributes."""
+        tracker = getattr(self, "_usage", None)
+        if tracker is None:  # a subclass that skipped our __init__
+            tracker = self._usage = UsageTracker()
+        if not hasattr(self, "model_call_counts"):
+            self._init_counters()
+        usage = generation.usage()
+        tracker.record(generation.model, usage)
+        model = generation.model
+        with tracker._lock:
+            self.model_call_counts[model] += 1
+            self.model_input_tokens[model] += generation.input_tokens
+            self.model_output_tokens[model] += generation.output_tokens
+            self.model_total_tokens[model] += generation.input_tokens + generation.output_tokens
+            if generation.cost is not None:
+                self.model_costs[model] += generation.cost
+            self.last_prompt_tokens = generation.input_tokens
+            self.last_completion_tokens = generation.output_tokens
+            self.last_cost = generation.cost
 
     # -- provider hooks -------------------------------------------------------
 
@@ -158,12 +222,12 @@ class BaseLM:
 
     def generate(self, prompt: Any, model: str | None = None) -> Generation:
         generation = self._priced(self._generate(to_messages(prompt), model))
-        self._usage.record(generation.model, generation.usage())
+        self._record(generation)
         return generation
 
     async def agenerate(self, prompt: Any, model: str | None = None) -> Generation:
         generation = self._priced(await self._agenerate(to_messages(prompt), model))
-        self._usage.record(generation.model, generation.usage())
+        self._record(generation)
         return generation
 
     def _priced(self, generation: Generation) -> Generation:

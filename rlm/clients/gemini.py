@@ -12,6 +12,7 @@ repeated prefixes implicitly; cached tokens are reported from
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from google import genai
@@ -27,6 +28,12 @@ from rlm.clients.base_lm import (
     require_model_name,
 )
 from rlm.utils.exceptions import ConfigurationError
+
+#: The key from the environment at import, named as in rlms (the environment is read again
+#: when a client is built).
+DEFAULT_GEMINI_API_KEY = os.getenv("GEMINI_API_KEY")
+#: The model rlms' GeminiClient uses when no model_name is given.
+DEFAULT_GEMINI_MODEL = "gemini-2.5-flash"
 
 _RENAMED = {"max_tokens": "max_output_tokens", "stop": "stop_sequences"}
 
@@ -68,7 +75,7 @@ class GeminiClient(BaseLM):
     def __init__(
         self,
         api_key: str | None = None,
-        model_name: str | None = None,
+        model_name: str | None = DEFAULT_GEMINI_MODEL,
         base_url: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         max_retries: int = 4,
@@ -93,7 +100,9 @@ class GeminiClient(BaseLM):
             prices=prices,
             price_provider=price_provider,
         )
-        api_key = api_key_from(api_key, "GEMINI_API_KEY", "GOOGLE_API_KEY")
+        api_key = (
+            api_key_from(api_key, "GEMINI_API_KEY", "GOOGLE_API_KEY") or DEFAULT_GEMINI_API_KEY
+        )
         if not api_key:
             raise missing_api_key("Gemini", "GEMINI_API_KEY", "GOOGLE_API_KEY")
         self.base_url = base_url
@@ -106,7 +115,7 @@ class GeminiClient(BaseLM):
                 max_delay=retry_max_delay,
             ),
         )
-        self._client = genai.Client(api_key=api_key, http_options=http_options)
+        self.client = genai.Client(api_key=api_key, http_options=http_options)
 
     def _config(self, system: str | None) -> types.GenerateContentConfig:
         return types.GenerateContentConfig(system_instruction=system, **self.sampling_args)
@@ -128,7 +137,7 @@ class GeminiClient(BaseLM):
     def _generate(self, messages: Messages, model: str | None = None) -> Generation:
         model = model or self.model_name
         system, contents = to_gemini(messages)
-        response = self._client.models.generate_content(
+        response = self.client.models.generate_content(
             model=model, contents=contents, config=self._config(system)
         )
         return self._parse(response, model)
@@ -136,10 +145,10 @@ class GeminiClient(BaseLM):
     async def _agenerate(self, messages: Messages, model: str | None = None) -> Generation:
         model = model or self.model_name
         system, contents = to_gemini(messages)
-        response = await self._client.aio.models.generate_content(
+        response = await self.client.aio.models.generate_content(
             model=model, contents=contents, config=self._config(system)
         )
         return self._parse(response, model)
 
     def close(self) -> None:
-        self._client.close()
+        self.client.close()

@@ -9,8 +9,15 @@ SDK's own, configured with ``max_retries``.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import threading
 from typing import Any
+from urllib.parse import urlparse
+
+# Module-level, as in rlms: ``patch("rlm.clients.openai.openai")`` replaces the SDK
+# for clients constructed while the patch is active.
+import openai
 
 from rlm.clients.base_lm import (
     DEFAULT_TIMEOUT,
@@ -22,6 +29,39 @@ from rlm.clients.base_lm import (
     missing_api_key,
     require_model_name,
 )
+
+# API keys from the environment at import, named as in rlms (a fallback: the environment
+# is read again when a client is built). No .env file is loaded.
+DEFAULT_OPENAI_API_KEY = os.getenv("OPENAI_API_KEY")
+DEFAULT_OPENROUTER_API_KEY = os.getenv("OPENROUTER_API_KEY")
+DEFAULT_VERCEL_API_KEY = os.getenv("AI_GATEWAY_API_KEY")
+DEFAULT_PRIME_API_KEY = os.getenv("PRIME_API_KEY")
+DEFAULT_PRIME_INTELLECT_BASE_URL = "https://api.pinference.ai/api/v1/"
+
+OPENAI_API_HOST = "api.openai.com"
+
+#: Models that take ``max_completion_tokens`` (and refuse ``max_tokens``) on any endpoint:
+#: the o-series and GPT-5 families, with or without a ``provider/`` prefix.
+_REASONING_MODEL = re.compile(r"(?:^|/)(?:o[1-9](?:$|[-.])|gpt-5)", re.IGNORECASE)
+
+
+def is_reasoning_model(model: str) -> bool:
+    """Whether ``model`` is an OpenAI reasoning model (o1/o3/o4..., gpt-5...)."""
+    return bool(_REASONING_MODEL.search(model or ""))
+
+
+def _default_key(base_url: str | None) -> str | None:
+    """The key rlms would use for ``base_url`` (read at call time, so patching works)."""
+    url = (base_url or "").rstrip("/")
+    if not url or url == "https://api.openai.com/v1":
+        return DEFAULT_OPENAI_API_KEY
+    if url == "https://openrouter.ai/api/v1":
+        return DEFAULT_OPENROUTER_API_KEY
+    if url == "https://ai-gateway.vercel.sh/v1":
+        return DEFAULT_VERCEL_API_KEY
+    if url == DEFAULT_PRIME_INTELLECT_BASE_URL.rstrip("/"):
+        return DEFAULT_PRIME_API_KEY
+    return None
 
 
 def _usage_numbers(usage: Any) -> tuple[int, int, int, float | None]:
@@ -40,7 +80,14 @@ def _usage_numbers(usage: Any) -> tuple[int, int, int, float | None]:
 
 
 class OpenAIClient(BaseLM):
-    """Chat completions through the official ``openai`` SDK (sync and async)."""
+    """Chat completions through the official ``openai`` SDK (sync and async).
+
+    ``sampling_args`` go into every request, as rlms sends them: ``None`` values
+    are dropped, ``extra_body`` is merged, and ``max_tokens`` is sent as
+    ``max_completion_tokens`` on api.openai.com (every model) and to reasoning
+    models (o1/o3/o4/gpt-5 families) anywhere; other models on other servers
+    keep ``max_tokens``, which every OpenAI-compatible server understands.
+    """
 
     def __init__(
         self,
@@ -65,25 +112,26 @@ class OpenAIClient(BaseLM):
             prices=prices,
             price_provider=price_provider,
         )
-        api_key = api_key_from(api_key, api_key_env)
+        api_key = api_key_from(api_key, api_key_env) or _default_key(base_url)
         if not api_key:
             if base_url is None:
                 raise missing_api_key("OpenAI", api_key_env)
             api_key = "EMPTY"  # local OpenAI-compatible servers accept any key
+        # The SDK classes are looked up now, so a patch of rlm.clients.openai.openai
+        # active at construction is the one this client uses.
+        self._sdk = (self._sdk_class(asynchronous=False), self._sdk_class(asynchronous=True))
         check_sdk_options(
             "OpenAI",
             client_kwargs,
-            self._sdk_class(asynchronous=False),
+            self._sdk[0],
             "model_name, api_key, base_url, timeout, max_retries, sampling_args, "
             "prompt_cache_key, auto_prompt_cache_key, prices and price_provider",
         )
         self.base_url = base_url
         self.prompt_cache_key = prompt_cache_key
-        # Derive a cache key for root-loop calls; by default only on api.openai.com
+        # Derive a cache key for root-loop calls only on the official endpoint
         # (other OpenAI-compatible servers may refuse the unknown field).
-        self.auto_prompt_cache_key = (
-            base_url is None if auto_prompt_cache_key is None else auto_prompt_cache_key
-        )
+        self.auto_prompt_cache_key = auto_prompt_cache_key
         self._client_args: dict[str, Any] = {
             "api_key": api_key,
             "base_url": base_url,
@@ -92,46 +140,82 @@ class OpenAIClient(BaseLM):
             **client_kwargs,
         }
         self._sync: Any = None
-        self._async: dict[int, Any] = {}  # one async client per event loop
+        self._async: dict[int | None, Any] = {}  # one async client per event loop
+        self._async_override: Any = None  # an async client the user assigned
         self._lock = threading.Lock()
 
     @staticmethod
     def _sdk_class(asynchronous: bool) -> Any:
         """The SDK client class; subclasses for other endpoints (Azure) return theirs."""
-        import openai
-
         return openai.AsyncOpenAI if asynchronous else openai.OpenAI
+
+    def is_official_endpoint(self) -> bool:
+        """Whether requests go to api.openai.com (``base_url``, else ``OPENAI_BASE_URL``)."""
+        url = self.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        return (urlparse(url).hostname or "").lower() == OPENAI_API_HOST
 
     # SDK clients are created on first use: constructing an RLM stays cheap.
     def _sync_client(self) -> Any:
         if self._sync is None:
             with self._lock:
                 if self._sync is None:
-                    self._sync = self._sdk_class(asynchronous=False)(**self._client_args)
+                    self._sync = self._sdk[0](**self._client_args)
         return self._sync
 
     def _async_client(self) -> Any:
         import asyncio
 
-        loop_id = id(asyncio.get_running_loop())
+        try:
+            loop_id: int | None = id(asyncio.get_running_loop())
+        except RuntimeError:
+            loop_id = None
         with self._lock:
-            client = self._async.get(loop_id)
+            client = self._async_override or self._async.get(loop_id)
             if client is None:
-                client = self._async[loop_id] = self._sdk_class(asynchronous=True)(
-                    **self._client_args
-                )
+                client = self._async[loop_id] = self._sdk[1](**self._client_args)
         return client
 
+    # rlms' attribute names: the SDK clients, built on first use here.
+    @property
+    def client(self) -> Any:
+        """The ``openai.OpenAI`` client the calls go through (assignable)."""
+        return self._sync_client()
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        self._sync = value
+
+    @property
+    def async_client(self) -> Any:
+        """The ``openai.AsyncOpenAI`` client of the running event loop (assignable)."""
+        return self._async_client()
+
+    @async_client.setter
+    def async_client(self, value: Any) -> None:
+        self._async_override = value
+
+    def _sampling(self, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(request arguments, extra_body) from ``sampling_args``, as described above."""
+        args = {k: v for k, v in self.sampling_args.items() if v is not None}
+        extra_body = dict(args.pop("extra_body", None) or {})
+        if "max_tokens" in args and (self.is_official_endpoint() or is_reasoning_model(model)):
+            args.setdefault("max_completion_tokens", args.pop("max_tokens"))
+            args.pop("max_tokens", None)
+        return args, extra_body
+
     def _request(self, messages: Messages, model: str | None) -> dict[str, Any]:
-        args: dict[str, Any] = {"model": model or self.model_name, "messages": messages}
-        args.update(self.sampling_args)
+        model = model or self.model_name
+        sampling, extra_body = self._sampling(model)
+        args: dict[str, Any] = {"model": model, "messages": messages, **sampling}
+        if (self.base_url or "").rstrip("/") == DEFAULT_PRIME_INTELLECT_BASE_URL.rstrip("/"):
+            extra_body = {"usage": {"include": True}, **extra_body}
+        if extra_body:
+            args["extra_body"] = extra_body
         key = self.prompt_cache_key
-        if (
-            key is None
-            and self.auto_prompt_cache_key
-            and messages
-            and messages[0].get("role") == "system"
-        ):
+        auto = self.auto_prompt_cache_key
+        if auto is None:
+            auto = self.is_official_endpoint()
+        if key is None and auto and messages and messages[0].get("role") == "system":
             # A root-loop call on api.openai.com: its system prompt is a stable prefix, so a
             # key derived from it routes repeated turns to the same prompt cache.
             digest = hashlib.sha256(str(messages[0].get("content", "")).encode("utf-8")).hexdigest()
@@ -164,7 +248,7 @@ class OpenAIClient(BaseLM):
         return self._parse(response, args["model"])
 
     def close(self) -> None:
-        if self._sync is not None:
+        if self._sync is not None and hasattr(self._sync, "close"):
             self._sync.close()
-            self._sync = None
+        self._sync = None
         self._async.clear()

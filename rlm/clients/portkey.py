@@ -8,6 +8,11 @@ OpenAI client at ``max_retries=1`` with no backoff, so it is not used for the
 calls: retries must follow ``max_retries``, with backoff, jitter and
 ``Retry-After``.) Gateway-side retries and fallbacks can still be set in a
 Portkey ``config``.
+
+``Portkey`` and ``AsyncPortkey`` are module attributes, as in rlms: when a test
+replaces ``rlm.clients.portkey.Portkey`` (``unittest.mock.patch``), clients
+constructed under the patch are built by the replacement, with the arguments
+rlms passed (``api_key``, ``base_url``, ``timeout``), and the calls go to it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from portkey_ai import PORTKEY_GATEWAY_URL, createHeaders
+import portkey_ai
+from portkey_ai import PORTKEY_GATEWAY_URL, AsyncPortkey, Portkey, createHeaders
 
 from rlm.clients.base_lm import DEFAULT_TIMEOUT
 from rlm.clients.openai import OpenAIClient
@@ -75,3 +81,11 @@ class PortkeyClient(OpenAIClient):
             default_headers=headers,
             **client_kwargs,
         )
+        if Portkey is not portkey_ai.Portkey or AsyncPortkey is not portkey_ai.AsyncPortkey:
+            # A replaced SDK (a test's patch): build the clients the way rlms did.
+            gateway = self._client_args["base_url"]
+            sync_cls, async_cls = Portkey, AsyncPortkey
+            self._sdk = (
+                lambda **_: sync_cls(api_key=api_key, base_url=gateway, timeout=timeout),
+                lambda **_: async_cls(api_key=api_key, base_url=gateway, timeout=timeout),
+            )
