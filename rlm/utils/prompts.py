@@ -87,6 +87,28 @@ def _describe_context(metadata: QueryMetadata) -> str:
     return f"The variable `context` holds {shape}."
 
 
+def _fill_system_prompt(system_prompt: str, section: str) -> str:
+    """The system prompt with the custom-tools section in place.
+
+    A prompt of the user's is a ``str.format`` template, as in rlms: ``{{`` and
+    ``}}`` stand for literal braces and ``{custom_tools_section}`` marks where the
+    tools go. A prompt that is not a valid template (a bare ``{x}``, JSON
+    examples), on which rlms raised, is used as written. Ours (the default)
+    has no escaped braces. Without the marker, the section is appended.
+    """
+    marker = "{custom_tools_section}"
+    if system_prompt != RLM_SYSTEM_PROMPT and ("{" in system_prompt or "}" in system_prompt):
+        try:
+            text = system_prompt.format(custom_tools_section=section)
+        except (KeyError, IndexError, ValueError, AttributeError):
+            pass
+        else:
+            return text if marker in system_prompt or not section else text + section
+    if marker in system_prompt:
+        return system_prompt.replace(marker, section)
+    return system_prompt + section
+
+
 def build_rlm_system_prompt(
     system_prompt: str,
     query_metadata: QueryMetadata,
@@ -99,11 +121,7 @@ def build_rlm_system_prompt(
 
     tools = format_tools_for_prompt(custom_tools)
     section = f"\n\nCustom tools and data in the REPL:\n{tools}" if tools else ""
-    # str.replace, not str.format: a user's own prompt may contain braces.
-    if "{custom_tools_section}" in system_prompt:
-        text = system_prompt.replace("{custom_tools_section}", section)
-    else:
-        text = system_prompt + section
+    text = _fill_system_prompt(system_prompt, section)
     if orchestrator:
         text = f"{text}\n\n{ORCHESTRATOR_ADDENDUM}"
     description = _describe_context(query_metadata)

@@ -1,0 +1,45 @@
+"""System prompts: rlms' template rules for a user's custom_system_prompt."""
+
+from __future__ import annotations
+
+from rlm.core.types import QueryMetadata
+from rlm.utils.prompts import RLM_SYSTEM_PROMPT, build_rlm_system_prompt
+
+TOOLS = {"lookup": {"tool": lambda key: key, "description": "Look a key up."}}
+
+
+def system_text(prompt: str, tools=None) -> str:
+    return build_rlm_system_prompt(prompt, QueryMetadata("ctx"), tools, orchestrator=False)[0][
+        "content"
+    ]
+
+
+def test_custom_prompt_braces_are_unescaped_as_rlms_formats_them():
+    prompt = 'Use f-strings like f"{{chunk}}".\nTools:{custom_tools_section}\nEnd.'
+    text = system_text(prompt)
+    assert text == 'Use f-strings like f"{chunk}".\nTools:\nEnd.'
+
+
+def test_custom_prompt_gets_the_tools_where_it_marks_them():
+    text = system_text("Before.{custom_tools_section}\nAfter {{x}}.", TOOLS)
+    before, after = text.split("lookup", 1)
+    assert before.startswith("Before.")
+    assert "After {x}." in after
+
+
+def test_custom_prompt_that_is_not_a_template_is_used_as_written():
+    # rlms raised KeyError here; a JSON example in a prompt is kept as it is.
+    prompt = 'Answer as JSON: {"answer": "..."} and use {custom_tools_section}'
+    assert system_text(prompt) == 'Answer as JSON: {"answer": "..."} and use '
+
+
+def test_custom_prompt_without_braces_or_marker_gets_the_tools_appended():
+    text = system_text("Plain prompt.", TOOLS)
+    assert text.startswith("Plain prompt.")
+    assert "lookup" in text
+
+
+def test_default_prompt_is_unchanged_by_formatting():
+    text = system_text(RLM_SYSTEM_PROMPT)
+    assert "{custom_tools_section}" not in text
+    assert text == RLM_SYSTEM_PROMPT.replace("{custom_tools_section}", "")
