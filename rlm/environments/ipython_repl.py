@@ -185,7 +185,7 @@ class IPythonInProcessREPL(LocalREPL):
 
     def in_cell(self) -> bool:
         """True on a thread that is running one of this REPL's cells right now."""
-        out = getattr(repl_core._capture, "out", None)
+        out = getattr(getattr(repl_core, "_capture", None), "out", None)
         return out is not None and out is getattr(self._core, "_out", None)
 
     def execute_code(self, code: str, timeout: float | None = None) -> REPLResult:
