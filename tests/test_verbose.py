@@ -500,7 +500,7 @@ def call_every_event(printer: VerbosePrinter) -> None:
     printer.print_iteration_start(1)
     printer.print_completion("response", 0.1)
     printer.print_code_execution(block(stdout="out", stderr="err", calls=[sub_call()]))
-    printer.print_subcall("m", "p", "r", 0.1, None, 1)
+    printer.print_subcall("m", "p", "r", 0.1, None, error=None, depth=1)
     printer.print_iteration(RLMIteration("p", "r", [block()]), 1)
     printer.print_budget_exceeded(2.0, 1.0)
     printer.print_limit_exceeded("tokens", "details")
@@ -543,3 +543,37 @@ def test_default_console_writes_to_stdout(capsys):
 def test_max_display_chars_must_be_positive():
     with pytest.raises(ValueError, match="max_display_chars"):
         VerbosePrinter(max_display_chars=0)
+
+
+# --------------------------------------------------------------------------
+# rlms' signatures
+# --------------------------------------------------------------------------
+
+
+def test_header_takes_rlms_positional_arguments():
+    printer, out = make_printer()
+    printer.print_header("openai", "gpt-5-nano", "local", 30, 2, ["anthropic"])
+    text = out.getvalue()
+    for value in ("openai", "gpt-5-nano", "local", "30", "2", "anthropic"):
+        assert value in text
+
+
+def test_subcall_with_rlms_metadata_is_an_rlm_subcall():
+    printer, out = make_printer()
+    trajectory = {"run_metadata": {"depth": 1}, "iterations": [{}, {}, {}]}
+    printer.print_subcall("child-model", "question", "answer", 0.5, metadata=trajectory)
+    text = out.getvalue()
+    assert "RLM sub-call" in text
+    assert "3 iterations" in text
+    assert "depth 1" in text
+    plain, plain_out = make_printer()
+    plain.print_subcall("m", "q", "a", 0.5, None)
+    assert "RLM sub-call" not in plain_out.getvalue()
+
+
+def test_summary_without_usage_as_rlms_allows():
+    printer, out = make_printer()
+    printer.print_summary(4, 2.5)
+    text = out.getvalue()
+    assert "Iterations: 4" in text
+    assert "Input tokens" not in text

@@ -154,17 +154,18 @@ class VerbosePrinter:
 
     def print_header(
         self,
-        *,
         backend: str,
         model: str,
         environment: str,
         max_iterations: int,
         max_depth: int,
+        other_backends: list[str] | None = None,
+        *,
         context_type: str | None = None,
         context_length: int | None = None,
-        other_backends: list[str] | None = None,
     ) -> None:
-        """The configuration of a run, printed once before the first iteration."""
+        """The configuration of a run, printed once before the first iteration
+        (rlms' positional signature; the context fields are ours, by keyword)."""
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold")
         grid.add_column()
@@ -282,6 +283,7 @@ class VerbosePrinter:
             prompt_preview=_prompt_text(call.prompt),
             response_preview=call.response,
             execution_time=call.execution_time,
+            metadata=call.metadata if isinstance(call.metadata, dict) else None,
             error=call.error,
         )
 
@@ -291,13 +293,30 @@ class VerbosePrinter:
         prompt_preview: str,
         response_preview: str,
         execution_time: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
         error: str | None = None,
         depth: int | None = None,
     ) -> None:
-        """One line for one sub-call (``llm_query`` or a child RLM)."""
+        """One line for one sub-call (``llm_query`` or a child RLM).
+
+        ``metadata`` is rlms': a child RLM's trajectory (``iterations`` and
+        ``run_metadata``); when given, the line says it was an RLM sub-call, with
+        its iteration count and depth.
+        """
         limit = min(_PREVIEW_CHARS, self.max_display_chars)
         line = Text("  ↳ ", style="dim")
-        line.append("sub-call", style="bold")
+        if isinstance(metadata, dict):
+            line.append("RLM sub-call", style="bold")
+            iterations = metadata.get("iterations")
+            if isinstance(iterations, list):
+                line.append(f" {len(iterations)} iterations", style="dim")
+            if depth is None:
+                run_meta = metadata.get("run_metadata")
+                if isinstance(run_meta, dict) and isinstance(run_meta.get("depth"), int):
+                    depth = run_meta["depth"]
+        else:
+            line.append("sub-call", style="bold")
         if depth is not None:
             line.append(f" depth {depth}", style="dim")
         line.append(" ")
@@ -385,13 +404,14 @@ class VerbosePrinter:
         self,
         total_iterations: int,
         total_time: float,
-        usage_summary: dict[str, Any] | UsageSummary,
+        usage_summary: dict[str, Any] | UsageSummary | None = None,
     ) -> None:
-        """Iterations, time, and a usage table with one row per model plus totals."""
+        """Iterations, time, and a usage table with one row per model plus totals
+        (no table without ``usage_summary``, which is optional as in rlms)."""
         usage = (
             usage_summary
             if isinstance(usage_summary, UsageSummary)
-            else UsageSummary.from_dict(usage_summary)
+            else UsageSummary.from_dict(usage_summary or {})
         )
         table = Table(title=None, header_style="bold", expand=False)
         table.add_column("Model")
@@ -408,15 +428,12 @@ class VerbosePrinter:
             total_cells[-1] = Text(f"{_format_cost(total.total_cost)} + unknown")
         table.add_section()
         table.add_row(Text("Total", style="bold"), *total_cells, style="bold")
+        heading = Text(
+            f"Iterations: {total_iterations}   Total time: {_format_seconds(total_time)}"
+        )
         self._emit(
             Panel(
-                Group(
-                    Text(
-                        f"Iterations: {total_iterations}   "
-                        f"Total time: {_format_seconds(total_time)}"
-                    ),
-                    table,
-                ),
+                Group(heading, table) if usage_summary is not None else heading,
                 title=Text("Summary", style="bold"),
                 title_align="left",
                 border_style="cyan",
