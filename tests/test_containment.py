@@ -405,7 +405,7 @@ def test_forged_result_frames_get_a_clear_error(sandbox):
         return
     for bad in ("{'final_answer': {'a': 1}}", "{'stdout': 5}", "{'execution_time': 'x'}"):
         result = sandbox.execute_code(
-            FORGE + "for i in range(1, 400):\n"
+            FORGE + "for i in range(400, 0, -1):  # descending: no frame lands on a later request\n"
             f"    m = dict(type='result', id=i, **{bad})\n"
             "    p = json.dumps(m).encode()\n"
             "    raw(struct.pack('>I', len(p)) + p)\n"
@@ -414,6 +414,8 @@ def test_forged_result_frames_get_a_clear_error(sandbox):
         assert result.error.startswith("WorkerProtocolError"), result.error
         assert result.final_answer is None
     result = sandbox.execute_code(FORGE + "p = b'[1, 2]'\nraw(struct.pack('>I', len(p)) + p)")
+    assert result.error.startswith("WorkerDied"), result.error
+    assert "a frame holds a JSON list" in result.error
     still_works(sandbox)
 
 
@@ -433,7 +435,7 @@ def test_forged_frames_never_crash_completion(variant, tmp_path):
     require(variant)
     name, kwargs = variant_kwargs(variant)
     forge = (
-        FORGE + "for i in range(1, 400):\n"
+        FORGE + "for i in range(400, 0, -1):  # descending: no frame lands on a later request\n"
         "    p = json.dumps(dict(type='result', id=i, final_answer={'x': 1})).encode()\n"
         "    raw(struct.pack('>I', len(p)) + p)\n"
         "import time\ntime.sleep(5)"
