@@ -473,9 +473,19 @@ if cfg["seccomp_fd"] is not None:
     class Prog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
     check(libc.prctl(22, 2, ctypes.byref(Prog(len(prog) // 8, prog)), 0, 0), "seccomp")
+if become is not None:
+    check(libc.prctl(4, 1, 0, 0, 0), "PR_SET_DUMPABLE")  # /proc/self stays ours after setuid
 pid = os.fork()
 if pid == 0:
-    os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
+    if cfg["argv"] is not None:
+        os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
+    # The worker in this same interpreter (one start fewer): a fresh environment and module.
+    os.environ.clear()
+    os.environ.update(cfg["env"])
+    sys.argv = ["-c"]
+    del cfg, libc
+    exec(compile(BOOTSTRAP, "<bootstrap>", "exec"), {"__name__": "__main__"})
+    os._exit(0)
 while True:  # init: reap orphans; leave with the worker
     try:
         got, status = os.wait()
@@ -761,7 +771,9 @@ class SubprocessTransport(ProcessTransport):
                 "argv": worker,
                 "env": scrubbed_env(self.workdir),
             }
-            return [self.python, "-I", "-S", "-B", "-c", LAUNCHER, json.dumps(cfg)]
+            cfg["argv"] = None  # the launcher runs the worker itself
+            launcher = LAUNCHER.replace("BOOTSTRAP", repr(BOOTSTRAP), 1)
+            return [self.python, "-I", "-S", "-B", "-c", launcher, json.dumps(cfg)]
         return worker
 
     @property
