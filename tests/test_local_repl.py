@@ -746,6 +746,8 @@ def test_a_custom_tool_that_raises_gives_the_model_an_error_string():
     try:
         result = env.execute_code("out = broken(3)\nprint(out)")
         assert result.error is None
-        assert result.stdout.startswith("Error: tool broken() failed: RuntimeError: cannot handle 3")
+        assert result.stdout.startswith(
+            "Error: tool broken() failed: RuntimeError: cannot handle 3"
+        )
     finally:
         env.cleanup()
