@@ -237,7 +237,7 @@ def test_cell_blocked_in_native_code_is_abandoned_and_the_repl_stays_usable():
     try:
         result = env.execute_code("import time\nmarker = 'set'\ntime.sleep(30)")
         assert result.error is not None and "TimeoutError" in result.error
-        assert "abandoned" in result.error
+        assert "did not stop" in result.error
         follow = env.execute_code("print(marker)", timeout=10)
         assert follow.stdout == "set\n"
     finally:

@@ -744,7 +744,6 @@ class ReplCore:
         finally:
             outcome.execution_time = time.perf_counter() - start
             _capture.out = _capture.err = None
-            _release_router()
             done.set()
             wake.set()
 
@@ -792,18 +791,31 @@ class ReplCore:
             name="rlm-cell",
             daemon=True,
         )
-        start = time.perf_counter()
         self._wake = wake
-        _acquire_router()  # released by the cell's thread when it ends
+        # The routers stand in for sys.stdout/sys.stderr while this call runs. A cell
+        # abandoned at its limit keeps sending print() to its discarded buffers, but what
+        # it writes to sys.stdout directly after that reaches the real stream.
+        _acquire_router()
+        try:
+            return self._wait_cell(timeout, outcome, done, wake, thread, out, err)
+        finally:
+            _release_router()
+
+    def _wait_cell(
+        self,
+        timeout: float | None,
+        outcome: CellOutcome,
+        done: threading.Event,
+        wake: threading.Event,
+        thread: threading.Thread,
+        out: BoundedBuffer,
+        err: BoundedBuffer,
+    ) -> CellOutcome:
+        start = time.perf_counter()
         try:
             # start() is inside the try: a Ctrl-C landing while the thread starts
             # must stop the cell too, or it would run on (and hold the GIL) forever.
-            try:
-                thread.start()
-            except BaseException:
-                if thread.ident is None:  # it never ran: nobody else releases
-                    _release_router()
-                raise
+            thread.start()
             finished = wake.wait(timeout)
         except BaseException:
             _stop_thread(thread, done, CellInterrupted)
