@@ -18,6 +18,7 @@ from typing import Any
 
 from rlm.core.types import RLMIteration, RLMMetadata
 from rlm.environments.repl_core import LOG_VALUE_CHARS, loggable
+from rlm.utils.rlm_utils import collect_secrets, redact, register_secrets
 from rlm.utils.text import truncate_middle
 
 #: Strings longer than this are cut (head and tail kept) in logs.
@@ -135,7 +136,8 @@ class RLMLogger:
         if self.log_file_path is None:
             return
         line = (json.dumps(entry, ensure_ascii=False, default=repr) + "\n").encode("utf-8")
-        fd = os.open(self.log_file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # 0600: a trajectory holds prompts, context and outputs; only its owner reads it.
+        fd = os.open(self.log_file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             written = os.write(fd, line)
             while written < len(line):  # a short write only happens on a full disk or a signal
@@ -148,14 +150,19 @@ class RLMLogger:
         with self._lock:
             if self._run_metadata is not None:
                 return
-            self._run_metadata = compact(metadata.to_dict())
+            data = metadata.to_dict()
+            # Secrets in the configuration are redacted here and, by value, in every line after.
+            register_secrets(
+                collect_secrets(data.get("backend_kwargs"), data.get("environment_kwargs"))
+            )
+            self._run_metadata = redact(compact(data))
             self._append(
                 {"type": "metadata", "timestamp": datetime.now().isoformat(), **self._run_metadata}
             )
 
     def log(self, iteration: RLMIteration) -> None:
         """Record one iteration."""
-        record = iteration_record(iteration)
+        record = redact(iteration_record(iteration))  # secrets by value, wherever they appear
         with self._lock:
             self._iteration_count += 1
             entry = {
