@@ -857,3 +857,12 @@ def test_non_persistent_environment_is_cleaned_up_after_each_completion():
     rlm = make_rlm([block("grab(globals())\nFINAL_VAR(1)")], custom_tools={"grab": grabbed.append})
     rlm.completion("c")
     assert grabbed[0] == {}  # the namespace was released
+
+
+def test_final_in_a_block_yields_to_a_later_final_var_block_of_the_same_response():
+    # 0.1.1 order: FINAL_VAR wins over an earlier FINAL; FINAL alone still ends the run.
+    response = block('FINAL("weak")') + "\n" + block('x = "strong"\nFINAL_VAR("x")')
+    rlm = make_rlm([response, "never"])
+    assert rlm.completion("c").response == "strong"
+    alone = make_rlm([block('FINAL("only")'), "never"])
+    assert alone.completion("c").response == "only"

@@ -868,6 +868,9 @@ class RLM:
             run.best_partial = response
         blocks: list[CodeBlock] = []
         final_answer: str | None = None
+        # FINAL(...) run in a block is the weakest form (0.1.1): it ends the run unless a
+        # later block of the same response answers with FINAL_VAR or the answer dict.
+        weak_answer: str | None = None
         for code in find_code_blocks(response):
             self._check_time(run, "before running a code block")
             if env.supports_cell_timeout:
@@ -876,8 +879,13 @@ class RLM:
                 result = env.execute_code(code)
             blocks.append(CodeBlock(code=code, result=result))
             if result.final_answer is not None:
+                if getattr(result, "final_kind", None) == "FINAL":
+                    weak_answer = weak_answer if weak_answer is not None else result.final_answer
+                    continue
                 final_answer = result.final_answer
                 break  # the first block that answers ends the run
+        if final_answer is None:
+            final_answer = weak_answer
         if final_answer is None:
             final_answer = find_final_answer(response, environment=env)
         return RLMIteration(
