@@ -12,6 +12,13 @@ Order of precedence for one call (see ``BaseLM.generate``):
    looked up for the client's provider (``anthropic``, ``openai``, ``google``...);
 4. otherwise the cost is unknown: ``None``, never zero.
 
+A ``prices`` entry may also be the string ``"unpriced"``: the user's explicit
+statement that the model has no price, so its calls are not counted toward
+``max_budget``. The key ``"*"`` applies to every model of that client.
+:func:`check_budget_prices` is what ``RLM`` runs at construction when
+``max_budget`` is set: a configured model whose price is unknown, and that was
+not opted out, is refused with a ``ConfigurationError``.
+
 ``genai-prices`` is an optional dependency (the ``prices`` extra, included in
 every provider extra); without it only overrides and provider-reported costs
 are known.
@@ -32,6 +39,10 @@ if TYPE_CHECKING:
 ANY_PROVIDER = "any"
 
 _PRICE_KEYS = ("input", "output", "cached_input", "cache_write")
+#: A ``prices`` value that opts a model out of ``max_budget`` accounting, explicitly.
+UNPRICED = "unpriced"
+#: A ``prices`` key that stands for every model of the client.
+ANY_MODEL = "*"
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,7 @@ class Price:
         ) / 1_000_000
 
 
-def parse_prices(prices: dict[str, Any] | None) -> dict[str, Price]:
+def parse_prices(prices: dict[str, Any] | None) -> dict[str, Price | str]:
     """Check a user's ``prices`` mapping; a typo fails at construction, not at the bill."""
     if prices is None:
         return {}
@@ -66,15 +77,15 @@ def parse_prices(prices: dict[str, Any] | None) -> dict[str, Price]:
         raise ConfigurationError(
             f"prices must be a dict of model name -> {{'input': ..., 'output': ...}}, got {prices!r}"
         )
-    parsed: dict[str, Price] = {}
+    parsed: dict[str, Price | str] = {}
     for model, entry in prices.items():
-        if isinstance(entry, Price):
+        if isinstance(entry, Price) or entry == UNPRICED:
             parsed[model] = entry
             continue
         if not isinstance(entry, dict) or "input" not in entry or "output" not in entry:
             raise ConfigurationError(
                 f"prices[{model!r}] needs 'input' and 'output' (USD per million tokens), "
-                f"got {entry!r}"
+                f"or {UNPRICED!r} to leave the model out of max_budget; got {entry!r}"
             )
         unknown = sorted(set(entry) - set(_PRICE_KEYS))
         if unknown:
@@ -101,15 +112,26 @@ class PriceBook:
         self._unknown: set[str] = set()
         self._lock = threading.Lock()
 
+    def _override(self, model: str) -> Price | str | None:
+        found = self.overrides.get(model)
+        return self.overrides.get(ANY_MODEL) if found is None else found
+
     def knows(self, model: str) -> bool:
-        """Whether a call to ``model`` can be priced (an override, or a table entry)."""
-        if model in self.overrides:
+        """Whether a call to ``model`` can be priced (an override, or a table entry), or
+        the user opted it out of budget accounting (``"unpriced"``)."""
+        if self._override(model) is not None:
             return True
         return self._table_cost(model, 1, 1, 0, 0) is not None
 
+    def opted_out(self, model: str) -> bool:
+        """Whether the user said ``model`` has no price (``prices={model: "unpriced"}``)."""
+        return self._override(model) == UNPRICED
+
     def cost(self, generation: Generation) -> float | None:
-        price = self.overrides.get(generation.model)
-        if price is not None:
+        price = self._override(generation.model)
+        if price == UNPRICED:
+            return None
+        if isinstance(price, Price):
             return price.cost(generation)
         return self._table_cost(
             generation.model,
@@ -141,3 +163,103 @@ class PriceBook:
             with self._lock:
                 self._unknown.add(model)  # not in the table: do not search again
             return None
+
+
+# ---------------------------------------------------------------------------
+# Refusing unpriced models under a budget
+# ---------------------------------------------------------------------------
+
+#: Backends that cost nothing per call.
+_FREE_BACKENDS = {"scripted", "mock", "llama_cpp"}
+#: backend -> where its default price lookup searches the bundled table (None: nowhere).
+_BACKEND_PRICE_PROVIDERS: dict[str, str | None] = {
+    "openai": "openai",
+    "vllm": None,
+    "openrouter": "openrouter",
+    "vercel": ANY_PROVIDER,
+    "azure_openai": "azure",
+    "anthropic": "anthropic",
+    "gemini": "google",
+}
+
+
+def _spec_knows_price(backend: str, kwargs: dict[str, Any]) -> bool | None:
+    """Whether a not-yet-built client of ``backend`` can price ``model_name``: True,
+    False, or None when rlm cannot tell (a backend registered by the user)."""
+    backend = str(backend)
+    if backend in _FREE_BACKENDS:
+        return True
+    model = kwargs.get("model_name")
+    book = PriceBook(kwargs.get("prices"), None)  # a typo in prices fails here, early
+    if isinstance(model, str) and book.knows(model):
+        return True
+    if ANY_MODEL in book.overrides:
+        return True
+    if not isinstance(model, str) or not model:
+        return False
+    provider = kwargs.get("price_provider")
+    if provider is None:
+        if backend == "portkey":
+            provider = kwargs.get("provider") or ANY_PROVIDER
+        elif backend == "litellm":
+            prefix, _, bare = model.partition("/")
+            provider = prefix if bare else None
+            try:
+                import litellm  # its bundled map prices the models it knows
+
+                if model in litellm.model_cost or (bare and bare in litellm.model_cost):
+                    return True
+            except ImportError:
+                pass
+        elif backend in _BACKEND_PRICE_PROVIDERS:
+            provider = _BACKEND_PRICE_PROVIDERS[backend]
+        else:
+            return None
+    return PriceBook(None, provider).knows(model)
+
+
+def unpriced_models(configs: list[Any]) -> list[str]:
+    """The configured models whose calls ``max_budget`` could not count.
+
+    ``configs`` holds built clients (their ``knows_price()`` decides; a client
+    without it, such as a 0.1.x-style one that reports its own cost, passes) or
+    ``(backend, backend_kwargs)`` pairs for clients not built yet.
+    """
+    missing: list[str] = []
+    for config in configs:
+        if isinstance(config, tuple) and len(config) == 2:
+            backend, kwargs = config
+            kwargs = dict(kwargs or {})
+            known = _spec_knows_price(backend, kwargs)
+            name = str(kwargs.get("model_name") or f"<{backend} default model>")
+        else:
+            knows = getattr(config, "knows_price", None)
+            known = knows() if callable(knows) else None
+            name = str(getattr(config, "model_name", None) or type(config).__name__)
+        if known is False and name not in missing:
+            missing.append(name)
+    return missing
+
+
+def check_budget_prices(configs: list[Any], allow_unpriced: bool = False) -> None:
+    """Refuse (``ConfigurationError``) a ``max_budget`` run with a model whose price is unknown.
+
+    Call it at construction with every configured client -- the root backend and
+    each of ``other_backends`` -- as built clients or ``(backend, backend_kwargs)``
+    pairs (see :func:`unpriced_models`). ``allow_unpriced=True`` is the run-wide
+    opt-out; per model, ``backend_kwargs={"prices": {name: "unpriced"}}`` (or a
+    price) is.
+    """
+    if allow_unpriced:
+        return
+    missing = unpriced_models(configs)
+    if not missing:
+        return
+    example = missing[0]
+    raise ConfigurationError(
+        f"max_budget is set but no price is known for {', '.join(repr(m) for m in missing)}: "
+        "their calls could not be counted toward the budget. Give a price, e.g. "
+        f"backend_kwargs={{'prices': {{{example!r}: {{'input': USD_per_million, "
+        "'output': USD_per_million}}}, or opt the model out explicitly with "
+        f"backend_kwargs={{'prices': {{{example!r}: 'unpriced'}}}}"
+    )
