@@ -283,7 +283,13 @@ def test_replay_from_the_log_reproduces_the_run(recorded):
     replayed = t.replay(context=CONTEXT)
     assert replayed.response == result.response
     report = replayed.metadata["replay"]
-    assert report == {"source": str(path), "blocks": 4, "matches": True, "divergence": None}
+    assert report == {
+        "source": str(path),
+        "environment": "subprocess",  # isolated by default: the log's code is untrusted
+        "blocks": 4,
+        "matches": True,
+        "divergence": None,
+    }
     # No provider: the root model's answers came from the recording, sub-calls too.
     assert replayed.usage_summary.total_calls == 6
     # The replayed run is itself a trajectory, equal block for block.

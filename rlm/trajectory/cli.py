@@ -24,7 +24,11 @@ def _replay(args: argparse.Namespace) -> int:
             "recorded run with --context FILE_OR_DIR (or --no-context if it used none)"
         )
     replay = trajectory.replay_steps(context=context, environment=args.environment)
+    first = True
     for step in replay:
+        if first:
+            first = False
+            print(f"replaying in environment {replay.environment_used!r}", file=sys.stderr)
         if args.quiet:
             continue
         status = "ok" if step.matches else f"DIVERGES ({step.divergence.field})"
@@ -45,7 +49,10 @@ def build_replay(subparsers: Any) -> None:
         description="Re-execute the code blocks of a trajectory log in a fresh environment, "
         "answering every model call from the recording (no provider is called), and report "
         "the first block whose output differs. Exit status 0 when the replay matches, 1 when "
-        "it diverges.",
+        "it diverges. WARNING: replay EXECUTES THE CODE WRITTEN IN THE LOG FILE, and anyone "
+        "who could edit the file chose that code. By default it runs isolated: in the "
+        "recorded environment when that is isolated and available here, otherwise in "
+        "'subprocess'. Only --environment local runs it in this process.",
     )
     parser.add_argument("log", metavar="LOG", help="a trajectory log (.jsonl)")
     parser.add_argument(
@@ -61,6 +68,11 @@ def build_replay(subparsers: Any) -> None:
     parser.add_argument(
         "--run", type=int, default=-1, help="which run of a log holding several (default: last)"
     )
-    parser.add_argument("--environment", default="local", help="REPL environment (default: local)")
+    parser.add_argument(
+        "--environment",
+        default=None,
+        help="where the log's code runs (default: the recorded environment if it is isolated "
+        "and available, else subprocess; 'local' runs it in this process, unisolated)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     parser.set_defaults(handler=_replay)

@@ -8,6 +8,12 @@ prompt is not in the recording fails with a :class:`ReplayError` naming it
 (inside the REPL it becomes an ``Error:`` string, so the block's output
 differs and the replay reports a divergence there).
 
+**Replay executes the code in the file.** A log can be edited by anyone who
+can write it, so by default the code runs isolated: in the environment the run
+was recorded in when that one is isolated and can be started here, otherwise in
+``subprocess``. Running it in this process needs an explicit
+``environment="local"``.
+
 Comparison is per block: stdout (cut-aware: when the log kept only the head
 and tail of a long output, the replayed output must have that head, that
 tail and the announced length), the block's ``error`` and its final answer
@@ -20,6 +26,7 @@ import difflib
 import json
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -317,8 +324,54 @@ def _resolve_context(trajectory: Trajectory, context: Any) -> Any:
     )
 
 
+#: Where replay runs when the recorded environment is not isolated or cannot start here.
+DEFAULT_REPLAY_ENVIRONMENT = "subprocess"
+
+
+def _open_environment(
+    trajectory: Trajectory, environment: str | None, kwargs: dict[str, Any]
+) -> tuple[Any, str]:
+    """Build the environment replay runs in; returns ``(env, name)``.
+
+    A named ``environment`` is used as given (``"local"`` included: the caller
+    asked for it). ``None`` means: the recorded environment when it is isolated
+    and starts here, else :data:`DEFAULT_REPLAY_ENVIRONMENT` (which fails closed
+    with its own error when it cannot isolate).
+    """
+    from rlm.environments import IsolatedEnv, available_environments, get_environment
+
+    if environment is not None:
+        return get_environment(environment, kwargs), environment
+    recorded = trajectory.environment_type
+    if (
+        isinstance(recorded, str)
+        and recorded not in ("local", DEFAULT_REPLAY_ENVIRONMENT)
+        and recorded in available_environments()
+    ):
+        env = None
+        try:
+            env = get_environment(recorded, kwargs)
+        except Exception as exc:  # not installed, no daemon, no credentials...
+            warnings.warn(
+                f"replay: the recorded environment {recorded!r} cannot start here "
+                f"({type(exc).__name__}: {exc}); replaying in {DEFAULT_REPLAY_ENVIRONMENT!r}",
+                stacklevel=4,
+            )
+        if env is not None:
+            if isinstance(env, IsolatedEnv):
+                return env, recorded
+            env.cleanup()  # not isolated (in-process): the code from the file does not run here
+    return get_environment(DEFAULT_REPLAY_ENVIRONMENT, kwargs), DEFAULT_REPLAY_ENVIRONMENT
+
+
 class Replay:
     """An in-progress replay: iterate it for :class:`ReplayStep` objects.
+
+    Replay executes the code recorded in the trajectory. With ``environment=None``
+    (the default) it runs isolated: in the recorded environment when that is
+    isolated and available, else in ``subprocess``; ``environment="local"`` runs
+    it in this process, and only when asked for by name. ``environment_used``
+    says where it ran.
 
     After the iteration, ``final_answer``, ``divergence`` (the first one, or
     ``None``), ``usage`` and ``iterations`` (log records of the replayed run)
@@ -329,12 +382,13 @@ class Replay:
         self,
         trajectory: Trajectory,
         context: Any = ...,
-        environment: str = "local",
+        environment: str | None = None,
         environment_kwargs: dict[str, Any] | None = None,
     ):
         self.trajectory = trajectory
         self.context = _resolve_context(trajectory, context)
         self.environment = environment
+        self.environment_used: str | None = None
         self.environment_kwargs = dict(environment_kwargs or {})
         self.client = RecordingLM(trajectory)
         self.final_answer: str | None = None
@@ -359,8 +413,6 @@ class Replay:
             self.divergence = divergence
 
     def _run(self) -> Iterator[ReplayStep]:
-        from rlm.environments import get_environment
-
         start = time.perf_counter()
         handler = LMHandler(self.client)
         handler.start()
@@ -372,7 +424,9 @@ class Replay:
                 context_payload=self.context,
                 depth=self.trajectory.depth + 1,
             )
-            env = get_environment(self.environment, kwargs)
+            env, self.environment_used = _open_environment(
+                self.trajectory, self.environment, kwargs
+            )
             iterations = self.trajectory.iterations
             records_errors = any(
                 "error" in (block.raw.get("result") or {}) for block in self.trajectory.blocks
@@ -453,6 +507,7 @@ class Replay:
                 "iterations": self.iterations,
                 "replay": {
                     "source": self.trajectory.path,
+                    "environment": self.environment_used,
                     "blocks": self.steps,
                     "matches": self.divergence is None,
                     "divergence": self.divergence.to_dict() if self.divergence else None,
@@ -464,13 +519,15 @@ class Replay:
 def replay_steps(
     trajectory: Trajectory,
     context: Any = ...,
-    environment: str = "local",
+    environment: str | None = None,
     environment_kwargs: dict[str, Any] | None = None,
 ) -> Replay:
     """Step through a replay: ``for step in replay_steps(t, context=...): ...``.
 
     ``context`` is needed when the trajectory came from a log file (logs keep
     only a summary of it); a trajectory from a completion already has it.
+    The recorded code runs isolated unless ``environment="local"`` is given
+    (see :class:`Replay`).
     """
     return Replay(trajectory, context, environment, environment_kwargs)
 
@@ -478,7 +535,7 @@ def replay_steps(
 def run_replay(
     trajectory: Trajectory,
     context: Any = ...,
-    environment: str = "local",
+    environment: str | None = None,
     environment_kwargs: dict[str, Any] | None = None,
     strict: bool = False,
 ) -> tuple[RLMChatCompletion, ReplayDivergence | None]:
@@ -495,7 +552,7 @@ def run_replay(
 def replay(
     trajectory: Trajectory,
     context: Any = ...,
-    environment: str = "local",
+    environment: str | None = None,
     environment_kwargs: dict[str, Any] | None = None,
     strict: bool = False,
 ) -> RLMChatCompletion:
