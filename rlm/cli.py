@@ -27,8 +27,17 @@ Handler = Callable[[argparse.Namespace], int]
 Builder = Callable[[Any], None]  # receives the object returned by add_subparsers()
 
 
+def _safe(text: str) -> str:
+    """Text fit for a terminal: secrets redacted by value, control characters (ESC and
+    friends) shown as visible escapes, as the verbose printer does."""
+    from rlm.logger.verbose import _neutralise
+    from rlm.utils.rlm_utils import redact_text
+
+    return _neutralise(redact_text(str(text)))
+
+
 def _error(message: str) -> None:
-    print(f"rlm: error: {message}", file=sys.stderr)
+    print(f"rlm: error: {_safe(message)}", file=sys.stderr)
 
 
 def _variant_names() -> list[str]:
@@ -212,7 +221,7 @@ def _run(args: argparse.Namespace) -> int:
         # Progress goes to stderr so that stdout carries only the answer.
         rlm.verbose = VerbosePrinter(enabled=True, console=Console(stderr=True))
     result = rlm.completion(context, root_prompt=args.question)
-    print(result.response)
+    print(_safe(result.response))  # model text: no terminal escape sequences, no secrets
     usage = result.usage_summary
     print(
         f"[{result.execution_time:.1f}s, {usage.total_calls} model calls, "
