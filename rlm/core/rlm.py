@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 from rlm.clients import BaseLM, get_client
 from rlm.clients.base_lm import call_client, reports_usage_per_call
+from rlm.clients.pricing import check_budget_prices
 from rlm.core.limiter import CallLimiter
 from rlm.core.lm_handler import LMHandler
 from rlm.core.types import (
@@ -57,17 +57,23 @@ from rlm.utils.prompts import (
     build_rlm_system_prompt,
     build_user_prompt,
 )
-from rlm.utils.rlm_utils import is_sensitive_key
+from rlm.utils.rlm_utils import collect_secrets, is_sensitive_key, redact, register_secrets
 from rlm.utils.token_utils import context_window_for, count_tokens
 
 
-def _without_secrets(value: Any) -> Any:
-    """``value`` with credential-named keys removed at every level (nested headers too)."""
-    if isinstance(value, dict):
-        return {k: _without_secrets(v) for k, v in value.items() if not is_sensitive_key(str(k))}
-    if isinstance(value, (list, tuple)):
-        return [_without_secrets(v) for v in value]
-    return value
+def _loggable(value: Any) -> Any:
+    """``value`` for the log's metadata: credential-named keys dropped at every level (as
+    rlms does; ``max_tokens`` is a setting, ``api_key`` a credential), and every known
+    secret redacted by value wherever else it appears (a header, a URL, setup code)."""
+
+    def drop(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: drop(x) for k, x in v.items() if not is_sensitive_key(str(k))}
+        if isinstance(v, (list, tuple)):
+            return [drop(x) for x in v]
+        return v
+
+    return redact(drop(value))
 
 
 #: How often a wait for the root model wakes to check cancellation and the deadline (s).
@@ -302,6 +308,9 @@ class RLM:
         ):
             raise ConfigurationError("context_window must be a positive number of tokens")
 
+        # Every secret given to a client or an environment is redacted by value wherever it
+        # would be logged or printed, with or without a logger.
+        register_secrets(collect_secrets(backend_kwargs, other_backend_kwargs, environment_kwargs))
         # The log's first line, written here as rlms does when the model is named; when the
         # backend picks its own default model, at the first completion (once it is known).
         self._metadata_logged = False
@@ -339,8 +348,10 @@ class RLM:
                     f"depth_models names models no client serves: {unknown}; "
                     f"known: {sorted(str(k) for k in known)}"
                 )
-            if self.max_budget is not None:
-                self._warn_unpriced(root, others)
+            if self.max_budget is not None and self.depth == 0:
+                # A budget must count every call: refuse a model with no known price (a
+                # price, or prices={name: "unpriced"} to opt out, lifts it).
+                check_budget_prices([root, *others])
             self._client_cache = (factory, root, others)
             return root, others
 
@@ -358,19 +369,6 @@ class RLM:
     def other_clients(self) -> list[BaseLM]:
         """Clients of ``other_backends``, in order (built on first use)."""
         return self._clients()[1]
-
-    def _warn_unpriced(self, root: BaseLM, others: list[BaseLM]) -> None:
-        """max_budget only counts calls with a known cost: say so for models without a price."""
-        for client in (root, *others):
-            knows = getattr(client, "knows_price", None)
-            if knows is None or knows():
-                continue  # a 0.1.x-style client (reports its own cost) or a priced model
-            warnings.warn(
-                f"max_budget is set but no price is known for model {client.model_name!r}: its "
-                "calls will not count toward the budget. Give one with backend_kwargs={'prices': "
-                f"{{{client.model_name!r}: {{'input': USD_per_million, 'output': USD_per_million}}}}}}",
-                stacklevel=5,
-            )
 
     @staticmethod
     def _validate_numbers(**values: Any) -> None:
@@ -414,9 +412,9 @@ class RLM:
             max_depth=self.max_depth,
             max_iterations=self.max_iterations,
             backend=str(self.backend),
-            backend_kwargs=_without_secrets(self.backend_kwargs),
+            backend_kwargs=_loggable(self.backend_kwargs),
             environment_type=str(self.environment_type),
-            environment_kwargs=_without_secrets(self.environment_kwargs),
+            environment_kwargs=_loggable(self.environment_kwargs),
             other_backends=[str(b) for b in self.other_backends] if self.other_backends else None,
         )
 
