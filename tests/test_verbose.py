@@ -577,3 +577,20 @@ def test_summary_without_usage_as_rlms_allows():
     text = out.getvalue()
     assert "Iterations: 4" in text
     assert "Input tokens" not in text
+
+
+def test_registered_secrets_never_reach_the_terminal():
+    import io
+
+    from rich.console import Console
+
+    from rlm.logger.verbose import VerbosePrinter
+    from rlm.utils.rlm_utils import register_secrets
+
+    register_secrets("sk-verbose-test-secret-9f2")
+    printer = VerbosePrinter(enabled=True)
+    out = io.StringIO()
+    printer.console = Console(file=out, force_terminal=False, width=100)
+    printer.print_final_answer("leaked sk-verbose-test-secret-9f2 here")
+    assert "sk-verbose-test-secret-9f2" not in out.getvalue()
+    assert "[REDACTED]" in out.getvalue()

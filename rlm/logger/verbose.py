@@ -34,6 +34,7 @@ from rlm.core.types import (
     RLMMetadata,
     UsageSummary,
 )
+from rlm.utils.rlm_utils import redact_text
 from rlm.utils.text import truncate_end, truncate_middle
 
 # Longest single-line preview of a sub-call's prompt or response.
@@ -55,8 +56,9 @@ _CONTROL_ESCAPES[0x0D] = None
 
 
 def _neutralise(text: str) -> str:
-    """Replace terminal control characters by visible escapes (O(len(text)))."""
-    return text.translate(_CONTROL_ESCAPES)
+    """Replace terminal control characters by visible escapes (O(len(text))), and every
+    registered secret (API keys, tokens; see ``rlm.utils.rlm_utils``) by a marker."""
+    return redact_text(text).translate(_CONTROL_ESCAPES)
 
 
 def _one_line(text: str, limit: int) -> str:
