@@ -10,15 +10,22 @@ and the image default. Docker cases skip when no engine or image is here, unless
 
 from __future__ import annotations
 
+import json
 import os
-import subprocess
 import tempfile
 import threading
 
 import pytest
 
 from rlm.core.types import RLMChatCompletion, UsageSummary
-from rlm.environments.docker_repl import IMAGE_ENV_VAR, DockerREPL, DockerTransport
+from rlm.environments.docker_repl import (
+    IMAGE_ENV_VAR,
+    DockerImageError,
+    DockerREPL,
+    DockerTransport,
+    docker_client,
+    seccomp_profile,
+)
 from rlm.environments.repl_core import code_tool_source
 from rlm.utils.exceptions import ConfigurationError
 from tests.test_environments import DOCKER_IMAGE, require
@@ -52,13 +59,9 @@ def child(text: str, model: str | None = None) -> RLMChatCompletion:
 
 
 def container_exists(container_id: str) -> bool:
-    out = subprocess.run(
-        ["docker", "ps", "-a", "-q", "--no-trunc", "--filter", f"id={container_id}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    return container_id in out
+    """Asked of the engine through the SDK (the docker command may be hidden)."""
+    found = docker_client().api.containers(all=True, filters={"id": container_id})
+    return any(c["Id"] == container_id for c in found)
 
 
 # -- code-string tools: which strings are code (no engine needed) ---------------------
@@ -81,23 +84,55 @@ def test_code_tool_source_keeps_other_strings_as_data():
     assert code_tool_source("t", 42) is None
 
 
-def test_transport_keeps_every_hardening_flag_and_adds_the_cidfile(tmp_path):
-    transport = DockerTransport(image="img", cid_dir=str(tmp_path))
-    transport._cidfile = str(tmp_path / "c.cid")
-    argv = transport.argv("rlm-test")
-    joined = " ".join(argv)
-    for flag in (
-        "--network none",
-        "--read-only",
-        "--cap-drop ALL",
-        "--security-opt no-new-privileges",
-        "--user 65534:65534",
-        "--pids-limit 64",
-        "--memory 2048m",
-    ):
-        assert flag in joined
-    assert argv[argv.index("--cidfile") + 1] == str(tmp_path / "c.cid")
-    assert "-v" not in argv and "--volume" not in argv and "--mount" not in argv
+class _Api:
+    """Only what host_config() calls: the SDK's own create_host_config (no engine)."""
+
+    def __init__(self):
+        from docker.api.client import APIClient
+
+        self._real = APIClient(base_url="unix:///nonexistent.sock", version="1.41")
+
+    def create_host_config(self, **kwargs):
+        return self._real.create_host_config(**kwargs)
+
+
+class _Client:
+    def __init__(self):
+        self.api = _Api()
+
+
+def test_host_config_keeps_every_hardening_layer_and_mounts_nothing():
+    config = DockerTransport(client=_Client(), image="img").host_config()
+    assert config["NetworkMode"] == "none"
+    assert config["ReadonlyRootfs"] is True
+    assert config["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in config["SecurityOpt"]
+    assert config["Memory"] == config["MemorySwap"] == 2048 * 1024 * 1024
+    assert config["NanoCpus"] == 1_000_000_000
+    assert config["PidsLimit"] == 64
+    assert set(config["Tmpfs"]) == {"/work", "/tmp"}
+    assert config["LogConfig"]["Type"] == "none"
+    assert not config.get("Binds") and not config.get("Mounts")
+    (profile,) = [o for o in config["SecurityOpt"] if o.startswith("seccomp=")]
+    assert json.loads(profile.removeprefix("seccomp=")) == json.loads(seccomp_profile())
+
+
+def test_seccomp_profile_refuses_io_uring_namespaces_and_tracing():
+    profile = json.loads(seccomp_profile())
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    allowed = set(profile["syscalls"][0]["names"])
+    assert {"read", "write", "execve", "futex", "mmap"} <= allowed
+    for refused in ("io_uring_setup", "io_uring_enter", "unshare", "setns", "ptrace", "mount"):
+        assert refused not in allowed
+    (clone,) = [r for r in profile["syscalls"] if r["names"] == ["clone"]]
+    assert clone["args"][0]["op"] == "SCMP_CMP_MASKED_EQ" and clone["args"][0]["valueTwo"] == 0
+
+
+def test_cli_only_options_are_refused_with_the_replacement():
+    with pytest.raises(ValueError, match="base_url"):
+        DockerREPL(docker="podman")
+    with pytest.raises(ValueError, match="host_config"):
+        DockerREPL(run_args=["--privileged"])
 
 
 # -- construction ------------------------------------------------------------------------
@@ -321,5 +356,11 @@ def test_a_code_tool_that_fails_in_the_container_answers_with_its_error(docker):
 def test_a_missing_image_says_how_to_build_one(docker):
     from rlm.environments.isolated import WorkerError
 
-    with pytest.raises(WorkerError, match="scripts/docker_image.sh"):
-        docker(image="rlm-no-such-image:never-built")
+    with pytest.raises(DockerImageError, match="scripts/docker_image.sh") as info:
+        docker(image="rlm-no-such-image:never-built", pull=False)
+    assert "'rlm-no-such-image:never-built'" in str(info.value)
+    assert "\n" not in str(info.value)
+    # rlms raised RuntimeError for a container that did not start; a wrong image is also a
+    # configuration error (ValueError) and a WorkerError.
+    assert isinstance(info.value, (RuntimeError)) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, WorkerError)

@@ -12,7 +12,6 @@ Docker cases skip with the reason when no engine or image is here, unless
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 
 import pytest
@@ -31,15 +30,11 @@ _docker_reason: list[str | None] = []
 def docker_unavailable() -> str | None:
     """Why the docker cases cannot run here, or None."""
     if not _docker_reason:
-        from rlm.environments.docker_repl import docker_available
+        from rlm.environments.docker_repl import docker_available, image_available
 
         why = docker_available()
-        if why is None:
-            probe = subprocess.run(
-                ["docker", "image", "inspect", DOCKER_IMAGE], capture_output=True, check=False
-            )
-            if probe.returncode != 0:
-                why = f"image {DOCKER_IMAGE} is not built (run scripts/docker_image.sh)"
+        if why is None and not image_available(DOCKER_IMAGE):
+            why = f"image {DOCKER_IMAGE} is not built (run scripts/docker_image.sh)"
         _docker_reason.append(why)
     return _docker_reason[0]
 
