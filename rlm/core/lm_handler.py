@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import os
 import secrets
 import socket
@@ -44,6 +43,7 @@ from rlm.core.comms_utils import (
     HandlerAddress,
     LMRequest,
     LMResponse,
+    decode_payload,
     recv_frame_bytes,
     register_handler_token,
     socket_send,
@@ -423,11 +423,9 @@ class LMHandler:
         ``"malformed"`` or ``"ok"``.
         """
         try:
-            data = json.loads(payload)
-        except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting
-            return LMResponse.error_response(f"Malformed request: not UTF-8 JSON ({exc})"), (
-                "malformed"
-            )
+            data = decode_payload(payload)
+        except ProtocolError as exc:  # bad UTF-8, bad JSON, absurd nesting
+            return LMResponse.error_response(f"Malformed request: {exc}"), "malformed"
         if not isinstance(data, dict):
             return LMResponse.error_response(
                 "Malformed request: a request must be a JSON object"
