@@ -20,42 +20,36 @@ the helpers below use it, or the token of a handler started in this process,
 or the ``RLM_LM_HANDLER_TOKEN`` environment variable, in that order. So callers
 need nothing new.
 
-Every frame read checks the announced length against a cap before anything
-is allocated (:func:`check_frame_length`, used by every reader here and by
-:func:`read_frame` for other channels).
+The frames themselves are encoded and read by :mod:`rlm.core.frames`, the
+one codec shared with the isolated environments' driver and worker: every
+frame read checks the announced length against a cap before anything is
+allocated. Its names (``encode_frame``, ``read_frame``, ``check_frame_length``,
+``FrameTooLargeError``...) stay importable from here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import struct
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rlm.core.frames import (  # noqa: F401 - the codec's names stay importable from here
+    MAX_FRAME_BYTES,
+    FrameTooLargeError,
+    check_frame_length,
+    decode_payload,
+    encode_frame,
+    read_frame,
+)
 from rlm.core.types import RLMChatCompletion
 from rlm.utils.exceptions import ProtocolError
 
-#: Largest frame either side accepts (bytes). Big enough for a 100 MB prompt.
-MAX_FRAME_BYTES = 512 * 1024 * 1024
 #: Largest frame a handler reads on a connection whose token it has not checked yet.
 MAX_PREAUTH_FRAME_BYTES = 64 * 1024
 #: Environment variable the helpers read the handler token from, when nothing else gives it.
 TOKEN_ENV_VAR = "RLM_LM_HANDLER_TOKEN"
-
-_HEADER = struct.Struct(">I")
-
-
-class FrameTooLargeError(ProtocolError):
-    """A frame's announced length is over the reader's cap (nothing was allocated for it)."""
-
-    def __init__(self, length: int, limit: int, what: str = "the maximum"):
-        super().__init__(f"Frame of {length:,} bytes exceeds {what} of {limit:,} bytes")
-        self.length = length
-        self.limit = limit
 
 
 class HandlerAddress(tuple):
@@ -230,62 +224,19 @@ def _completion_from(data: Any) -> RLMChatCompletion:
 # ---------------------------------------------------------------------------
 
 
-def encode_frame(data: Any) -> bytes:
-    text = json.dumps(data, ensure_ascii=False, default=repr)
-    try:
-        payload = text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates (e.g. surrogateescape-decoded text)
-        payload = json.dumps(data, ensure_ascii=True, default=repr).encode("ascii")
-    if len(payload) > MAX_FRAME_BYTES:
-        raise FrameTooLargeError(len(payload), MAX_FRAME_BYTES)
-    return _HEADER.pack(len(payload)) + payload
-
-
 def socket_send(sock: socket.socket, data: Any) -> None:
     """Send one length-prefixed JSON frame."""
     sock.sendall(encode_frame(data))
-
-
-def check_frame_length(header: bytes | bytearray, max_bytes: int | None = None) -> int:
-    """Decode a 4-byte frame header; raise :class:`FrameTooLargeError` over the cap.
-
-    The one check every frame reader runs before it allocates the payload.
-    """
-    if len(header) != _HEADER.size:
-        raise ProtocolError(f"Frame header of {len(header)} bytes; expected {_HEADER.size}")
-    (length,) = _HEADER.unpack(header)
-    limit = MAX_FRAME_BYTES if max_bytes is None else max_bytes
-    if length > limit:
-        raise FrameTooLargeError(length, limit)
-    return length
-
-
-def read_frame(
-    read_exact: Callable[[int], bytes | bytearray | None], max_bytes: int | None = None
-) -> bytes | bytearray | None:
-    """One frame's payload from any channel with ``read_exact(n)`` (``None`` at a clean end).
-
-    The length is checked against ``max_bytes`` (default :data:`MAX_FRAME_BYTES`)
-    before the payload is read; a stream that ends inside a frame raises
-    ``ConnectionError``.
-    """
-    header = read_exact(_HEADER.size)
-    if header is None:
-        return None
-    length = check_frame_length(header, max_bytes)
-    payload = read_exact(length) if length else b""
-    if payload is None or len(payload) != length:
-        raise ConnectionError(f"Channel closed inside a frame of {length:,} bytes")
-    return payload
 
 
 #: Frames up to this size are first read with one plain recv() (the common case).
 _SMALL_FRAME = 1 << 16
 
 
-def _recv_exact(sock: socket.socket, n: int, *, at_start: bool = False) -> bytes | bytearray | None:
-    """Read exactly ``n`` bytes: one ``recv`` when it delivers them all (small frames),
-    else into one preallocated buffer (linear time for any size)."""
+def _recv_exact(sock: socket.socket, n: int) -> bytes | bytearray | None:
+    """Read exactly ``n`` bytes (``None`` when the peer closed before the first): one
+    ``recv`` when it delivers them all (small frames), else into one preallocated buffer
+    (linear time for any size)."""
     if n == 0:
         return b""
     got = 0
@@ -295,9 +246,7 @@ def _recv_exact(sock: socket.socket, n: int, *, at_start: bool = False) -> bytes
         if len(first) == n:
             return first
         if not first:
-            if at_start:
-                return None
-            raise ConnectionError(f"Connection closed after 0 of {n} bytes")
+            return None
         got = len(first)
     buf = bytearray(n)
     buf[:got] = first
@@ -305,7 +254,7 @@ def _recv_exact(sock: socket.socket, n: int, *, at_start: bool = False) -> bytes
     while got < n:
         k = sock.recv_into(view[got:], min(n - got, 1 << 22))
         if k == 0:
-            if at_start and got == 0:
+            if got == 0:
                 return None
             raise ConnectionError(f"Connection closed after {got} of {n} bytes")
         got += k
@@ -318,18 +267,7 @@ def recv_frame_bytes(sock: socket.socket, max_bytes: int | None = None) -> bytes
     The announced length is checked (:func:`check_frame_length`) before the
     payload is read or allocated; over the cap, :class:`FrameTooLargeError`.
     """
-    header = _recv_exact(sock, _HEADER.size, at_start=True)
-    if header is None:
-        return None
-    return _recv_exact(sock, check_frame_length(header, max_bytes))
-
-
-def decode_payload(payload: bytes | bytearray) -> Any:
-    """Parse a frame's UTF-8 JSON; :class:`ProtocolError` when it is not."""
-    try:
-        return json.loads(payload)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError(f"Frame is not valid UTF-8 JSON: {exc}") from exc
+    return read_frame(lambda n: _recv_exact(sock, n), max_bytes)
 
 
 def socket_recv(sock: socket.socket, max_bytes: int | None = None) -> Any:

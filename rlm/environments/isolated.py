@@ -9,8 +9,9 @@ sandbox only starts a process, moves bytes and stops it.
 
 The driver
 
-* ships ``repl_core.py`` and ``worker.py`` as the first frame (the sandbox
-  needs nothing installed: :data:`BOOTSTRAP` loads them from that frame);
+* ships ``frames.py`` (the codec), ``repl_core.py`` and ``worker.py`` as the first
+  frame (the sandbox needs nothing installed: :data:`BOOTSTRAP` loads them from
+  that frame);
 * sends each context once, as data;
 * serves the worker's ``llm_query``/``llm_query_batched``/``rlm_query*`` calls
   by relaying them to the LM handler (``send_lm_request*`` attach the
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import inspect
 import itertools
 import json
 import os
@@ -37,7 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from rlm.core.comms_utils import encode_frame
+from rlm.core import frames
+from rlm.core.frames import FrameTooLargeError, decode_payload, encode_frame, read_frame
 from rlm.core.types import REPLResult
 from rlm.environments.base_env import (
     IsolatedEnv,
@@ -47,18 +48,22 @@ from rlm.environments.base_env import (
 )
 from rlm.environments.local_repl import DEFAULT_CELL_TIMEOUT, _Channel, _make_helpers
 from rlm.environments.repl_core import DEFAULT_MAX_OUTPUT_CHARS
-from rlm.utils.exceptions import ConfigurationError
+from rlm.utils.exceptions import ConfigurationError, ProtocolError
 
 _HERE = Path(__file__).resolve().parent
 
-#: Run with ``python3 -c BOOTSTRAP``: reads the first frame (``{"repl_core": source,
-#: "rlm_worker": source}``) from stdin, loads both as modules and serves.
+#: The most the bootstrap reads as its first frame (the sources, about 100 KB).
+MAX_SOURCES_BYTES = 16 * 1024 * 1024
+#: Run with ``python3 -c BOOTSTRAP``: reads the first frame (``{"rlm_frames": source,
+#: "repl_core": source, "rlm_worker": source}``) from stdin, its length checked before
+#: it is read, loads the three as modules and serves.
 BOOTSTRAP = (
     "import sys,json,struct,types\n"
     "r=sys.stdin.buffer\n"
     "n=struct.unpack('>I',r.read(4))[0]\n"
+    f"if n>{MAX_SOURCES_BYTES}:sys.exit('rlm bootstrap: first frame too large')\n"
     "m=json.loads(r.read(n))\n"
-    "for k in ('repl_core','rlm_worker'):\n"
+    "for k in ('rlm_frames','repl_core','rlm_worker'):\n"
     "    mod=types.ModuleType(k);mod.__file__=k+'.py';sys.modules[k]=mod\n"
     "    exec(compile(m[k],k+'.py','exec'),mod.__dict__)\n"
     "sys.modules['rlm_worker'].main()\n"
@@ -76,10 +81,11 @@ _sources: dict[str, str] | None = None
 
 
 def worker_sources() -> dict[str, str]:
-    """The two files the sandbox runs, read once from the installed package."""
+    """The three files the sandbox runs, read once from the installed package."""
     global _sources
     if _sources is None:
         _sources = {
+            "rlm_frames": Path(frames.__file__).read_text(encoding="utf-8"),
             "repl_core": (_HERE / "repl_core.py").read_text(encoding="utf-8"),
             "rlm_worker": (_HERE / "worker.py").read_text(encoding="utf-8"),
         }
@@ -88,10 +94,6 @@ def worker_sources() -> dict[str, str]:
 
 class WorkerError(RuntimeError):
     """The worker could not be started or stopped answering."""
-
-
-class ProtocolError(ValueError):
-    """A frame from the worker broke the protocol (too large, not JSON, wrong shape)."""
 
 
 def _check_result(message: Any, kind: str) -> str | None:
@@ -177,18 +179,8 @@ class ProcessChannel:
     def stderr_tail(self) -> str:
         return b"".join(self._tail)[-self._keep :].decode("utf-8", "replace")
 
-    def read_exact(self, n: int) -> bytes | None:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            k = self._in.readinto(view[got:])
-            if not k:
-                if got == 0:
-                    return None
-                raise ConnectionError(f"worker channel closed after {got} of {n} bytes")
-            got += k
-        return buf
+    def read_exact(self, n: int) -> bytes | bytearray | None:
+        return frames.stream_read_exact(self._in, n)
 
     def write(self, data: bytes) -> None:
         self._out.write(data)
@@ -398,7 +390,9 @@ class IsolatedREPL(IsolatedEnv):
         )
 
     def _send(self, message: dict[str, Any]) -> None:
-        data = encode_frame(message)
+        self._send_bytes(encode_frame(message))  # the worker reads up to MAX_FRAME_BYTES
+
+    def _send_bytes(self, data: bytes) -> None:
         chan = self._chan
         if chan is None:
             raise WorkerError("the worker is not running")
@@ -409,6 +403,13 @@ class IsolatedREPL(IsolatedEnv):
         try:
             self._send(message)
             return True
+        except (OSError, ValueError, WorkerError):  # ValueError: a ProtocolError too
+            return False
+
+    def _try_send_bytes(self, data: bytes) -> bool:
+        try:
+            self._send_bytes(data)
+            return True
         except (OSError, ValueError, WorkerError):
             return False
 
@@ -416,19 +417,11 @@ class IsolatedREPL(IsolatedEnv):
         why = "the worker closed its channel"
         try:
             while True:
-                header = chan.read_exact(4)
-                if header is None:
-                    break
-                length = int.from_bytes(header, "big")
-                if length > MAX_WORKER_FRAME_BYTES:  # checked before anything is allocated
-                    raise ProtocolError(
-                        f"a frame of {length:,} bytes exceeds the limit of "
-                        f"{MAX_WORKER_FRAME_BYTES:,} bytes"
-                    )
-                payload = chan.read_exact(length)
+                # The length is checked before anything is allocated.
+                payload = read_frame(chan.read_exact, MAX_WORKER_FRAME_BYTES, "the limit")
                 if payload is None:
                     break
-                message = json.loads(payload)
+                message = decode_payload(payload)
                 if not isinstance(message, dict):
                     raise ProtocolError(f"a frame holds a JSON {type(message).__name__}")
                 kind = message.get("type")
@@ -487,7 +480,12 @@ class IsolatedREPL(IsolatedEnv):
             json.dumps(reply.get("value"))
         except (TypeError, ValueError):
             reply["value"] = repr(reply.get("value"))
-        self._try_send(reply)
+        try:
+            data = encode_frame(reply)
+        except FrameTooLargeError as exc:  # the worker would refuse it: say so instead
+            label = f"tool {message.get('name')}" if op == "tool" else op
+            data = encode_frame({**reply, "value": None, "error": f"{label} failed: {exc}"})
+        self._try_send_bytes(data)
 
     def _request(self, message: dict[str, Any], wait: float | None) -> dict[str, Any] | None:
         """Send a request with a fresh id; its answer, or None (no answer in time, or dead)."""
@@ -646,11 +644,6 @@ class IsolatedREPL(IsolatedEnv):
             with self._state_lock:
                 for slot in self._waiting.values():
                     slot[0].set()
-
-
-def accepted_kwargs(cls: type) -> list[str]:
-    """The keyword arguments ``cls.__init__`` accepts (for error messages)."""
-    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
 
 
 def scrubbed_env(home: str, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -1,9 +1,9 @@
 """The sandbox worker: one REPL namespace behind one framed channel.
 
 This program runs inside every isolated environment (a subprocess, a Docker
-container, a cloud sandbox). It imports only the standard library and
-``repl_core`` (shipped next to it), so any ``python3`` can run it; nothing is
-installed at start. The host side is ``rlm.environments.isolated``.
+container, a cloud sandbox). It imports only the standard library, ``repl_core``
+and ``rlm_frames`` (the frame codec, :mod:`rlm.core.frames`), both shipped next to
+it, so any ``python3`` can run it; nothing is installed at start. The host side is ``rlm.environments.isolated``.
 
 The channel is the process's stdin (host -> worker) and stdout (worker ->
 host), carrying frames of a 4-byte big-endian length followed by UTF-8 JSON
@@ -36,21 +36,20 @@ and ``call`` ``{id, op, args, kwargs}`` where ``op`` is ``llm_query``,
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import queue
-import struct
 import sys
 import threading
 from typing import Any
 
 try:  # inside a sandbox: shipped next to this file
     import repl_core  # type: ignore[import-not-found]
+    import rlm_frames  # type: ignore[import-not-found]
 except ImportError:  # imported from the installed package (tests, tools)
+    from rlm.core import frames as rlm_frames
     from rlm.environments import repl_core
 
-_HEADER = struct.Struct(">I")
-MAX_FRAME_BYTES = 512 * 1024 * 1024
+MAX_FRAME_BYTES = rlm_frames.MAX_FRAME_BYTES
 #: The host reads at most this much per frame (rlm.environments.isolated.MAX_WORKER_FRAME_BYTES).
 MAX_SEND_BYTES = 128 * 1024 * 1024
 SUMMARY_CHARS = 200
@@ -64,42 +63,15 @@ class Channel:
         self._out = os.fdopen(fd_out, "wb", buffering=0)
         self._write_lock = threading.Lock()
 
-    def _read_exact(self, n: int) -> bytearray | None:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            k = self._in.readinto(view[got:])
-            if not k:
-                return None
-            got += k
-        return buf
-
     def recv(self) -> Any:
-        """The next message, or None when the host closed the channel."""
-        header = self._read_exact(_HEADER.size)
-        if header is None:
-            return None
-        (length,) = _HEADER.unpack(header)
-        if length > MAX_FRAME_BYTES:
-            raise ValueError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
-        payload = self._read_exact(length)
-        if payload is None:
-            return None
-        return json.loads(payload)
+        """The next message, or None when the host closed the channel (between frames)."""
+        payload = rlm_frames.read_frame(
+            lambda n: rlm_frames.stream_read_exact(self._in, n), MAX_FRAME_BYTES
+        )
+        return None if payload is None else rlm_frames.decode_payload(payload)
 
     def send(self, message: dict[str, Any]) -> None:
-        text = json.dumps(message, ensure_ascii=False, default=repr)
-        try:
-            payload = text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates
-            payload = json.dumps(message, ensure_ascii=True, default=repr).encode("ascii")
-        if len(payload) > MAX_SEND_BYTES:
-            raise ValueError(
-                f"a message of {len(payload):,} bytes exceeds the host's limit of "
-                f"{MAX_SEND_BYTES:,} bytes"
-            )
-        data = _HEADER.pack(len(payload)) + payload
+        data = rlm_frames.encode_frame(message, MAX_SEND_BYTES, "the host's limit")
         with self._write_lock:
             view = memoryview(data)
             while view:

@@ -97,8 +97,9 @@ class CancellationError(RLMError):
         super().__init__(message or "Execution cancelled by user")
 
 
-class ProtocolError(RLMError):
-    """A frame on the LM handler socket was malformed, too large, or cut short."""
+class ProtocolError(RLMError, ValueError):
+    """A frame (on the LM handler socket or a worker channel) was malformed, too large,
+    or cut short. Also a ``ValueError``, as the worker channel's errors always were."""
 
 
 class ConfigurationError(RLMError, ValueError):
