@@ -20,6 +20,7 @@ import os
 import threading
 from abc import ABCMeta
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ from rlm.utils.token_utils import count_tokens
 DEFAULT_TIMEOUT: float = 300.0
 
 Messages = list[dict[str, Any]]
+#: ``on_token(text)``: called with each piece of a streamed answer.
+OnToken = Callable[[str], Any]
 
 
 @dataclass
@@ -213,6 +216,11 @@ class BaseLM(metaclass=_LMMeta):
     async def _agenerate(self, messages: Messages, model: str | None = None) -> Generation:
         return await asyncio.to_thread(self._generate, messages, model)
 
+    def _stream(self, messages: Messages, model: str | None, on_token: OnToken) -> Generation:
+        """Optional: like ``_generate``, calling ``on_token(text)`` with each piece of the
+        answer as the provider sends it; returns the whole call's Generation (text, usage)."""
+        raise NotImplementedError(f"{type(self).__name__} does not stream")
+
     # -- shared machinery -------------------------------------------------------
 
     @classmethod
@@ -220,8 +228,24 @@ class BaseLM(metaclass=_LMMeta):
         """Whether this client returns per-call usage (new-style) or only text (0.1.x style)."""
         return cls._generate is not BaseLM._generate
 
+    @classmethod
+    def supports_streaming(cls) -> bool:
+        """Whether this client implements ``_stream`` (root tokens as they arrive)."""
+        return cls._stream is not BaseLM._stream
+
     def generate(self, prompt: Any, model: str | None = None) -> Generation:
         generation = self._priced(self._generate(to_messages(prompt), model))
+        self._record(generation)
+        return generation
+
+    def generate_stream(
+        self, prompt: Any, on_token: OnToken, model: str | None = None
+    ) -> Generation:
+        """``generate`` streamed through ``on_token`` (the same Generation at the end);
+        a client that cannot stream answers in one piece, without calling ``on_token``."""
+        if not type(self).supports_streaming():
+            return self.generate(prompt, model)
+        generation = self._priced(self._stream(to_messages(prompt), model, on_token))
         self._record(generation)
         return generation
 
@@ -285,11 +309,14 @@ def _legacy_generation(client: Any, text: str) -> Generation:
     )
 
 
-def call_client(client: Any, prompt: Any) -> Generation:
+def call_client(client: Any, prompt: Any, on_token: OnToken | None = None) -> Generation:
     """One call on any client: new-style clients report their own usage; for the others
     (0.1.x-style subclasses, duck-typed objects) the text comes from ``completion()``
-    and the usage from ``get_last_usage()``."""
+    and the usage from ``get_last_usage()``. With ``on_token``, a client that streams is
+    streamed."""
     if reports_usage_per_call(client):
+        if on_token is not None:
+            return client.generate_stream(prompt, on_token)
         return client.generate(prompt)
     return _legacy_generation(client, client.completion(prompt))
 

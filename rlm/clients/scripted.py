@@ -20,6 +20,7 @@ Use it through ``RLM(backend="scripted", backend_kwargs={...})``.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -116,6 +117,13 @@ class ScriptedLM(BaseLM):
         if self.delay:
             time.sleep(self.delay)
         return self._answer(messages, model)
+
+    def _stream(self, messages: Messages, model: str | None, on_token: Any) -> Generation:
+        """The scripted answer sent in word-sized pieces (for tests of streaming)."""
+        generation = self._generate(messages, model)
+        for piece in re.findall(r"\S+\s*|\s+", generation.text):
+            on_token(piece)
+        return generation
 
     async def _agenerate(self, messages: Messages, model: str | None = None) -> Generation:
         if self.delay:

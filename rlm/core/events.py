@@ -13,14 +13,15 @@ a ``"type"`` key (big values are previews, never whole contexts).
 The contract, in the order a run emits them::
 
     run_started
+      compaction_status? compacted?  (before an iteration, with compaction=True)
       iteration_started
         root_token*                  (as the root model streams, when it can)
         cell_started  cell_output*  cell_finished       (per code block)
         subcall_started ... subcall_finished            (llm_query, each batch item,
                                                          rlm_query: a child run's own
                                                          events nest in between)
-        limit_warning*  compacted?
       iteration_finished
+      limit_warning*                 (a limit past 80% after an iteration, once per limit)
       ...
       limit_stopped?  final_answer?
     run_finished                     (carries the RLMChatCompletion, or the error)
@@ -67,7 +68,15 @@ class Event:
         return out
 
 
-_PREVIEWED = {"prompt_preview", "code", "text", "response", "answer", "message"}
+_PREVIEWED = {
+    "prompt_preview",
+    "response_preview",
+    "code",
+    "text",
+    "response",
+    "answer",
+    "message",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +86,15 @@ class RunStarted(Event):
     environment: str
     max_iterations: int
     prompt_preview: str = ""
+    backend: str = ""
+    max_depth: int = 1
+    context_type: str = ""
+    context_length: Any = 0
+    other_backends: list[str] | None = None
+    #: The run's ``RLMMetadata`` (what the logger writes as its first line).
+    metadata: Any = None
+    #: ``env.isolation`` of the run's environment, when it reports one.
+    isolation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +106,9 @@ class RunFinished(Event):
     result: Any = None
     error: str | None = None
     execution_time: float = 0.0
+    iterations: int = 0
+    #: ``UsageSummary`` of the whole subtree so far (also set when the run failed).
+    usage: Any = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +123,8 @@ class IterationFinished(Event):
     type: ClassVar[str] = "iteration_finished"
     record: Any = None
     iteration_time: float = 0.0
+    #: True for the answer-forcing turn after ``max_iterations`` (logged; no callbacks).
+    forced_answer: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,6 +183,7 @@ class SubcallFinished(Event):
     output_tokens: int = 0
     cost: float | None = None
     child_run_id: str | None = None
+    response_preview: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,8 +200,20 @@ class LimitWarning(Event):
 @dataclass(frozen=True, kw_only=True)
 class LimitStopped(Event):
     type: ClassVar[str] = "limit_stopped"
-    limit: str
+    limit: str  # "budget", "tokens", "timeout", "errors", "cancelled"
     message: str = ""
+    used: float | None = None
+    maximum: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompactionStatus(Event):
+    """The history's size, measured before each iteration of a run with compaction."""
+
+    type: ClassVar[str] = "compaction_status"
+    tokens: int
+    threshold: int
+    window: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,6 +246,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SubcallFinished,
         LimitWarning,
         LimitStopped,
+        CompactionStatus,
         Compacted,
         FinalAnswer,
     )

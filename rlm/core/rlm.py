@@ -8,16 +8,21 @@ and returns the answer the model submits, as an :class:`RLMChatCompletion`.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from rlm.clients import BaseLM, get_client
 from rlm.clients.base_lm import call_client, reports_usage_per_call
 from rlm.clients.pricing import check_budget_prices
+from rlm.core import events as ev
+from rlm.core import ledger
 from rlm.core.limiter import CallLimiter
 from rlm.core.lm_handler import LMHandler
+from rlm.core.observers import Callbacks
+from rlm.core.run import Run, Subscriber, Tree, new_run_id
 from rlm.core.types import (
     ClientBackend,
     CodeBlock,
@@ -38,15 +43,7 @@ from rlm.environments import (
     validate_custom_tools,
 )
 from rlm.logger import RLMLogger, VerbosePrinter
-from rlm.utils.exceptions import (
-    BudgetExceededError,
-    CancellationError,
-    ConfigurationError,
-    ErrorThresholdExceededError,
-    LimitExceededError,
-    TimeoutExceededError,
-    TokenLimitExceededError,
-)
+from rlm.utils.exceptions import CancellationError, ConfigurationError, LimitExceededError
 from rlm.utils.parsing import find_code_blocks, find_final_answer, format_iteration
 from rlm.utils.prompts import (
     COMPACTION_NOTE,
@@ -91,75 +88,12 @@ def _error_completion(model: str, prompt: Any, message: str, start: float) -> RL
     )
 
 
-def _fire(callback: Callable[..., Any] | None, *args: Any) -> None:
-    """Call a user callback; a callback that raises never breaks the run."""
-    if callback is None:
-        return
-    try:
-        callback(*args)
-    except Exception:
-        pass
+#: rlms-era name of the run state (tests and tools import it from here).
+_Run = Run
 
 
-class _Run:
-    """The state of one completion() call (so concurrent calls on one RLM do not mix).
-
-    A child RLM's run points at its parent's: cancellation and deadlines flow
-    down the tree, and limit checks walk up it.
-    """
-
-    def __init__(self, rlm: RLM, parent: _Run | None = None):
-        self.rlm = rlm
-        self.parent = parent
-        self.start = time.perf_counter()
-        own = self.start + rlm.max_timeout if rlm.max_timeout is not None else None
-        inherited = parent.deadline if parent is not None else None
-        self.deadline = (
-            min(d for d in (own, inherited) if d is not None) if (own or inherited) else None
-        )
-        self.cancelled = threading.Event()
-        self.best_partial: str | None = None
-        self.consecutive_errors = 0
-        self.last_error: str | None = None
-        self.iteration = 0
-        self.handler: LMHandler | None = None
-        self.env: BaseEnv | None = None
-        # Size of the root history as last measured by the provider (for compaction).
-        self.measured_tokens: int | None = None
-        self.measured_messages = 0
-        self.last_root_usage: UsageSummary | None = None
-        self.children: set[_Run] = set()
-        self.children_lock = threading.Lock()
-
-    def chain(self) -> list[_Run]:
-        runs, node = [], self
-        while node is not None:
-            runs.append(node)
-            node = node.parent
-        return runs
-
-    def is_cancelled(self) -> bool:
-        return any(r.cancelled.is_set() for r in self.chain())
-
-    def cancel(self) -> None:
-        """Cancel from another thread: later checks raise, and the running cells of this
-        run and of every live child run are stopped."""
-        self.cancelled.set()
-        env = self.env
-        if env is not None:
-            env.interrupt()
-        with self.children_lock:
-            children = list(self.children)
-        for child in children:
-            child.cancel()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def remaining(self) -> float | None:
-        if self.deadline is None:
-            return None
-        return self.deadline - time.perf_counter()
+def _text_of(prompt: Any) -> str:
+    return prompt if isinstance(prompt, str) else repr(prompt)[: ev.PREVIEW_CHARS]
 
 
 class RLM:
@@ -299,10 +233,12 @@ class RLM:
         self._persistent_env: BaseEnv | None = None
         self._persistent_lock = threading.Lock()
         # The run whose REPL a persistent environment's subcall_fn serves.
-        self._persistent_run: _Run | None = None
+        self._persistent_run: Run | None = None
+        # Subscribers of every event of this RLM's runs (children's too): see subscribe().
+        self._subscribers: list[Subscriber] = []
         # rlms' private seams, kept for code (and tests) that use them.
         self._completion_start_time: float | None = None
-        self._compat_run: _Run | None = None
+        self._compat_run: Run | None = None
         if context_window is not None and (
             not isinstance(context_window, int) or context_window < 1
         ):
@@ -432,35 +368,16 @@ class RLM:
             handler.attach_to(parent)  # one usage tree, one concurrency cap
         for client in others:
             handler.register_client(client.model_name, client)
-        handler.guard = lambda request: self._refusal(run)
+        handler.guard = lambda request: ledger.refusal(run)
         # The child's depth is decided here, from this run, never from the request.
         handler.subcall_fn = lambda prompt, model, _depth: self._subcall(prompt, model, _run=run)
+        if run.listening:
+            handler.call_observer = _call_observer(run)
         run.handler = handler
         return handler
 
-    @staticmethod
-    def _refusal(run: _Run) -> str | None:
-        """Why a model call must not start now (a limit of this run or an ancestor is spent).
-        The texts are rlms' (``Error: Timeout exhausted (...)``) after the ``Error: `` prefix."""
-        for node in run.chain():
-            cfg, handler = node.rlm, node.handler
-            if node.cancelled.is_set():
-                return "Cancelled (the run was cancelled)"
-            remaining = node.remaining()
-            if remaining is not None and remaining <= 0:
-                limit = (node.deadline or 0.0) - node.start
-                return f"Timeout exhausted ({node.elapsed():.1f}s of {limit:.1f}s)"
-            if handler is None or (cfg.max_budget is None and cfg.max_tokens is None):
-                continue
-            usage = handler.get_usage_summary()
-            cost = usage.total_cost or 0.0
-            if cfg.max_budget is not None and cost >= cfg.max_budget:
-                return f"Budget exhausted (spent ${cost:.6f} of ${cfg.max_budget:.6f})"
-            if cfg.max_tokens is not None and usage.total_tokens >= cfg.max_tokens:
-                return (
-                    f"Token limit exhausted ({usage.total_tokens:,} of {cfg.max_tokens:,} tokens)"
-                )
-        return None
+    # rlms-era seam: the refusal texts now live in the ledger.
+    _refusal = staticmethod(ledger.refusal)
 
     def _configured_models(self, run: _Run) -> set[str]:
         """Model names model code may choose: the root, other_backends and depth_models."""
@@ -480,17 +397,7 @@ class RLM:
         child_backend_kwargs = dict(self.backend_kwargs)
         if model is not None:
             child_backend_kwargs["model_name"] = model
-        usage = run.handler.get_usage_summary() if run.handler is not None else None
-        budget = tokens = timeout = None
-        if self.max_budget is not None:
-            spent = (usage.total_cost or 0.0) if usage is not None else 0.0
-            budget = max(self.max_budget - spent, 1e-12)
-        if self.max_tokens is not None:
-            used = usage.total_tokens if usage is not None else 0
-            tokens = max(self.max_tokens - used, 1)
-        remaining = run.remaining()
-        if remaining is not None:
-            timeout = max(remaining, 1e-3)
+        budget, tokens, timeout = ledger.lease(self, run)
         # Looked up in this module at call time, like rlms does (its tests patch it).
         child = RLM(
             backend=self.backend,
@@ -550,29 +457,51 @@ class RLM:
             return _error_completion(
                 model, prompt, f"Error: unknown model {model!r}; configured models: {known}", start
             )
-        preview = prompt if isinstance(prompt, str) else repr(prompt)
         label = model or (
             handler.get_client(model, depth).model_name if handler is not None else self.root_model
         )
+        call_id = new_run_id()
         if depth >= self.max_depth:
-            if handler is not None:
-                return handler.completion_record(prompt, model, depth)
-            return self._leaf_completion(prompt, model, start)
-        refusal = self._refusal(run)
+            run.emit(
+                ev.SubcallStarted, call_id=call_id, kind="rlm", model=label,
+                prompt_preview=_text_of(prompt),
+            )  # fmt: skip
+            record = None
+            try:
+                if handler is not None:
+                    record = handler.completion_record(prompt, model, depth)
+                else:
+                    record = self._leaf_completion(prompt, model, start)
+                return record
+            finally:
+                _subcall_finished(run, call_id, "rlm", label, start, record)
+        refusal = ledger.refusal(run)
         if refusal:
             return _error_completion(label, prompt, f"Error: {refusal}", start)
-        _fire(self.on_subcall_start, depth, label, preview[:80])
+        child_run_id = new_run_id()
+        run.emit(
+            ev.SubcallStarted, call_id=call_id, kind="rlm", model=label,
+            prompt_preview=_text_of(prompt), child_run_id=child_run_id,
+        )  # fmt: skip
         error: str | None = None
+        result: RLMChatCompletion | None = None
         try:
             child = self._spawn_child(run, model)
             question = prompt if isinstance(prompt, str) and len(prompt) <= 4000 else None
-            child_run = _Run(child, parent=run if _run is not None else None)
+            child_run = Run(
+                child,
+                parent=run if _run is not None else None,
+                subscribers=child._own_subscribers(),
+                run_id=child_run_id,
+                tree=run.tree,
+            )
             with run.children_lock:
                 run.children.add(child_run)
             if run.is_cancelled():  # cancelled while the child was being set up
                 child_run.cancel()
             try:
-                return child._completion(prompt, question, child_run)
+                result = child._completion(prompt, question, child_run)
+                return result
             finally:
                 with run.children_lock:
                     run.children.discard(child_run)
@@ -588,11 +517,39 @@ class RLM:
                 label, prompt, f"Error: Child RLM completion failed - {exc}", start
             )
         finally:
-            _fire(self.on_subcall_complete, depth, label, time.perf_counter() - start, error)
+            _subcall_finished(run, call_id, "rlm", label, start, result, error, child_run_id)
 
-    def _standalone_run(self) -> _Run:
+    def _own_subscribers(self) -> list[Subscriber]:
+        """This RLM's own subscribers: its logger, its printer (when enabled), its callbacks."""
+        own: list[Subscriber] = []
+        if self.logger is not None:
+            own.append(self.logger.handle_event)
+        if self.verbose.enabled:
+            own.append(self.verbose.handle_event)
+        callbacks = Callbacks(
+            self.on_subcall_start,
+            self.on_subcall_complete,
+            self.on_iteration_start,
+            self.on_iteration_complete,
+        )
+        if callbacks:
+            own.append(callbacks)
+        return own
+
+    def _new_run(self) -> Run:
+        """A root run of this RLM, with its own subscribers and the tree's."""
+        return Run(self, subscribers=self._own_subscribers(), tree=Tree(self._subscribers))
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call ``subscriber(event)`` with every event of every run of this RLM (children's
+        included), from the thread that emits it; returns a function that unsubscribes.
+        A subscriber that raises is reported once and skipped for the rest of that run."""
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
+
+    def _standalone_run(self) -> Run:
         """A run for ``_subcall`` called from Python outside a completion (rlms' seam)."""
-        run = _Run(self)
+        run = self._new_run()
         if self._completion_start_time is not None:
             run.start = self._completion_start_time
             if self.max_timeout is not None:
@@ -687,77 +644,6 @@ class RLM:
             messages.append({"role": "user", "content": self.user_prologue})
         return messages
 
-    # ------------------------------------------------------------------ limits
-
-    def _check_time(self, run: _Run, where: str) -> None:
-        if run.is_cancelled():
-            raise CancellationError(
-                partial_answer=run.best_partial, message="The run was cancelled"
-            )
-        remaining = run.remaining()
-        if remaining is not None and remaining <= 0:
-            elapsed = run.elapsed()
-            self.verbose.print_limit_exceeded("timeout", f"{elapsed:.1f}s of {self.max_timeout:g}s")
-            raise TimeoutExceededError(
-                elapsed=elapsed,
-                timeout=float(self.max_timeout or 0),
-                partial_answer=run.best_partial,
-                message=f"Timeout exceeded {where}: {elapsed:.1f}s of {self.max_timeout:g}s limit",
-            )
-
-    def _check_limits(
-        self, run: _Run, iteration: RLMIteration, number: int, handler: LMHandler
-    ) -> None:
-        if run.is_cancelled():  # a cancelled cell's error is not the model's error
-            self._check_time(run, f"after iteration {number}")
-        # As in rlms, a block that wrote to stderr counts as failing (an exception does too).
-        errors = [
-            b.result for b in iteration.code_blocks if b.result.error is not None or b.result.stderr
-        ]
-        if errors:
-            run.consecutive_errors += 1
-            run.last_error = errors[0].error or errors[0].stderr
-        elif iteration.code_blocks:
-            run.consecutive_errors = 0
-        if self.max_errors is not None and run.consecutive_errors >= self.max_errors:
-            self.verbose.print_limit_exceeded(
-                "errors", f"{run.consecutive_errors} consecutive errors (limit {self.max_errors})"
-            )
-            raise ErrorThresholdExceededError(
-                error_count=run.consecutive_errors,
-                threshold=self.max_errors,
-                last_error=run.last_error,
-                partial_answer=run.best_partial,
-            )
-        usage = handler.get_usage_summary()
-        if self.max_budget is not None:
-            spent = usage.total_cost or 0.0
-            if spent > self.max_budget:
-                self.verbose.print_budget_exceeded(spent, self.max_budget)
-                raise BudgetExceededError(
-                    spent=spent,
-                    budget=self.max_budget,
-                    partial_answer=run.best_partial,
-                    message=(
-                        f"Budget exceeded after iteration {number}: spent ${spent:.6f} "
-                        f"of ${self.max_budget:.6f} budget"
-                    ),
-                )
-        if self.max_tokens is not None and usage.total_tokens > self.max_tokens:
-            self.verbose.print_limit_exceeded(
-                "tokens", f"{usage.total_tokens:,} of {self.max_tokens:,}"
-            )
-            raise TokenLimitExceededError(
-                tokens_used=usage.total_tokens,
-                token_limit=self.max_tokens,
-                partial_answer=run.best_partial,
-                message=(
-                    f"Token limit exceeded after iteration {number}: "
-                    f"{usage.total_tokens:,} of {self.max_tokens:,} tokens"
-                ),
-            )
-        self._check_time(run, f"after iteration {number}")
-
     # ------------------------------------------------------------------ rlms' private seams
 
     def _check_timeout(self, iteration: int, time_start: float) -> None:
@@ -765,9 +651,9 @@ class RLM:
         ``time_start`` (a ``time.perf_counter()`` value)."""
         if self.max_timeout is None:
             return
-        run = _Run(self)
+        run = self._new_run()
         run.start, run.deadline = time_start, time_start + self.max_timeout
-        self._check_time(run, f"after iteration {iteration}")
+        ledger.check_time(run, f"after iteration {iteration}")
 
     def _check_iteration_limits(
         self, iteration: RLMIteration, iteration_num: int, lm_handler: Any
@@ -775,8 +661,8 @@ class RLM:
         """rlms' seam: the after-iteration checks (errors, budget, tokens) with the state
         kept on this RLM; ``iteration_num`` is 0-based as in rlms."""
         if self._compat_run is None:
-            self._compat_run = _Run(self)
-        self._check_limits(self._compat_run, iteration, iteration_num + 1, lm_handler)
+            self._compat_run = self._new_run()
+        ledger.check_after_iteration(self._compat_run, iteration, iteration_num + 1, lm_handler)
 
     @property
     def _consecutive_errors(self) -> int:
@@ -784,15 +670,17 @@ class RLM:
 
     # ------------------------------------------------------------------ model calls
 
-    def _ask_root(self, run: _Run, handler: LMHandler, messages: list[dict[str, Any]]) -> str:
-        """One root-model call, abandoned if it outlives ``max_timeout`` (TimeoutExceededError)
-        or the run is cancelled meanwhile (CancellationError)."""
+    def _ask_root(self, run: Run, handler: LMHandler, messages: list[dict[str, Any]]) -> str:
+        """One root-model call (streamed when a subscriber wants tokens), abandoned if it
+        outlives ``max_timeout`` (TimeoutExceededError) or the run is cancelled meanwhile."""
         box: dict[str, Any] = {}
         done = threading.Event()
+        on_token = run.on_token()
 
         def call() -> None:
             try:
-                box["text"] = self._measured(run, messages, handler.completion_record(messages))
+                record = handler.completion_record(messages, on_token=on_token)
+                box["text"] = self._measured(run, messages, record)
             except BaseException as exc:  # re-raised in the caller's thread
                 box["error"] = exc
             finally:
@@ -805,13 +693,13 @@ class RLM:
             else max(0.0, min(_ROOT_WAIT_SLICE, run.remaining() or 0.0))
         ):
             # Raises once past the deadline or cancelled; otherwise keep waiting.
-            self._check_time(run, "while waiting for the root model")
+            ledger.check_time(run, "while waiting for the root model")
         if "error" in box:
             raise box["error"]
         return box["text"]
 
     @staticmethod
-    def _measured(run: _Run, messages: list[dict[str, Any]], record: RLMChatCompletion) -> str:
+    def _measured(run: Run, messages: list[dict[str, Any]], record: RLMChatCompletion) -> str:
         """Remember how big the provider says the history is (prompt + answer), for compaction."""
         usage = record.usage_summary
         run.last_root_usage = usage
@@ -822,14 +710,14 @@ class RLM:
 
     # ------------------------------------------------------------------ compaction
 
-    def _history_tokens(self, run: _Run, messages: list[dict[str, Any]]) -> int:
+    def _history_tokens(self, run: Run, messages: list[dict[str, Any]]) -> int:
         if run.measured_tokens is not None and run.measured_messages <= len(messages):
             return run.measured_tokens + count_tokens(messages[run.measured_messages :])
         return count_tokens(messages)
 
     def _maybe_compact(
         self,
-        run: _Run,
+        run: Run,
         handler: LMHandler,
         env: BaseEnv,
         messages: list[dict[str, Any]],
@@ -840,15 +728,17 @@ class RLM:
         window = context_window_for(self.client, self.context_window)
         threshold = int(self.compaction_threshold_pct * window)
         tokens = self._history_tokens(run, messages)
-        self.verbose.print_compaction_status(tokens, threshold, window)
+        run.emit(ev.CompactionStatus, tokens=tokens, threshold=threshold, window=window)
         if tokens < threshold:
             return messages, compactions
         compactions += 1
-        self.verbose.print_compaction()
         summary = self._ask_root(run, handler, [*messages, build_compaction_prompt()])
         if hasattr(env, "append_compaction_entry"):
             env.append_compaction_entry({"type": "summary", "content": summary})
         run.measured_tokens = None
+        run.emit(
+            ev.Compacted, tokens_before=tokens, threshold=threshold, summary_chars=len(summary)
+        )
         restarted = [
             *messages[:setup_length],
             {"role": "assistant", "content": summary},
@@ -856,8 +746,31 @@ class RLM:
         ]
         return restarted, compactions
 
+    def _run_cell(self, run: Run, env: BaseEnv, code: str, cell: int) -> Any:
+        """Run one code block, with its cell events."""
+        ledger.check_time(run, "before running a code block")
+        run.emit(ev.CellStarted, cell=cell, code=code)
+        start = time.perf_counter()
+        if env.supports_cell_timeout:
+            result = env.execute_code(code, timeout=run.remaining())  # type: ignore[call-arg]
+        else:
+            result = env.execute_code(code)
+        if run.listening:
+            # Environments hand back a cell's output when it ends; it goes out then.
+            for stream in ("stdout", "stderr"):
+                if getattr(result, stream, ""):
+                    run.emit(ev.CellOutput, cell=cell, stream=stream, text=getattr(result, stream))
+            run.emit(
+                ev.CellFinished,
+                cell=cell,
+                result=result,
+                execution_time=getattr(result, "execution_time", None)
+                or time.perf_counter() - start,
+            )
+        return result
+
     def _run_iteration(
-        self, run: _Run, handler: LMHandler, env: BaseEnv, messages: list[dict[str, Any]]
+        self, run: Run, handler: LMHandler, env: BaseEnv, messages: list[dict[str, Any]]
     ) -> RLMIteration:
         start = time.perf_counter()
         prompt_snapshot = list(messages)
@@ -869,12 +782,8 @@ class RLM:
         # FINAL(...) run in a block is the weakest form (0.1.1): it ends the run unless a
         # later block of the same response answers with FINAL_VAR or the answer dict.
         weak_answer: str | None = None
-        for code in find_code_blocks(response):
-            self._check_time(run, "before running a code block")
-            if env.supports_cell_timeout:
-                result = env.execute_code(code, timeout=run.remaining())  # type: ignore[call-arg]
-            else:
-                result = env.execute_code(code)
+        for cell, code in enumerate(find_code_blocks(response), start=1):
+            result = self._run_cell(run, env, code, cell)
             blocks.append(CodeBlock(code=code, result=result))
             if result.final_answer is not None:
                 if getattr(result, "final_kind", None) == "FINAL":
@@ -895,7 +804,7 @@ class RLM:
             root_usage=run.last_root_usage,
         )
 
-    def _fallback_completion(self, prompt: Any, run: _Run) -> RLMChatCompletion:
+    def _fallback_completion(self, prompt: Any, run: Run) -> RLMChatCompletion:
         """At depth >= max_depth the RLM is a plain model call, with the same result type."""
         generation = call_client(self.client, prompt)
         # A 0.1.x-style or stand-in client does not name its model reliably.
@@ -918,13 +827,13 @@ class RLM:
         Raises a limit error (with ``partial_answer``) when a limit stops the
         run, and ``CancellationError`` on Ctrl-C.
         """
-        run = _Run(self)
+        run = self._new_run()
         self._completion_start_time = run.start
         return self._completion(prompt, root_prompt, run)
 
     async def acompletion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
         """``completion()`` without blocking the event loop; cancelling the task cancels the run."""
-        run = _Run(self)
+        run = self._new_run()
         self._completion_start_time = run.start
         task = asyncio.ensure_future(asyncio.to_thread(self._completion, prompt, root_prompt, run))
         try:
@@ -935,49 +844,135 @@ class RLM:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             raise
 
-    def _completion(self, prompt: Any, root_prompt: str | None, run: _Run) -> RLMChatCompletion:
+    def stream(self, prompt: Any, root_prompt: str | None = None) -> Iterator[ev.Event]:
+        """The run of ``completion(prompt, root_prompt)`` as its events (``rlm.core.events``),
+        children's included, in order. The last is the root's ``RunFinished``, whose
+        ``result`` is the ``RLMChatCompletion``; a run stopped by a limit yields
+        ``LimitStopped`` and ``RunFinished(error=...)`` and then raises what ``completion()``
+        raises. Closing the iterator early cancels the run."""
+        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        run, thread, outcome = self._start_streamed(prompt, root_prompt, events.put)
+        try:
+            while True:
+                item = events.get()
+                if item is _END:
+                    break
+                yield item
+        finally:
+            if thread.is_alive():
+                run.cancel()
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+
+    async def astream(self, prompt: Any, root_prompt: str | None = None) -> AsyncIterator[ev.Event]:
+        """``stream()`` as an async iterator; cancelling or closing it cancels the run."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+
+        def put(item: Any) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        run, thread, outcome = self._start_streamed(prompt, root_prompt, put)
+        try:
+            while True:
+                item = await events.get()
+                if item is _END:
+                    break
+                yield item
+        finally:
+            if thread.is_alive():
+                run.cancel()
+        await asyncio.to_thread(thread.join)
+        if "error" in outcome:
+            raise outcome["error"]
+
+    def _start_streamed(
+        self, prompt: Any, root_prompt: str | None, put: Callable[[Any], None]
+    ) -> tuple[Run, threading.Thread, dict[str, Any]]:
+        """Start a run in a thread whose every event (and then ``_END``) goes to ``put``."""
+        run = self._new_run()
+        run.tree.subscribers.append(_QueueSubscriber(put))
+        self._completion_start_time = run.start
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["result"] = self._completion(prompt, root_prompt, run)
+            except BaseException as exc:
+                outcome["error"] = exc
+            finally:
+                put(_END)
+
+        thread = threading.Thread(target=work, name="rlm-stream", daemon=True)
+        thread.start()
+        return run, thread, outcome
+
+    def _completion(self, prompt: Any, root_prompt: str | None, run: Run) -> RLMChatCompletion:
         if self.depth >= self.max_depth:
             return self._fallback_completion(prompt, run)
-        if self.logger is not None:
-            self.logger.clear_iterations()
-        metadata = QueryMetadata(prompt)
-        self.verbose.print_header(
-            backend=str(self.backend),
-            model=self.root_model,
-            environment=str(self.environment_type),
-            max_iterations=self.max_iterations,
-            max_depth=self.max_depth,
-            context_type=metadata.context_type,
-            context_length=metadata.context_total_length,
-            other_backends=[str(b) for b in self.other_backends] if self.other_backends else None,
-        )
         handler = self._make_handler(run)
-        self._log_metadata()
         handler.start()
         env: BaseEnv | None = None
+        result: RLMChatCompletion | None = None
+        failure: BaseException | None = None
         lock = self._persistent_lock if self.persistent else None
         if lock is not None:
             lock.acquire()
         try:
             env = run.env = self._environment(prompt, handler, run)
+            self._emit_started(run, prompt, env)
             messages = self._setup_prompt(prompt, root_prompt)
-            return self._loop(run, handler, env, messages, prompt, root_prompt)
+            result = self._loop(run, handler, env, messages, prompt, root_prompt)
+            return result
         except KeyboardInterrupt:
             run.cancelled.set()
-            self.verbose.print_limit_exceeded("cancelled", "interrupted by the user")
-            raise CancellationError(
+            failure = CancellationError(
                 partial_answer=run.best_partial, message="Execution cancelled by user (Ctrl-C)"
-            ) from None
+            )
+            raise ledger.stop(run, "interrupted", failure) from None
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             handler.stop()
             if env is not None and not self.persistent:
                 env.cleanup()
             if lock is not None:
                 lock.release()
+            run.emit(
+                ev.RunFinished,
+                result=result,
+                error=None if failure is None else f"{type(failure).__name__}: {failure}",
+                execution_time=run.elapsed(),
+                iterations=run.iteration,
+                usage=handler.get_usage_summary() if run.listening else None,
+                iteration=None,
+            )
+
+    def _emit_started(self, run: Run, prompt: Any, env: BaseEnv) -> None:
+        if not run.listening:
+            return
+        metadata = QueryMetadata(prompt)
+        isolation = getattr(env, "isolation", None)
+        run.emit(
+            ev.RunStarted,
+            model=self.root_model,
+            environment=str(self.environment_type),
+            max_iterations=self.max_iterations,
+            prompt_preview=_text_of(prompt),
+            backend=str(self.backend),
+            max_depth=self.max_depth,
+            context_type=metadata.context_type,
+            context_length=metadata.context_total_length,
+            other_backends=[str(b) for b in self.other_backends] if self.other_backends else None,
+            metadata=self._metadata(),
+            isolation=dict(isolation) if isinstance(isolation, dict) else None,
+        )
 
     def _loop(
         self,
-        run: _Run,
+        run: Run,
         handler: LMHandler,
         env: BaseEnv,
         messages: list[dict[str, Any]],
@@ -990,82 +985,96 @@ class RLM:
         compactions = 0
         for number in range(1, self.max_iterations + 1):
             run.iteration = number
-            self._check_time(run, f"before iteration {number}")
+            ledger.check_time(run, f"before iteration {number}")
             if self.compaction and number > 1:
                 messages, compactions = self._maybe_compact(
                     run, handler, env, messages, setup_length, compactions
                 )
-            _fire(self.on_iteration_start, self.depth, number)
-            turn = build_user_prompt(
-                root_prompt,
-                number - 1,
-                context_count,
-                history_count,
-                max_iterations=self.max_iterations,
+            run.emit(ev.IterationStarted)
+            messages.append(
+                build_user_prompt(
+                    root_prompt,
+                    number - 1,
+                    context_count,
+                    history_count,
+                    max_iterations=self.max_iterations,
+                )
             )
-            messages.append(turn)
             iteration = self._run_iteration(run, handler, env, messages)
             if iteration.final_answer is not None:
                 run.best_partial = iteration.final_answer
-            if self.logger is not None:
-                self.logger.log(iteration)
-            self.verbose.print_iteration(iteration, number)
-            _fire(self.on_iteration_complete, self.depth, number, iteration.iteration_time or 0.0)
-            self._check_limits(run, iteration, number, handler)
+            run.emit(
+                ev.IterationFinished,
+                record=iteration,
+                iteration_time=iteration.iteration_time or 0.0,
+            )
+            ledger.check_after_iteration(run, iteration, number, handler)
             if iteration.final_answer is not None:
-                return self._finish(
-                    run, handler, env, messages, prompt, iteration.final_answer, number
-                )
+                return self._finish(run, handler, env, messages, prompt, iteration.final_answer)
             new_messages = format_iteration(iteration)
             messages.extend(new_messages)
             if self.compaction and hasattr(env, "append_compaction_entry"):
                 env.append_compaction_entry(list(new_messages))  # rlms: [assistant, REPL output]
+        return self._forced_answer(run, handler, env, messages, prompt, root_prompt)
 
-        # Out of iterations: ask once for the best answer from what was learned.
+    def _forced_answer(
+        self,
+        run: Run,
+        handler: LMHandler,
+        env: BaseEnv,
+        messages: list[dict[str, Any]],
+        prompt: Any,
+        root_prompt: str | None,
+    ) -> RLMChatCompletion:
+        """Out of iterations: ask once for the best answer from what was learned."""
         final_messages = [*messages, build_final_answer_prompt(root_prompt)]
         start = time.perf_counter()
         response = self._ask_root(run, handler, final_messages)
         answer = find_final_answer(response, environment=env) or response.strip()
-        if self.logger is not None:
-            self.logger.log(
-                RLMIteration(
-                    prompt=final_messages,
-                    response=response,
-                    code_blocks=[],
-                    final_answer=answer,
-                    iteration_time=time.perf_counter() - start,
-                    root_usage=run.last_root_usage,
-                )
-            )
-        return self._finish(run, handler, env, messages, prompt, answer, self.max_iterations)
+        record = RLMIteration(
+            prompt=final_messages,
+            response=response,
+            code_blocks=[],
+            final_answer=answer,
+            iteration_time=time.perf_counter() - start,
+            root_usage=run.last_root_usage,
+        )
+        run.emit(
+            ev.IterationFinished,
+            record=record,
+            iteration_time=record.iteration_time or 0.0,
+            forced_answer=True,
+        )
+        return self._finish(run, handler, env, messages, prompt, answer)
 
     def _finish(
         self,
-        run: _Run,
+        run: Run,
         handler: LMHandler,
         env: BaseEnv,
         messages: list[dict[str, Any]],
         prompt: Any,
         answer: str,
-        iterations: int,
     ) -> RLMChatCompletion:
         usage = handler.get_usage_summary()
         elapsed = run.elapsed()
-        self.verbose.print_final_answer(answer)
-        self.verbose.print_summary(iterations, elapsed, usage)
+        run.emit(ev.FinalAnswer, answer=answer)
         if self.persistent and isinstance(env, SupportsPersistence):
             env.add_history(messages)
+        trajectory = self.logger.trajectory_of(run.run_id) if self.logger is not None else None
         return RLMChatCompletion(
             root_model=self.root_model,
             prompt=prompt,
             response=answer,
             usage_summary=usage,
             execution_time=elapsed,
-            metadata=self.logger.get_trajectory() if self.logger is not None else None,
+            metadata=trajectory,
         )
 
     def close(self) -> None:
-        """Release the persistent environment (if any) and the clients. Safe to call twice."""
+        """Release the persistent environment, if any. Safe to call twice. Clients are
+        not closed: they may be shared (a child RLM uses its parent's), and are garbage
+        collected with this RLM; call ``rlm.client.close()`` to release one now."""
         if self._persistent_env is not None:
             self._persistent_env.cleanup()
             self._persistent_env = None
@@ -1076,3 +1085,70 @@ class RLM:
     def __exit__(self, *exc: object) -> bool:
         self.close()
         return False
+
+
+#: The end of a streamed run (after its last event).
+_END = object()
+
+
+class _QueueSubscriber:
+    """Feeds a stream's queue; wants root tokens."""
+
+    wants_tokens = True
+
+    def __init__(self, put: Callable[[Any], None]):
+        self.put = put
+
+    def __call__(self, event: ev.Event) -> None:
+        self.put(event)
+
+
+def _subcall_finished(
+    run: Run,
+    call_id: str,
+    kind: str,
+    model: str,
+    start: float,
+    record: RLMChatCompletion | None,
+    error: str | None = None,
+    child_run_id: str | None = None,
+) -> None:
+    if not run.listening:
+        return
+    usage = record.usage_summary if record is not None else None
+    if error is None and record is not None and record.error:
+        error = record.error
+    run.emit(
+        ev.SubcallFinished,
+        call_id=call_id,
+        kind=kind,
+        model=model,
+        duration=time.perf_counter() - start,
+        error=error,
+        input_tokens=usage.total_input_tokens if usage is not None else 0,
+        output_tokens=usage.total_output_tokens if usage is not None else 0,
+        cost=usage.total_cost if usage is not None else None,
+        child_run_id=child_run_id,
+        response_preview=record.response[: ev.PREVIEW_CHARS] if record is not None else "",
+    )
+
+
+def _call_observer(run: Run) -> Callable[..., Callable[..., None]]:
+    """The handler's hook for ``llm_query`` calls: a SubcallStarted now, and a function
+    that emits the SubcallFinished."""
+
+    def observe(kind: str, prompt: Any, model: str | None) -> Callable[..., None]:
+        call_id = new_run_id()
+        label = model or run.handler.get_client(model, run.depth + 1).model_name
+        run.emit(
+            ev.SubcallStarted, call_id=call_id, kind=kind, model=label,
+            prompt_preview=_text_of(prompt),
+        )  # fmt: skip
+        start = time.perf_counter()
+
+        def finished(record: RLMChatCompletion | None, error: str | None = None) -> None:
+            _subcall_finished(run, call_id, kind, label, start, record, error)
+
+        return finished
+
+    return observe

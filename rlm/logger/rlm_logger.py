@@ -112,32 +112,57 @@ def iteration_record(iteration: RLMIteration) -> dict[str, Any]:
     return compact(record)
 
 
-class RLMLogger:
-    """Keeps the trajectory of each completion in memory; with ``log_dir``, also appends it to a file.
+class _RunLog:
+    """The lines of one run: its file, its metadata and its iterations."""
 
-    The file is ``{log_dir}/{file_name}_{YYYY-mm-dd_HH-MM-SS}_{8 hex}.jsonl``.
+    def __init__(self, path: str | None, run_metadata: dict[str, Any] | None = None):
+        self.path = path
+        self.run_metadata = run_metadata
+        self.iterations: list[dict[str, Any]] = []
+
+    def trajectory(self) -> dict[str, Any] | None:
+        if self.run_metadata is None:
+            return None
+        return {"run_metadata": self.run_metadata, "iterations": list(self.iterations)}
+
+
+class RLMLogger:
+    """Keeps the trajectory of each completion in memory; with ``log_dir``, also appends it
+    to a file. It subscribes to a run's events (``handle_event``): nothing else writes it.
+
+    The file is ``{log_dir}/{file_name}_{YYYY-mm-dd_HH-MM-SS}_{8 hex}.jsonl`` (rlms' format:
+    a metadata line, then each run's iterations, numbered from 1). Runs that overlap in
+    time (one logger shared by threads or tasks) never share a file: a run that starts
+    while another is writing ``log_file_path`` gets a file of its own, named the same way,
+    with its own metadata line. ``run_log_paths`` lists every file written.
     """
 
     def __init__(self, log_dir: str | os.PathLike[str] | None = None, file_name: str = "rlm"):
         self.log_dir = os.fspath(log_dir) if log_dir is not None else None
-        self.log_file_path: str | None = None
-        if self.log_dir is not None:
-            os.makedirs(self.log_dir, exist_ok=True)
-            stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-            self.log_file_path = os.path.join(
-                self.log_dir, f"{file_name}_{stamp}_{uuid.uuid4().hex[:8]}.jsonl"
-            )
+        self.file_name = file_name
+        self.log_file_path: str | None = self._new_path()
+        self.run_log_paths: list[str] = [self.log_file_path] if self.log_file_path else []
         self._lock = threading.Lock()
         self._run_metadata: dict[str, Any] | None = None
-        self._iterations: list[dict[str, Any]] = []
-        self._iteration_count = 0
+        # The run writing log_file_path (rlms' single-run view: get_trajectory()).
+        self._main = _RunLog(self.log_file_path)
+        self._runs: dict[str, _RunLog] = {}
+        self._local = threading.local()
 
-    def _append(self, entry: dict[str, Any]) -> None:
-        if self.log_file_path is None:
+    def _new_path(self) -> str | None:
+        if self.log_dir is None:
+            return None
+        os.makedirs(self.log_dir, exist_ok=True)
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        return os.path.join(self.log_dir, f"{self.file_name}_{stamp}_{uuid.uuid4().hex[:8]}.jsonl")
+
+    @staticmethod
+    def _append(path: str | None, entry: dict[str, Any]) -> None:
+        if path is None:
             return
         line = (json.dumps(entry, ensure_ascii=False, default=repr) + "\n").encode("utf-8")
         # 0600: a trajectory holds prompts, context and outputs; only its owner reads it.
-        fd = os.open(self.log_file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             written = os.write(fd, line)
             while written < len(line):  # a short write only happens on a full disk or a signal
@@ -145,48 +170,131 @@ class RLMLogger:
         finally:
             os.close(fd)
 
+    @staticmethod
+    def _metadata_dict(metadata: RLMMetadata) -> dict[str, Any]:
+        data = metadata.to_dict()
+        # Secrets in the configuration are redacted here and, by value, in every line after.
+        register_secrets(
+            collect_secrets(data.get("backend_kwargs"), data.get("environment_kwargs"))
+        )
+        return redact(compact(data))
+
+    @staticmethod
+    def _metadata_line(data: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "metadata", "timestamp": datetime.now().isoformat(), **data}
+
     def log_metadata(self, metadata: RLMMetadata) -> None:
-        """Record the run configuration (written once per logger)."""
+        """Record the run configuration (written once per logger file)."""
         with self._lock:
             if self._run_metadata is not None:
                 return
-            data = metadata.to_dict()
-            # Secrets in the configuration are redacted here and, by value, in every line after.
-            register_secrets(
-                collect_secrets(data.get("backend_kwargs"), data.get("environment_kwargs"))
-            )
-            self._run_metadata = redact(compact(data))
-            self._append(
-                {"type": "metadata", "timestamp": datetime.now().isoformat(), **self._run_metadata}
-            )
+            self._run_metadata = self._metadata_dict(metadata)
+            self._main.run_metadata = self._run_metadata
+            self._append(self.log_file_path, self._metadata_line(self._run_metadata))
 
-    def log(self, iteration: RLMIteration) -> None:
-        """Record one iteration."""
+    # -- runs ---------------------------------------------------------------------
+
+    def handle_event(self, event: Any) -> None:
+        """The logger as a subscriber of one run's events."""
+        kind = event.type
+        if kind == "iteration_finished":
+            self.log(event.record, run_id=event.run_id)
+        elif kind == "run_started":
+            self.begin_run(event.run_id, event.metadata, event.isolation)
+        elif kind == "run_finished":
+            self.end_run(event.run_id)
+
+    def begin_run(
+        self,
+        run_id: str,
+        metadata: RLMMetadata | None = None,
+        isolation: dict[str, Any] | None = None,
+    ) -> None:
+        """Start the log of one run: iteration numbers restart at 1. ``isolation`` (the
+        environment's) is added to the run's ``run_metadata`` as the key ``isolation``."""
+        data = self._metadata_dict(metadata) if metadata is not None else None
+        with self._lock:
+            busy = any(r is self._main for r in self._runs.values())
+            if not busy:
+                if self._run_metadata is None and data is not None:
+                    self._run_metadata = data
+                    self._append(self.log_file_path, self._metadata_line(data))
+                state = self._main = _RunLog(self.log_file_path, self._run_metadata)
+            else:
+                path = self._new_path()
+                state = _RunLog(path, data or self._run_metadata)
+                if path is not None:
+                    self.run_log_paths.append(path)
+                    if state.run_metadata is not None:
+                        self._append(path, self._metadata_line(state.run_metadata))
+            if isolation and state.run_metadata is not None:
+                state.run_metadata = {**state.run_metadata, "isolation": compact(isolation)}
+            self._runs[run_id] = state
+        self._local.current = state
+
+    def end_run(self, run_id: str) -> None:
+        with self._lock:
+            self._runs.pop(run_id, None)
+
+    def trajectory_of(self, run_id: str) -> dict[str, Any] | None:
+        """``{"run_metadata": ..., "iterations": [...]}`` of one run (None if unknown)."""
+        with self._lock:
+            state = self._runs.get(run_id)
+            return state.trajectory() if state is not None else self._main.trajectory()
+
+    def log(self, iteration: RLMIteration, run_id: str | None = None) -> None:
+        """Record one iteration (of the run ``run_id``; else of the current one)."""
         record = redact(iteration_record(iteration))  # secrets by value, wherever they appear
         with self._lock:
-            self._iteration_count += 1
+            state = self._runs.get(run_id) if run_id is not None else None
+            state = state or self._main
             entry = {
                 "type": "iteration",
-                "iteration": self._iteration_count,
+                "iteration": len(state.iterations) + 1,
                 "timestamp": datetime.now().isoformat(),
                 **record,
             }
-            self._iterations.append(entry)
-            self._append(entry)
+            state.iterations.append(entry)
+            self._append(state.path, entry)
 
     def clear_iterations(self) -> None:
         """Start a new completion: iteration numbers restart at 1."""
         with self._lock:
-            self._iterations = []
-            self._iteration_count = 0
+            self._main = _RunLog(self.log_file_path, self._run_metadata)
 
     def get_trajectory(self) -> dict[str, Any] | None:
-        """``{"run_metadata": ..., "iterations": [...]}`` of the current completion."""
+        """``{"run_metadata": ..., "iterations": [...]}`` of the current completion (this
+        thread's latest run, else the latest run of the logger's own file)."""
         with self._lock:
-            if self._run_metadata is None:
+            state = getattr(self._local, "current", None) or self._main
+            if state.run_metadata is None:
                 return None
-            return {"run_metadata": self._run_metadata, "iterations": list(self._iterations)}
+            return state.trajectory()
+
+    @property
+    def _iterations(self) -> list[dict[str, Any]]:
+        return self._main.iterations
 
     @property
     def iteration_count(self) -> int:
-        return self._iteration_count
+        return len(self._main.iterations)
+
+
+def read_runs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The runs of one log file, in order, each ``{"run_metadata", "iterations"}``: a new
+    run starts at each metadata line and wherever the iteration numbers restart at 1."""
+    runs: list[dict[str, Any]] = []
+    metadata: dict[str, Any] | None = None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            if entry.get("type") == "metadata":
+                metadata = {k: v for k, v in entry.items() if k not in ("type", "timestamp")}
+                runs.append({"run_metadata": metadata, "iterations": []})
+            elif entry.get("type") == "iteration":
+                if not runs or (entry.get("iteration") == 1 and runs[-1]["iterations"]):
+                    runs.append({"run_metadata": metadata, "iterations": []})
+                runs[-1]["iterations"].append(entry)
+    return runs

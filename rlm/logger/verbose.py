@@ -131,6 +131,69 @@ class VerbosePrinter:
                 setattr(self, name, _noop)
 
     # ------------------------------------------------------------------
+    # As a subscriber of a run's events
+    # ------------------------------------------------------------------
+
+    def handle_event(self, event: Any) -> None:
+        """Print one event of the run (root tokens as they arrive)."""
+        handler = _HANDLERS.get(event.type)
+        if handler is not None and self.enabled:
+            handler(self, event)
+
+    handle_event.wants_tokens = True  # type: ignore[attr-defined]
+
+    def _on_run_started(self, event: Any) -> None:
+        self._streamed: int | None = None
+        self.print_header(
+            backend=event.backend,
+            model=event.model,
+            environment=event.environment,
+            max_iterations=event.max_iterations,
+            max_depth=event.max_depth,
+            context_type=event.context_type,
+            context_length=event.context_length,
+            other_backends=event.other_backends,
+        )
+
+    def _on_root_token(self, event: Any) -> None:
+        if getattr(self, "_streamed", None) != event.iteration:
+            self._streamed = event.iteration
+            if event.iteration is not None:
+                self.print_iteration_start(event.iteration)
+        self.console.print(Text(_neutralise(event.text), style="dim"), end="")
+
+    def _on_iteration_finished(self, event: Any) -> None:
+        record, number = event.record, event.iteration
+        if event.forced_answer:
+            return
+        if getattr(self, "_streamed", None) == number and number is not None:
+            self.console.print()
+            with self.console:
+                for block in record.code_blocks:
+                    self.print_code_execution(block)
+            return
+        self.print_iteration(record, number)
+
+    def _on_limit_stopped(self, event: Any) -> None:
+        used, maximum = event.used, event.maximum
+        if event.limit == "budget" and used is not None and maximum is not None:
+            self.print_budget_exceeded(used, maximum)
+        elif event.limit == "timeout" and used is not None and maximum is not None:
+            self.print_limit_exceeded("timeout", f"{used:.1f}s of {maximum:g}s")
+        elif event.limit == "tokens" and used is not None and maximum is not None:
+            self.print_limit_exceeded("tokens", f"{int(used):,} of {int(maximum):,}")
+        elif event.limit == "errors" and used is not None and maximum is not None:
+            self.print_limit_exceeded(
+                "errors", f"{int(used)} consecutive errors (limit {int(maximum)})"
+            )
+        elif event.limit == "interrupted":
+            self.print_limit_exceeded("cancelled", "interrupted by the user")
+
+    def _on_run_finished(self, event: Any) -> None:
+        if event.result is not None:
+            self.print_summary(event.iterations, event.execution_time, event.usage)
+
+    # ------------------------------------------------------------------
     # Helpers
     # ------------------------------------------------------------------
 
@@ -453,6 +516,18 @@ class VerbosePrinter:
             Text(_format_cost(summary.total_cost)),
         ]
 
+
+#: What the printer does with each kind of event of its run.
+_HANDLERS: dict[str, Any] = {
+    "run_started": VerbosePrinter._on_run_started,
+    "root_token": VerbosePrinter._on_root_token,
+    "iteration_finished": VerbosePrinter._on_iteration_finished,
+    "limit_stopped": VerbosePrinter._on_limit_stopped,
+    "compaction_status": lambda p, e: p.print_compaction_status(e.tokens, e.threshold, e.window),
+    "compacted": lambda p, e: p.print_compaction(),
+    "final_answer": lambda p, e: p.print_final_answer(e.answer),
+    "run_finished": VerbosePrinter._on_run_finished,
+}
 
 # Every event method; a disabled printer replaces each of these by ``_noop``.
 _EVENT_METHODS: tuple[str, ...] = tuple(
