@@ -123,6 +123,9 @@ class LMHandler:
         self._spare_fd: int | None = None
         self.guard: Guard | None = None
         self.subcall_fn: SubcallFn | None = None
+        #: ``call_observer(kind, prompt, model) -> finished(record, error=None)``: told of
+        #: each ``llm_query`` call and batch item (the RLM turns them into events).
+        self.call_observer: Callable[..., Callable[..., None]] | None = None
         self._usage = UsageTracker()
         #: Usage is also recorded here: the trackers of the handlers of enclosing runs.
         self._ancestor_trackers: list[UsageTracker] = []
@@ -477,9 +480,19 @@ class LMHandler:
                 return LMResponse.success_response(
                     self.subcall_fn(request.prompt, request.model, request.depth)
                 )
-            return LMResponse.success_response(
-                self._call(request.prompt, request.model, request.depth)
-            )
+            observe = self.call_observer
+            if observe is None:
+                return LMResponse.success_response(
+                    self._call(request.prompt, request.model, request.depth)
+                )
+            finished = observe("llm", request.prompt, request.model)
+            try:
+                record = self._call(request.prompt, request.model, request.depth)
+            except Exception as exc:
+                finished(None, _describe(exc))
+                raise
+            finished(record)
+            return LMResponse.success_response(record)
         except UnknownModelError as exc:
             return LMResponse.error_response(str(exc))
         except Exception as exc:
@@ -500,14 +513,16 @@ class LMHandler:
             execution_time=time.perf_counter() - start,
         )
 
-    def _call(self, prompt: Any, model: str | None, depth: int) -> RLMChatCompletion:
+    def _call(
+        self, prompt: Any, model: str | None, depth: int, on_token: Any = None
+    ) -> RLMChatCompletion:
         client = self.get_client(model, depth)
         limiter = self.limiter
         if limiter is not None:
             limiter.acquire()
         try:
             start = time.perf_counter()
-            generation = call_client(client, prompt)
+            generation = call_client(client, prompt, on_token=on_token)
         finally:
             if limiter is not None:
                 limiter.release()
@@ -551,10 +566,17 @@ class LMHandler:
                     refusal = self.guard(item) if self.guard is not None else None
                     if refusal:
                         return _failed(prompt, request.model, refusal)
+                    observe = self.call_observer
+                    finished = observe("llm_batch_item", prompt, request.model) if observe else None
                     try:
-                        return await self._acall(prompt, request.model, request.depth)
+                        record = await self._acall(prompt, request.model, request.depth)
                     except Exception as exc:
+                        if finished is not None:
+                            finished(None, _describe(exc))
                         return _failed(prompt, request.model, _describe(exc))
+                    if finished is not None:
+                        finished(record)
+                    return record
 
             return list(await asyncio.gather(*(one(p) for p in prompts)))
 
@@ -568,10 +590,11 @@ class LMHandler:
         return self._call(prompt, model, 0).response
 
     def completion_record(
-        self, prompt: Any, model: str | None = None, depth: int = 0
+        self, prompt: Any, model: str | None = None, depth: int = 0, on_token: Any = None
     ) -> RLMChatCompletion:
-        """Like ``completion`` but returns the full record (text, usage, timing)."""
-        return self._call(prompt, model, depth)
+        """Like ``completion`` but returns the full record (text, usage, timing); with
+        ``on_token``, a client that streams calls it with each piece of text."""
+        return self._call(prompt, model, depth, on_token)
 
     def get_usage_summary(self) -> UsageSummary:
         """Usage of every call this handler served (root and sub-calls)."""
