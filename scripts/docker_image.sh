@@ -3,18 +3,51 @@
 #
 #   scripts/docker_image.sh [IMAGE]     (default: rlm-python:local)
 #
-# Starts dockerd in the background when no engine answers (there is no systemd on CI
-# machines), waits for it with a deadline, then builds IMAGE from a debootstrap'ed
-# Debian bookworm with python3 (about a minute), unless `docker image inspect` finds it.
+# Talks to the engine through the Docker SDK for Python (pip install "rlm[docker]"), as
+# environment="docker" does, so no docker command is needed; DOCKER_HOST and contexts
+# are honoured. Starts dockerd in the background when no engine answers (there is no
+# systemd on CI machines), waits for it with a deadline, then builds IMAGE from a
+# debootstrap'ed Debian bookworm with python3 (about a minute), unless the engine has it.
 set -euo pipefail
 IMAGE="${1:-rlm-python:local}"
 DEADLINE_S="${RLM_DOCKERD_DEADLINE_S:-60}"
+PY="${PYTHON:-python3}"
 
-if ! docker info >/dev/null 2>&1; then
+engine() {  # engine ping | engine has IMAGE | engine import IMAGE (tar on stdin)
+  "$PY" - "$@" <<'PYEOF'
+import sys
+import docker
+
+op = sys.argv[1]
+try:
+    client = docker.from_env(timeout=30)
+except docker.errors.DockerException:
+    sys.exit(1)
+api = client.api
+if op == "has":
+    try:
+        api.inspect_image(sys.argv[2])
+    except docker.errors.ImageNotFound:
+        sys.exit(1)
+elif op == "import":
+    repo, tag = docker.utils.parse_repository_tag(sys.argv[2])
+    api.import_image_from_stream(
+        sys.stdin.buffer, repository=repo, tag=tag or "latest", changes=['CMD ["python3"]']
+    )
+    api.inspect_image(sys.argv[2])
+PYEOF
+}
+
+if ! "$PY" -c "import docker" 2>/dev/null; then
+  echo 'the Docker SDK for Python is missing: pip install "rlm[docker]"' >&2
+  exit 1
+fi
+
+if ! engine ping; then
   echo "== starting dockerd (log: /tmp/dockerd.log)"
   nohup dockerd >/tmp/dockerd.log 2>&1 &
   end=$((SECONDS + DEADLINE_S))
-  until docker info >/dev/null 2>&1; do
+  until engine ping; do
     if ((SECONDS >= end)); then
       echo "dockerd did not answer within ${DEADLINE_S}s; last log lines:" >&2
       tail -20 /tmp/dockerd.log >&2 || true
@@ -24,7 +57,7 @@ if ! docker info >/dev/null 2>&1; then
   done
 fi
 
-if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+if engine has "$IMAGE"; then
   echo "== image $IMAGE already built"
   exit 0
 fi
@@ -37,5 +70,5 @@ debootstrap --variant=minbase --include=python3 bookworm "$root" >/tmp/debootstr
   exit 1
 }
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-tar -C "$root" -c . | docker import -c 'CMD ["python3"]' - "$IMAGE" >/dev/null
+tar -C "$root" -c . | engine import "$IMAGE"
 echo "== built $IMAGE"
