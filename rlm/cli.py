@@ -5,7 +5,11 @@ its parser to the subparsers and sets ``handler`` to a function taking the
 parsed arguments and returning the exit status. Adding a subcommand means
 writing one builder and one handler and listing the builder there.
 
-Exit status: 0 on success, 1 when the command failed, 2 for usage errors.
+Exit status (:data:`rlm.cli_options.EXIT_CODES`): 0 success; 1 the run failed (a limit
+was exceeded, or another error); 2 usage error (bad arguments, empty context, bad config
+file); 3 configuration error (unknown backend, missing key or package, bad
+RLM_LOCAL_MODEL, no disk space); 4 the model provider failed (401/403, 5xx, unreachable);
+130 interrupted. Errors are one paragraph on stderr; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -15,13 +19,24 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rlm.cli_options import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PROVIDER,
+    EXIT_USAGE,
+    UsageError,
+    classify,
+    debug_enabled,
+    print_traceback,
+    resolve_run_options,
+)
 from rlm.trajectory.cli import build_replay
-from rlm.utils.exceptions import CancellationError, RLMError
+from rlm.utils.exceptions import CancellationError
 from rlm.viewer.cli import build_view
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+__all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "EXIT_PROVIDER", "EXIT_USAGE", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 Builder = Callable[[Any], None]  # receives the object returned by add_subparsers()
@@ -159,8 +174,14 @@ def _read_context(args: argparse.Namespace) -> str | list[str]:
     if not pieces and not sys.stdin.isatty():
         pieces.append(sys.stdin.read())
     if not pieces:
-        raise ValueError(
+        raise UsageError(
             "no context: pass --context FILE_OR_DIR (repeatable) or pipe text on stdin"
+        )
+    if not any(piece.strip() for piece in pieces):
+        where = "standard input" if not args.context else ", ".join(args.context)
+        raise UsageError(
+            f"the context is empty ({where} held no text): there is nothing to answer the "
+            "question about; pass --context FILE_OR_DIR or pipe text on stdin"
         )
     return pieces[0] if len(pieces) == 1 else pieces
 
@@ -168,35 +189,83 @@ def _read_context(args: argparse.Namespace) -> str | list[str]:
 def choose_backend(
     backend: str | None, model: str | None, base_url: str | None
 ) -> tuple[str, dict[str, Any]]:
-    """``backend`` as asked; by default OpenAI when OPENAI_API_KEY is set, else the embedded model."""
+    """The backend and its kwargs for ``rlm run``.
+
+    ``model`` may be ``provider/model`` (``-m anthropic/claude-sonnet-4-5``,
+    :func:`rlm.clients.parse_model_string`) or a bare model name for ``backend``. With
+    neither a backend nor a provider: OpenAI when OPENAI_API_KEY or ``base_url`` is set,
+    else the embedded model. For the embedded model every prerequisite (llama-cpp-python,
+    ``$RLM_LOCAL_MODEL``, disk space) is checked before it is fetched.
+    """
     import os
 
+    from rlm.clients import parse_model_string
+    from rlm.utils.exceptions import ConfigurationError
+
+    model_name = model
+    if model and (backend is not None or "/" in model or model == "local"):
+        try:
+            backend, model_name = parse_model_string(model, backend)
+        except ConfigurationError:
+            if not base_url:  # an OpenAI-compatible server's names may hold a "/"
+                raise
     if backend is None:
         backend = "openai" if (os.environ.get("OPENAI_API_KEY") or base_url) else "llama_cpp"
     kwargs: dict[str, Any] = {}
     if backend == "llama_cpp":
-        from rlm.local_model import fetch_model, find_model
+        from rlm.cli_options import check_local_model_prerequisites
+        from rlm.local_model import fetch_model
 
-        path = find_model()
+        path = check_local_model_prerequisites()
         if path is None:
             print("Fetching the embedded model (about 1.1 GB, once)...", file=sys.stderr)
             path = fetch_model(progress=lambda msg: print(msg, file=sys.stderr))
         kwargs = {"model_path": str(path), "sampling_args": {"temperature": 0, "max_tokens": 512}}
+        if model_name:
+            kwargs["model_name"] = model_name
     else:
-        kwargs["model_name"] = model or os.environ.get("RLM_MODEL") or "gpt-4o-mini"
-    if model and backend == "llama_cpp":
-        kwargs["model_name"] = model
+        kwargs["model_name"] = model_name or "gpt-4o-mini"
     if base_url:
         kwargs["base_url"] = base_url
     return backend, kwargs
+
+
+def _result_json(result: Any, backend: str, logger: Any) -> dict[str, Any]:
+    usage = result.usage_summary
+    cost = getattr(usage, "total_cost", None)
+    return {
+        "answer": result.response,
+        "backend": backend,
+        "root_model": result.root_model,
+        "execution_time": round(result.execution_time, 3),
+        "usage": usage.to_dict(),
+        "model_calls": usage.total_calls,
+        "input_tokens": usage.total_input_tokens,
+        "output_tokens": usage.total_output_tokens,
+        "cost": cost,
+        "log_path": getattr(logger, "log_file_path", None) if logger is not None else None,
+        "error": getattr(result, "error", None),
+    }
+
+
+def _emit(args: argparse.Namespace, text: str) -> None:
+    """The command's output: stdout, or the file named by -o."""
+    if getattr(args, "output", None):
+        from pathlib import Path
+
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
 
 
 def _run(args: argparse.Namespace) -> int:
     from rlm import RLM
     from rlm.logger import RLMLogger
 
+    resolve_run_options(args)
     context = _read_context(args)
     backend, backend_kwargs = choose_backend(args.backend, args.model, args.base_url)
+    args._backend = backend  # named in a provider error
     if args.temperature is not None:
         backend_kwargs["sampling_args"] = {
             **backend_kwargs.get("sampling_args", {}),
@@ -211,9 +280,9 @@ def _run(args: argparse.Namespace) -> int:
         max_budget=args.max_budget,
         max_timeout=args.max_timeout,
         max_tokens=args.max_tokens,
-        logger=RLMLogger(log_dir=args.log_dir) if args.log_dir else None,
+        logger=(logger := RLMLogger(log_dir=args.log_dir) if args.log_dir else None),
     )
-    if args.verbose or (not args.quiet and sys.stderr.isatty()):
+    if args.verbose or (not args.quiet and not args.json and sys.stderr.isatty()):
         from rich.console import Console
 
         from rlm.logger import VerbosePrinter
@@ -221,7 +290,15 @@ def _run(args: argparse.Namespace) -> int:
         # Progress goes to stderr so that stdout carries only the answer.
         rlm.verbose = VerbosePrinter(enabled=True, console=Console(stderr=True))
     result = rlm.completion(context, root_prompt=args.question)
-    print(_safe(result.response))  # model text: no terminal escape sequences, no secrets
+    if args.json:
+        import json
+
+        _emit(args, json.dumps(_result_json(result, backend, logger), ensure_ascii=False))
+        return EXIT_OK
+    # Model text: no terminal escape sequences, no secrets.
+    _emit(args, _safe(result.response) if not args.output else result.response)
+    if args.quiet:
+        return EXIT_OK
     usage = result.usage_summary
     print(
         f"[{result.execution_time:.1f}s, {usage.total_calls} model calls, "
@@ -248,24 +325,56 @@ def build_run(subparsers: Any) -> None:
         help="a file or directory (repeatable); default: stdin",
     )
     parser.add_argument(
-        "--backend", help="client backend (default: openai with a key, else llama_cpp)"
+        "-m",
+        "--model",
+        help="provider/model (e.g. openai/gpt-4o-mini, anthropic/claude-sonnet-4-5, local), "
+        "or a model name for --backend [RLM_MODEL]",
     )
-    parser.add_argument("--model", help="model name for the backend")
     parser.add_argument(
-        "--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"
+        "--backend",
+        help="client backend (default: from -m; else openai with OPENAI_API_KEY, else the "
+        "embedded llama_cpp model) [RLM_BACKEND]",
     )
-    parser.add_argument("--environment", default="local", help="REPL environment (default: local)")
     parser.add_argument(
-        "--temperature", type=float, help="sampling temperature (default: the backend's; 0 locally)"
+        "--base-url",
+        help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 [RLM_BASE_URL]",
     )
-    parser.add_argument("--max-iterations", type=int, default=20)
-    parser.add_argument("--max-depth", type=int, default=1)
-    parser.add_argument("--max-budget", type=float, help="USD")
-    parser.add_argument("--max-timeout", type=float, help="seconds")
-    parser.add_argument("--max-tokens", type=int)
-    parser.add_argument("--log-dir", help="write the trajectory (JSON lines) here")
+    parser.add_argument("--environment", help="REPL environment (default: local) [RLM_ENVIRONMENT]")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        help="sampling temperature (default: the backend's; 0 locally) [RLM_TEMPERATURE]",
+    )
+    parser.add_argument(
+        "--max-iterations", type=int, help="root iterations (default: 20) [RLM_MAX_ITERATIONS]"
+    )
+    parser.add_argument(
+        "--max-depth", type=int, help="recursion depth (default: 1) [RLM_MAX_DEPTH]"
+    )
+    parser.add_argument("--max-budget", type=float, help="USD for the run [RLM_MAX_BUDGET]")
+    parser.add_argument("--max-timeout", type=float, help="seconds for the run [RLM_MAX_TIMEOUT]")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        help="total tokens for the run, input plus output (not per answer) [RLM_MAX_TOKENS]",
+    )
+    parser.add_argument("--log-dir", help="write the trajectory (JSON lines) here [RLM_LOG_DIR]")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: answer, usage, cost, log_path",
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="FILE", help="write the answer (or the JSON) to FILE"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show every iteration")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the answer")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, print the traceback too [RLM_DEBUG=1]",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -285,7 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlm",
         description="Recursive Language Models: answer prompts far beyond a model's context window.",
+        epilog="exit status: 0 success, 1 the run failed (a limit, or another error), 2 usage "
+        "error, 3 configuration error, 4 the model provider failed, 130 interrupted. "
+        "Options of run also come from RLM_* environment variables and the TOML file "
+        "$RLM_CONFIG (default ~/.config/rlm/config.toml).",
     )
+    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
     try:
         from importlib.metadata import version
 
@@ -313,10 +427,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(handler(args) or EXIT_OK)
     except (KeyboardInterrupt, CancellationError):
         _error("interrupted")
-        return 130
-    except (RLMError, OSError, RuntimeError, ValueError) as exc:
-        _error(str(exc))
-        return EXIT_FAILURE
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # one paragraph; the traceback only under --debug
+        code, message = classify(exc, getattr(args, "_backend", None))
+        if debug_enabled(args):
+            print_traceback(exc)
+        _error(message)
+        return code
 
 
 if __name__ == "__main__":

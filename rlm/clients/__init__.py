@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rlm.clients.base_lm import BaseLM, Generation, UsageTracker, to_messages
-from rlm.utils.exceptions import MissingBaseURLError
+from rlm.utils.exceptions import ConfigurationError, MissingBaseURLError
 from rlm.utils.registry import Registry
 from rlm.utils.registry import lazy as _lazy
 
@@ -27,12 +27,76 @@ def register_backend(name: str, factory: Factory) -> None:
 
 
 def available_backends() -> list[str]:
+    """The names ``backend=`` accepts, sorted."""
     return _BACKENDS.names()
 
 
 def get_client(backend: str, backend_kwargs: dict[str, Any] | None) -> BaseLM:
     """Build the client for ``backend``. Raises ``ConfigurationError`` for an unknown name."""
     return _BACKENDS.build(backend, backend_kwargs)
+
+
+#: Provider prefixes accepted in model strings besides the backend names themselves.
+MODEL_PREFIX_ALIASES: dict[str, str] = {
+    "azure": "azure_openai",
+    "google": "gemini",
+    "local": "llama_cpp",
+    "llama.cpp": "llama_cpp",
+    "llamacpp": "llama_cpp",
+}
+
+
+def parse_model_string(model: str, backend: str | None = None) -> tuple[str, str | None]:
+    """Split ``"provider/model"`` (the LiteLLM convention) into ``(backend, model_name)``.
+
+    ``"openai/gpt-4o-mini"`` -> ``("openai", "gpt-4o-mini")``; only the first ``/``
+    splits, so ``"openrouter/anthropic/claude-3.5-sonnet"`` keeps its vendor part and
+    ``"litellm/groq/llama3-8b"`` hands ``"groq/llama3-8b"`` to LiteLLM. The provider is a
+    backend name or an alias in :data:`MODEL_PREFIX_ALIASES` (``azure``, ``google``,
+    ``local``). ``"local"`` alone means the embedded model (its name: None).
+
+    With ``backend`` given, the string is that backend's model name unless it starts with
+    ``backend/`` (then the prefix is dropped), so ``backend="vllm",
+    model="Qwen/Qwen2.5-7B"`` stays whole.
+
+    Raises:
+        ConfigurationError: the prefix is no known provider, or a part is empty.
+    """
+    text = str(model).strip()
+    if backend is not None:
+        prefix, sep, rest = text.partition("/")
+        if sep and MODEL_PREFIX_ALIASES.get(prefix, prefix) == backend and rest:
+            return backend, rest
+        return backend, text or None
+    if text in ("local", "llama_cpp"):
+        return "llama_cpp", None
+    prefix, sep, rest = text.partition("/")
+    name = MODEL_PREFIX_ALIASES.get(prefix, prefix)
+    if not sep or not rest or not prefix:
+        raise ConfigurationError(
+            f"Model {model!r} names no provider; write it as provider/model, e.g. "
+            f"openai/gpt-4o-mini or anthropic/claude-sonnet-4-5 (providers: "
+            f"{', '.join(available_backends())})"
+        )
+    if name not in _BACKENDS.names():
+        raise ConfigurationError(
+            f"Unknown provider {prefix!r} in model {model!r}. Providers: "
+            f"{', '.join(available_backends())}; for any provider LiteLLM knows, write "
+            f"litellm/{text}"
+        )
+    return name, rest
+
+
+def resolve_model(
+    model: str, backend: str | None = None, backend_kwargs: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """``(backend, backend_kwargs)`` for a model string: :func:`parse_model_string`, with
+    the model name put in (a copy of) ``backend_kwargs`` as ``model_name``."""
+    name, model_name = parse_model_string(model, backend)
+    kwargs = dict(backend_kwargs or {})
+    if model_name is not None:
+        kwargs["model_name"] = model_name
+    return name, kwargs
 
 
 def _vllm(kwargs: dict[str, Any]) -> BaseLM:
@@ -84,6 +148,8 @@ __all__ = [
     "UsageTracker",
     "available_backends",
     "get_client",
+    "parse_model_string",
     "register_backend",
+    "resolve_model",
     "to_messages",
 ]
