@@ -362,3 +362,106 @@ def test_an_engine_reached_only_through_docker_host_tcp(second_engine, monkeypat
         env.cleanup()
     assert client.api.containers(all=True) == []
     assert json.dumps(env.isolation)  # still describable after cleanup
+
+
+# -- a missing image pulled from a registry (a loopback stub of the registry API) --------
+
+
+class _Registry:
+    """Serves one image (the test image's config and layer, exported from the engine) over
+    the registry HTTP API v2 on 127.0.0.1, which the engine trusts without TLS."""
+
+    def __init__(self, image: str):
+        import hashlib
+        import io
+        import tarfile
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        data = b"".join(docker_client().api.get_image(image))
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            (entry,) = json.load(tar.extractfile("manifest.json"))
+            config = tar.extractfile(entry["Config"]).read()
+            layers = [tar.extractfile(name).read() for name in entry["Layers"]]
+
+        def digest(blob: bytes) -> str:
+            return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+        blobs = {digest(b): b for b in [config, *layers]}
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "size": len(config),
+                    "digest": digest(config),
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                        "size": len(layer),
+                        "digest": digest(layer),
+                    }
+                    for layer in layers
+                ],
+            }
+        ).encode()
+        self.requests: list[str] = []
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, body: bool) -> None:
+                registry.requests.append(f"{self.command} {self.path}")
+                if self.path == "/v2/":
+                    payload, kind = b"{}", "application/json"
+                elif "/manifests/" in self.path:
+                    payload = manifest
+                    kind = "application/vnd.docker.distribution.manifest.v2+json"
+                elif "/blobs/" in self.path and self.path.rsplit("/", 1)[1] in blobs:
+                    payload, kind = blobs[self.path.rsplit("/", 1)[1]], "application/octet-stream"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Docker-Content-Digest", digest(payload))
+                self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+                self.end_headers()
+                if body:
+                    self.wfile.write(payload)
+
+            def do_GET(self):
+                self._answer(True)
+
+            def do_HEAD(self):
+                self._answer(False)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_port
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_missing_image_is_pulled_with_progress(docker, capfd):
+    registry = _Registry(DOCKER_IMAGE)
+    image = f"127.0.0.1:{registry.port}/rlm-pull-test:one"
+    try:
+        env = docker(image=image)
+        assert env.execute_code("print('pulled')").stdout == "pulled\n"
+        err = capfd.readouterr().err
+        assert f"rlm docker: pulling {image}" in err and f"rlm docker: pulled {image}" in err
+        assert any("/manifests/one" in r for r in registry.requests)
+    finally:
+        registry.close()
+        try:
+            docker_client().api.remove_image(image)  # the tag only: the image stays
+        except Exception:
+            pass
