@@ -360,6 +360,13 @@ class LlamaCppClient(BaseLM):
         return self._loaded
 
     def _generate(self, messages: Messages, model: str | None = None) -> Generation:
+        return self._complete(messages, model)
+
+    def _stream(self, messages: Messages, model: str | None, on_token: Any) -> Generation:
+        """``_generate`` with ``stream=True``: each piece of text goes to ``on_token``."""
+        return self._complete(messages, model, on_token)
+
+    def _complete(self, messages: Messages, model: str | None, on_token: Any = None) -> Generation:
         loaded = self._model()
         name = model or self.model_name
         plain = _plain_messages(messages)
@@ -369,7 +376,7 @@ class LlamaCppClient(BaseLM):
             loaded.rearm()
             loaded.owner = self
             try:
-                response = self._run_native(loaded, plain)
+                response = self._run_native(loaded, plain, on_token)
             except ValueError as exc:
                 match = _CONTEXT_RE.search(str(exc))
                 if match or "context window" in str(exc):
@@ -390,7 +397,9 @@ class LlamaCppClient(BaseLM):
             cost=None,
         )
 
-    def _run_native(self, loaded: _LoadedModel, messages: list[dict[str, str]]) -> Any:
+    def _run_native(
+        self, loaded: _LoadedModel, messages: list[dict[str, str]], on_token: Any = None
+    ) -> Any:
         """``create_chat_completion`` in a helper thread that this one waits for, so the
         wait can be interrupted: on the call's timeout or on Ctrl-C the native call is
         stopped and joined before this returns or raises. Holds ``loaded.lock``."""
@@ -398,9 +407,14 @@ class LlamaCppClient(BaseLM):
 
         def call() -> None:
             try:
-                box["response"] = loaded.llama.create_chat_completion(
-                    messages=messages, **self.sampling_args
-                )
+                if on_token is None:
+                    box["response"] = loaded.llama.create_chat_completion(
+                        messages=messages, **self.sampling_args
+                    )
+                else:
+                    box["response"] = _streamed(
+                        loaded.llama, messages, self.sampling_args, on_token
+                    )
             except BaseException as exc:  # re-raised in the caller's thread
                 box["error"] = exc
 
@@ -467,3 +481,20 @@ __all__ = [
     "model_name_from_path",
     "unload_models",
 ]
+
+
+def _streamed(llama: Any, messages: list[dict[str, str]], sampling: dict[str, Any], on_token: Any):
+    """A streamed ``create_chat_completion``, each piece of text sent to ``on_token``, as
+    the non-streamed response dict. llama.cpp streams no usage: the completion tokens are
+    the pieces streamed (one token each) and the prompt tokens what else the context holds."""
+    pieces: list[str] = []
+    count = 0
+    for chunk in llama.create_chat_completion(messages=messages, stream=True, **sampling):
+        delta = ((chunk.get("choices") or [{}])[0].get("delta") or {}).get("content")
+        if delta:
+            count += 1
+            pieces.append(delta)
+            on_token(delta)
+    usage = {"prompt_tokens": max(int(getattr(llama, "n_tokens", 0)) - count, 0)}
+    usage["completion_tokens"] = count
+    return {"choices": [{"message": {"content": "".join(pieces)}}], "usage": usage}

@@ -247,6 +247,32 @@ class OpenAIClient(BaseLM):
         response = await self._async_client().chat.completions.create(**args)
         return self._parse(response, args["model"])
 
+    def _stream(self, messages: Messages, model: str | None, on_token: Any) -> Generation:
+        """``_generate`` as server-sent events: each content delta goes to ``on_token``;
+        the usage comes from the final chunk (``stream_options.include_usage``)."""
+        args = self._request(messages, model)
+        args["stream"] = True
+        args.setdefault("stream_options", {"include_usage": True})
+        pieces: list[str] = []
+        usage = None
+        for chunk in self._sync_client().chat.completions.create(**args):
+            if getattr(chunk, "usage", None) is not None:
+                usage = chunk.usage
+            for choice in getattr(chunk, "choices", None) or []:
+                text = getattr(choice.delta, "content", None) if choice.delta else None
+                if text:
+                    pieces.append(text)
+                    on_token(text)
+        input_tokens, output_tokens, cached, cost = _usage_numbers(usage)
+        return Generation(
+            text="".join(pieces),
+            model=args["model"],
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_tokens=cached,
+            cost=cost,
+        )
+
     def close(self) -> None:
         if self._sync is not None and hasattr(self._sync, "close"):
             self._sync.close()
