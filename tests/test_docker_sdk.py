@@ -465,3 +465,35 @@ def test_a_missing_image_is_pulled_with_progress(docker, capfd):
             docker_client().api.remove_image(image)  # the tag only: the image stays
         except Exception:
             pass
+
+
+# -- removal on the failing paths ------------------------------------------------------------
+
+
+def ours() -> list[str]:
+    """Containers this process started that still exist."""
+    from rlm.environments.docker_repl import owner_label
+
+    found = docker_client().api.containers(
+        all=True, filters={"label": f"{LABEL_OWNER}={owner_label()}"}
+    )
+    return [c["Id"] for c in found]
+
+
+def test_a_failing_setup_code_removes_its_container(docker):
+    assert ours() == []
+    with pytest.raises(ConfigurationError, match="setup_code failed"):
+        docker(setup_code="raise RuntimeError('no')")
+    assert ours() == []
+
+
+class _CtrlC:
+    def __repr__(self):  # the context is sent as data; other objects become their repr
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_construction_removes_its_container(docker):
+    assert ours() == []
+    with pytest.raises(KeyboardInterrupt):
+        docker(context_payload=_CtrlC())
+    assert ours() == []
