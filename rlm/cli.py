@@ -282,14 +282,25 @@ def _run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         logger=(logger := RLMLogger(log_dir=args.log_dir) if args.log_dir else None),
     )
+    live = None
     if args.verbose or (not args.quiet and not args.json and sys.stderr.isatty()):
         from rich.console import Console
 
         from rlm.logger import VerbosePrinter
 
         # Progress goes to stderr so that stdout carries only the answer.
-        rlm.verbose = VerbosePrinter(enabled=True, console=Console(stderr=True))
-    result = rlm.completion(context, root_prompt=args.question)
+        console = Console(stderr=True)
+        rlm.verbose = VerbosePrinter(enabled=True, console=console)
+        if sys.stderr.isatty() and not args.quiet and not args.json:
+            from rlm.logger.live import LiveStatus
+
+            live = LiveStatus(console)  # the status line under the printed iterations
+            rlm.subscribe(live)
+    if live is not None:
+        with live:
+            result = rlm.completion(context, root_prompt=args.question)
+    else:
+        result = rlm.completion(context, root_prompt=args.question)
     if args.json:
         import json
 
