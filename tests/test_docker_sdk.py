@@ -363,6 +363,33 @@ def test_an_engine_reached_only_through_docker_host_tcp(second_engine, monkeypat
     assert client.api.containers(all=True) == []
     assert json.dumps(env.isolation)  # still describable after cleanup
 
+    # The same engine named by the current Docker context instead (no DOCKER_HOST).
+    import docker as sdk
+
+    monkeypatch.delenv("DOCKER_HOST")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "config"))
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.json").write_text(json.dumps({"currentContext": "rlm-2nd"}))
+    # Written as `docker context create rlm-2nd --docker host=URL` writes it (the SDK's own
+    # create_context turns tcp:// into https://).
+    import hashlib
+
+    meta = tmp_path / "config" / "contexts" / "meta" / hashlib.sha256(b"rlm-2nd").hexdigest()
+    meta.mkdir(parents=True)
+    endpoint = {"Host": url, "SkipTLSVerify": False}
+    (meta / "meta.json").write_text(
+        json.dumps({"Name": "rlm-2nd", "Metadata": {}, "Endpoints": {"docker": endpoint}})
+    )
+    assert sdk.ContextAPI.get_context("rlm-2nd").Host == url
+    env = DockerREPL(image=DOCKER_IMAGE)
+    try:
+        assert env.isolation["engine"] == url.replace("tcp://", "http://")
+        assert env.execute_code("print('via context')").stdout == "via context\n"
+        assert [c["Id"] for c in client.api.containers(all=True)] == [env.container_id]
+    finally:
+        env.cleanup()
+    assert client.api.containers(all=True) == []
+
 
 # -- a missing image pulled from a registry (a loopback stub of the registry API) --------
 

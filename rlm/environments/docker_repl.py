@@ -147,12 +147,18 @@ def _engine_failure(exc: BaseException) -> bool:
     )
 
 
+def _context_name() -> str:
+    """The Docker context in use: DOCKER_CONTEXT, else the config's currentContext."""
+    _sdk()
+    from docker.context.config import get_current_context_name
+
+    return os.environ.get("DOCKER_CONTEXT") or get_current_context_name() or "default"
+
+
 def _context_endpoint() -> tuple[str, Any] | None:
     """(host, tls) of the current Docker context when it is not "default", else None."""
     docker = _sdk()
-    from docker.context.config import get_current_context_name
-
-    name = os.environ.get("DOCKER_CONTEXT") or get_current_context_name()
+    name = _context_name()
     if not name or name == "default":
         return None
     try:
@@ -188,7 +194,7 @@ def docker_client(base_url: str | None = None) -> Any:
     key = (
         base_url,
         *(os.environ.get(k) for k in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")),
-        os.environ.get("DOCKER_CONTEXT"),
+        None if base_url or os.environ.get("DOCKER_HOST") else _context_name(),
     )
     with _clients_lock:
         client = _clients.get(key)
