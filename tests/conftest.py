@@ -23,3 +23,23 @@ def scripted_handler():
     yield make
     for handler in handlers:
         handler.stop()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say plainly what did not run: every skip reason with its count and test names."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        terminalreporter.write_sep("=", "no test was skipped", green=True)
+        return
+    by_reason: dict[str, list[str]] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        by_reason.setdefault(reason, []).append(report.nodeid)
+    terminalreporter.write_sep("=", f"{len(skipped)} skipped, by reason", yellow=True)
+    for reason, nodes in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+        terminalreporter.write_line(f"{len(nodes):4d} x {reason}")
+        for node in nodes[:3]:
+            terminalreporter.write_line(f"        {node}")
+        if len(nodes) > 3:
+            terminalreporter.write_line(f"        ... and {len(nodes) - 3} more")
