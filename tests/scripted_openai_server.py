@@ -222,7 +222,26 @@ class ScriptedOpenAIServer:
                     self._send(400, {"error": {"message": f"bad JSON: {exc}"}})
                     return
                 status, payload = owner._answer(body)
-                self._send(status, payload)
+                if body.get("stream") and status == 200:
+                    self._send_sse(payload)
+                else:
+                    self._send(status, payload)
+
+            def _send_sse(self, payload: dict[str, Any]) -> None:
+                """The reply as server-sent chunks (one per line), usage in the last."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                base = {k: payload[k] for k in ("id", "created", "model")}
+                base["object"] = "chat.completion.chunk"
+                text = payload["choices"][0]["message"]["content"]
+                for piece in text.splitlines(keepends=True) or [""]:
+                    delta = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                    chunk = {**base, "choices": [delta]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                last = {**base, "choices": [], "usage": payload["usage"]}
+                self.wfile.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+                self.wfile.flush()
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -279,11 +298,6 @@ class ScriptedOpenAIServer:
         messages = body.get("messages") or []
         model = str(body.get("model") or "")
         call = ModelCall(messages=messages, model=model, body=body)
-        if body.get("stream"):
-            error = "the scripted server does not stream"
-            with self._lock:
-                self._records.append(_Record(call, None, error))
-            return 400, {"error": {"message": error, "type": "invalid_request_error"}}
         try:
             reply = self.policy(call)
         except Exception:

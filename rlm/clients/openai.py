@@ -255,7 +255,12 @@ class OpenAIClient(BaseLM):
         args.setdefault("stream_options", {"include_usage": True})
         pieces: list[str] = []
         usage = None
-        for chunk in self._sync_client().chat.completions.create(**args):
+        try:
+            chunks = self._sync_client().chat.completions.create(**args)
+        except (openai.BadRequestError, openai.UnprocessableEntityError):
+            # A server that refuses to stream (or its stream_options) answers in one piece.
+            return self._generate(messages, model)
+        for chunk in chunks:
             if getattr(chunk, "usage", None) is not None:
                 usage = chunk.usage
             for choice in getattr(chunk, "choices", None) or []:
