@@ -8,6 +8,7 @@ wire frames stay interchangeable.
 from __future__ import annotations
 
 import json
+import reprlib
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal
@@ -31,6 +32,25 @@ EnvironmentType = Literal[
 
 
 _MAX_NESTING = 100
+#: Characters of one field that a ``repr()`` shows (the whole value stays in the attribute).
+_REPR_FIELD = 60
+
+
+def _short(value: Any, limit: int = _REPR_FIELD) -> str:
+    """A ``repr`` of ``value`` of about ``limit`` characters, built without rendering the
+    whole value (a 10 MB prompt costs what a short one does)."""
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + f"...({len(value):,} chars)"
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = limit
+    shortener.maxlist = shortener.maxtuple = shortener.maxdict = 3
+    shortener.maxlevel = 2
+    text = shortener.repr(value)
+    return text if len(text) <= limit + 20 else text[:limit] + "..."
+
+
+def _seconds(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else repr(value)
 
 
 def _serialize_value(value: Any, _path: set[int] | None = None) -> Any:
@@ -69,7 +89,7 @@ def _serialize_value(value: Any, _path: set[int] | None = None) -> Any:
 # --------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)
 class ModelUsageSummary:
     """Usage of one model: calls, tokens and cost (USD, ``None`` when unknown)."""
 
@@ -101,6 +121,14 @@ class ModelUsageSummary:
             total_cached_tokens=int(data.get("total_cached_tokens") or 0),
         )
 
+    def __repr__(self) -> str:
+        cost = "unknown" if self.total_cost is None else f"{self.total_cost:.6g}"
+        return (
+            f"ModelUsageSummary(calls={self.total_calls}, input_tokens={self.total_input_tokens}"
+            f", output_tokens={self.total_output_tokens}, cached_tokens="
+            f"{self.total_cached_tokens}, cost={cost})"
+        )
+
     def add(self, other: ModelUsageSummary) -> None:
         """Add ``other`` into this summary (cost stays ``None`` only if both are unknown)."""
         self.total_calls += other.total_calls
@@ -111,7 +139,7 @@ class ModelUsageSummary:
             self.total_cost = (self.total_cost or 0.0) + other.total_cost
 
 
-@dataclass
+@dataclass(repr=False)
 class UsageSummary:
     """Usage per model name."""
 
@@ -143,6 +171,15 @@ class UsageSummary:
     @property
     def total_calls(self) -> int:
         return sum(s.total_calls for s in self.model_usage_summaries.values())
+
+    def __repr__(self) -> str:
+        models = list(self.model_usage_summaries)
+        shown = ", ".join(_short(m, 24) for m in models[:1]) + (", ..." if len(models) > 1 else "")
+        cost = "unknown" if self.total_cost is None else f"{self.total_cost:.6g}"
+        return (
+            f"UsageSummary(models=[{shown}], calls={self.total_calls}, input_tokens="
+            f"{self.total_input_tokens}, output_tokens={self.total_output_tokens}, cost={cost})"
+        )
 
     def merge(self, other: UsageSummary) -> UsageSummary:
         """Return a new summary with ``other`` added to this one."""
@@ -178,7 +215,7 @@ class UsageSummary:
 # --------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)
 class RLMChatCompletion:
     """The result of ``RLM.completion()`` and of every sub-call made from the REPL."""
 
@@ -189,6 +226,18 @@ class RLMChatCompletion:
     execution_time: float
     metadata: dict[str, Any] | None = None
     error: str | None = None
+
+    def __repr__(self) -> str:
+        """A few hundred characters, whatever the prompt holds (the full data: attributes
+        and ``to_dict()``)."""
+        meta = None if self.metadata is None else f"<{len(self.metadata)} keys>"
+        return (
+            f"RLMChatCompletion(root_model={_short(self.root_model, 30)}, response="
+            f"{_short(self.response)}, prompt={_short(self.prompt, 40)}, usage_summary="
+            f"{self.usage_summary!r}, execution_time={_seconds(self.execution_time)}, metadata={meta}"
+            + (f", error={_short(self.error, 40)}" if self.error is not None else "")
+            + ")"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -252,9 +301,11 @@ class REPLResult:
 
     def __repr__(self) -> str:
         return (
-            f"REPLResult(stdout={self.stdout!r:.80}, stderr={self.stderr!r:.80}, "
+            f"REPLResult(stdout={_short(self.stdout)}, stderr={_short(self.stderr)}, "
             f"locals={len(self.locals)} names, execution_time={self.execution_time}, "
-            f"rlm_calls={len(self.rlm_calls)}, final_answer={self.final_answer!r:.80})"
+            f"rlm_calls={len(self.rlm_calls)}, final_answer={_short(self.final_answer)}"
+            + (f", error={_short(self.error)}" if self.error is not None else "")
+            + ")"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -306,7 +357,7 @@ class CodeBlock:
         )
 
 
-@dataclass
+@dataclass(repr=False)
 class RLMIteration:
     prompt: Any
     response: str
@@ -315,6 +366,13 @@ class RLMIteration:
     iteration_time: float | None = None
     #: Ours: usage of this iteration's root-model call (sub-calls are in the blocks).
     root_usage: UsageSummary | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"RLMIteration(response={_short(self.response)}, code_blocks="
+            f"{len(self.code_blocks)}, final_answer={_short(self.final_answer)}, "
+            f"iteration_time={_seconds(self.iteration_time)}, prompt={_short(self.prompt, 60)})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = {
