@@ -26,7 +26,8 @@ from typing import Any
 
 from rlm.clients.pricing import PriceBook
 from rlm.core.types import ModelUsageSummary, UsageSummary
-from rlm.utils.exceptions import ConfigurationError
+from rlm.utils import exceptions as _exc
+from rlm.utils.exceptions import ConfigurationError, ProviderError
 from rlm.utils.token_utils import count_tokens
 
 DEFAULT_TIMEOUT: float = 300.0
@@ -234,7 +235,8 @@ class BaseLM(metaclass=_LMMeta):
         return cls._stream is not BaseLM._stream
 
     def generate(self, prompt: Any, model: str | None = None) -> Generation:
-        generation = self._priced(self._generate(to_messages(prompt), model))
+        with ProviderErrors(model or self.model_name):
+            generation = self._priced(self._generate(to_messages(prompt), model))
         self._record(generation)
         return generation
 
@@ -245,12 +247,14 @@ class BaseLM(metaclass=_LMMeta):
         a client that cannot stream answers in one piece, without calling ``on_token``."""
         if not type(self).supports_streaming():
             return self.generate(prompt, model)
-        generation = self._priced(self._stream(to_messages(prompt), model, on_token))
+        with ProviderErrors(model or self.model_name):
+            generation = self._priced(self._stream(to_messages(prompt), model, on_token))
         self._record(generation)
         return generation
 
     async def agenerate(self, prompt: Any, model: str | None = None) -> Generation:
-        generation = self._priced(await self._agenerate(to_messages(prompt), model))
+        with ProviderErrors(model or self.model_name):
+            generation = self._priced(await self._agenerate(to_messages(prompt), model))
         self._record(generation)
         return generation
 
@@ -289,6 +293,131 @@ class BaseLM(metaclass=_LMMeta):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_name={self.model_name!r})"
+
+
+# ---------------------------------------------------------------------------
+# Provider errors, mapped once
+# ---------------------------------------------------------------------------
+
+#: Packages whose exceptions are a provider's (what generate()/agenerate() map).
+PROVIDER_PACKAGES = frozenset(
+    {"openai", "anthropic", "google", "litellm", "portkey_ai"}
+    | {"httpx", "httpcore", "httpx2", "httpcore2", "aiohttp"}  # what the SDKs let through
+)
+#: SDK class names -> rlm class, checked along the exception's MRO (most specific first).
+_BY_NAME: dict[str, type[ProviderError]] = {
+    "AuthenticationError": _exc.ProviderAuthenticationError,
+    "PermissionDeniedError": _exc.ProviderAuthenticationError,
+    "Unauthenticated": _exc.ProviderAuthenticationError,
+    "PermissionDenied": _exc.ProviderAuthenticationError,
+    "RateLimitError": _exc.ProviderRateLimitError,
+    "ResourceExhausted": _exc.ProviderRateLimitError,
+    "APITimeoutError": _exc.ProviderTimeoutError,
+    "Timeout": _exc.ProviderTimeoutError,
+    "TimeoutException": _exc.ProviderTimeoutError,
+    "DeadlineExceeded": _exc.ProviderTimeoutError,
+    "APIConnectionError": _exc.ProviderConnectionError,
+    "ConnectError": _exc.ProviderConnectionError,
+    "TransportError": _exc.ProviderConnectionError,
+    "ServiceUnavailableError": _exc.ProviderServerError,
+    "InternalServerError": _exc.ProviderServerError,
+    "BadRequestError": _exc.ProviderBadRequestError,
+    "NotFoundError": _exc.ProviderBadRequestError,
+    "UnprocessableEntityError": _exc.ProviderBadRequestError,
+}
+_combined: dict[tuple[type, type], type] = {}
+
+
+def _status_of(exc: BaseException) -> int | None:
+    for value in (
+        getattr(exc, "status_code", None),
+        getattr(exc, "code", None),  # google-genai's APIError
+        getattr(getattr(exc, "response", None), "status_code", None),
+    ):
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            return value
+    return None
+
+
+def _rlm_class(exc: BaseException, status: int | None) -> type[ProviderError]:
+    # A connection failure deeper in the chain wins (LiteLLM reports one as a 500).
+    cause, depth = exc.__cause__ or exc.__context__, 0
+    while cause is not None and depth < 8:
+        for klass in type(cause).__mro__:
+            found = _BY_NAME.get(klass.__name__)
+            if found is not None and issubclass(found, _exc.ProviderConnectionError):
+                return found
+        cause, depth = cause.__cause__ or cause.__context__, depth + 1
+    for klass in type(exc).__mro__:
+        if klass.__name__ in _BY_NAME:
+            return _BY_NAME[klass.__name__]
+    if status in (401, 403):
+        return _exc.ProviderAuthenticationError
+    if status == 429:
+        return _exc.ProviderRateLimitError
+    if status == 408:
+        return _exc.ProviderTimeoutError
+    if status is not None and status >= 500:
+        return _exc.ProviderServerError
+    if status is not None and status >= 400:
+        return _exc.ProviderBadRequestError
+    return ProviderError
+
+
+def map_provider_error(exc: BaseException, model: str | None = None) -> ProviderError | None:
+    """The rlm error for an exception a provider SDK raised, or None (not a provider's).
+
+    The result is an instance of a class made from the rlm class *and* the SDK's class,
+    with the SDK exception's attributes, so both ``except ProviderRateLimitError`` and
+    ``except openai.RateLimitError`` catch it; its message is one line. Raise it
+    ``from exc`` (:class:`ProviderErrors` does)."""
+    if isinstance(exc, ProviderError):
+        return None
+    package = type(exc).__module__.split(".")[0]
+    if package not in PROVIDER_PACKAGES:
+        return None
+    status = _status_of(exc)
+    rlm_cls = _rlm_class(exc, status)
+    detail = " ".join(str(exc).split())
+    if len(detail) > 300:
+        detail = detail[:300] + "..."
+    where = [f"model {model}"] if model else []
+    where += [f"HTTP {status}"] if status else []
+    message = f"{package}: {rlm_cls.kind}" + (f" ({', '.join(where)})" if where else "")
+    message += f": {detail}" if detail else ""
+    key = (rlm_cls, type(exc))
+    klass = _combined.get(key)
+    if klass is None:
+        try:
+            klass = type(rlm_cls.__name__, (rlm_cls, type(exc)), {"__module__": rlm_cls.__module__})
+        except TypeError:  # an SDK class that cannot be combined (a C layout): ours alone
+            klass = rlm_cls
+        _combined[key] = klass
+    error = klass.__new__(klass)
+    error.__dict__.update(getattr(exc, "__dict__", {}))
+    error.args = (message,)
+    error.provider, error.model, error.status_code, error.original = package, model, status, exc
+    return error
+
+
+class ProviderErrors:
+    """``with ProviderErrors(model):`` re-raises a provider SDK's exception as its rlm
+    error (:func:`map_provider_error`), the original as ``__cause__``; others pass."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, model: str | None) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, Exception):
+            mapped = map_provider_error(exc, self.model)
+            if mapped is not None:
+                raise mapped from exc
+        return False
 
 
 def _legacy_generation(client: Any, text: str) -> Generation:

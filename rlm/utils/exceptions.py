@@ -7,6 +7,8 @@ constructor signatures of the public ``rlms`` package and all carry
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RLMError(Exception):
     """Root of every error this library raises on purpose."""
@@ -115,6 +117,84 @@ class MissingBaseURLError(ConfigurationError, AssertionError):
     """``backend="vllm"`` without ``base_url``; also an ``AssertionError``, as in rlms."""
 
 
+# ---------------------------------------------------------------------------
+# Provider errors: what a model provider's SDK raised, mapped once at the client seam
+# (rlm.clients.base_lm.map_provider_error). The exception raised is also an instance of
+# the SDK's own class (a class made from both), so ``except openai.RateLimitError`` and
+# ``except openai.APIError``, which rlms users wrote, still catch it; the SDK's
+# exception is ``__cause__`` (and ``original``), its attributes (``status_code``,
+# ``response``, ``body``...) are kept.
+# ---------------------------------------------------------------------------
+
+
+class ProviderError(RLMError):
+    """A model provider refused or failed a call. ``str()`` is one line.
+
+    Attributes: ``provider`` (the SDK's package, e.g. ``"openai"``), ``model``,
+    ``status_code`` (the HTTP status, ``None`` without one) and ``original`` (the SDK's
+    exception, also ``__cause__``).
+    """
+
+    provider: str | None = None
+    model: str | None = None
+    status_code: int | None = None
+    original: BaseException | None = None
+    #: What the message says this kind of failure is.
+    kind = "failed"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else self.kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The class made from both is not importable by name: pickle as the rlm class.
+        plain = next(c for c in type(self).__mro__ if globals().get(c.__name__) is c)
+        return (_rebuild_provider_error, (plain, str(self), self.provider, self.status_code))
+
+
+class ProviderAuthenticationError(ProviderError):
+    """The provider refused the credentials (HTTP 401 or 403)."""
+
+    kind = "authentication failed"
+
+
+class ProviderRateLimitError(ProviderError):
+    """The provider refused the call for rate or quota (HTTP 429)."""
+
+    kind = "rate limited"
+
+
+class ProviderConnectionError(ProviderError):
+    """The provider could not be reached (refused, reset, DNS, TLS)."""
+
+    kind = "could not connect"
+
+
+class ProviderTimeoutError(ProviderConnectionError):
+    """The provider did not answer within the client's ``timeout``."""
+
+    kind = "timed out"
+
+
+class ProviderBadRequestError(ProviderError):
+    """The provider refused the request itself (HTTP 400-499 other than 401/403/429)."""
+
+    kind = "bad request"
+
+
+class ProviderServerError(ProviderError):
+    """The provider failed (HTTP 500 and above)."""
+
+    kind = "server error"
+
+
+def _rebuild_provider_error(
+    cls: type[ProviderError], message: str, provider: str | None, status: int | None
+) -> ProviderError:
+    error = cls(message)
+    error.provider, error.status_code = provider, status
+    return error
+
+
 __all__ = [
     "RLMError",
     "LimitExceededError",
@@ -126,4 +206,11 @@ __all__ = [
     "ProtocolError",
     "ConfigurationError",
     "MissingBaseURLError",
+    "ProviderError",
+    "ProviderAuthenticationError",
+    "ProviderRateLimitError",
+    "ProviderConnectionError",
+    "ProviderTimeoutError",
+    "ProviderBadRequestError",
+    "ProviderServerError",
 ]

@@ -1,0 +1,132 @@
+"""Provider SDK errors, mapped once at the client seam (BaseLM.generate/agenerate).
+
+The real SDKs run against loopback stub servers answering 401, 429 and 500, and
+against a port nobody listens on. The mapped error is an rlm ProviderError *and*
+an instance of the SDK's own class (what rlms users caught), with the original
+as ``__cause__`` and a one-line message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import pickle
+import socket
+
+import pytest
+
+from rlm.clients import get_client
+from rlm.utils import exceptions as exc_mod
+from rlm.utils.exceptions import (
+    ProviderAuthenticationError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderRateLimitError,
+    ProviderServerError,
+    RLMError,
+)
+
+try:
+    from tests.stubs import Fault, StubServer, anthropic_messages, gemini_generate, openai_chat
+    from tests.test_clients_providers import BACKENDS
+except ImportError:  # pragma: no cover - tests/ on sys.path
+    from stubs import Fault, StubServer, anthropic_messages, gemini_generate, openai_chat
+    from test_clients_providers import BACKENDS
+
+pytest.importorskip("anthropic")
+pytest.importorskip("google.genai")
+pytest.importorskip("portkey_ai")
+if importlib.util.find_spec("litellm") is None:
+    pytest.skip("litellm is not installed", allow_module_level=True)
+
+SDKS = ["openai", "anthropic", "gemini", "litellm", "portkey"]
+KINDS = {401: ProviderAuthenticationError, 429: ProviderRateLimitError, 500: ProviderServerError}
+
+
+def responder(backend):
+    if backend == "anthropic":
+        return anthropic_messages("pong")
+    if backend == "gemini":
+        return gemini_generate("pong")
+    return openai_chat("pong")
+
+
+def client_for(backend, url):
+    return get_client(backend, {**BACKENDS[backend](url), "max_retries": 0, "timeout": 20})
+
+
+def check_mapped(error, kind):
+    assert isinstance(error, kind) and isinstance(error, ProviderError)
+    assert isinstance(error, RLMError)
+    original = error.__cause__
+    assert original is not None and error.original is original
+    assert not isinstance(original, ProviderError)
+    assert isinstance(error, type(original))  # `except <the SDK's class>` still catches it
+    message = str(error)
+    assert "\n" not in message and len(message) < 500
+    assert message.startswith(f"{error.provider}: {kind.kind}")
+
+
+@pytest.mark.parametrize("backend", SDKS)
+@pytest.mark.parametrize("status", sorted(KINDS))
+def test_http_errors_are_mapped(backend, status):
+    with StubServer(responder(backend)) as stub:
+        stub.faults.append(Fault(status=status))
+        with pytest.raises(KINDS[status]) as info:
+            client_for(backend, stub.url).generate("hi")
+    check_mapped(info.value, KINDS[status])
+    assert info.value.status_code == status
+    assert f"HTTP {status}" in str(info.value)
+
+
+@pytest.mark.parametrize("backend", SDKS)
+def test_a_refused_connection_is_mapped(backend):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    client = client_for(backend, f"http://127.0.0.1:{port}")
+    with pytest.raises(ProviderConnectionError) as info:
+        client.generate("hi")
+    check_mapped(info.value, type(info.value))
+
+
+def test_what_rlms_users_caught_still_catches():
+    import openai
+
+    with StubServer(openai_chat("pong")) as stub:
+        stub.faults.append(Fault(status=429))
+        with pytest.raises(openai.RateLimitError) as info:
+            client_for("openai", stub.url).generate("hi")
+        stub.faults.append(Fault(status=401))
+        with pytest.raises(openai.APIError):
+            client_for("openai", stub.url).generate("hi")
+    error = info.value
+    assert isinstance(error, ProviderRateLimitError)
+    assert error.response.status_code == 429  # the SDK's attributes are kept
+    assert error.body is not None
+
+
+def test_the_async_path_maps_too():
+    with StubServer(anthropic_messages("pong")) as stub:
+        stub.faults.append(Fault(status=500))
+        client = client_for("anthropic", stub.url)
+        with pytest.raises(ProviderServerError) as info:
+            asyncio.run(client.agenerate("hi"))
+    check_mapped(info.value, ProviderServerError)
+
+
+def test_a_mapped_error_pickles_as_the_rlm_class():
+    with StubServer(openai_chat("pong")) as stub:
+        stub.faults.append(Fault(status=429))
+        with pytest.raises(ProviderRateLimitError) as info:
+            client_for("openai", stub.url).generate("hi")
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is exc_mod.ProviderRateLimitError
+    assert str(copy) == str(info.value) and copy.status_code == 429
+
+
+def test_other_errors_pass_unchanged():
+    from rlm.clients.base_lm import map_provider_error
+
+    assert map_provider_error(ValueError("x")) is None
+    assert map_provider_error(KeyboardInterrupt()) is None
