@@ -25,17 +25,10 @@ class CallLimiter:
         self._active = 0
         self._lock = threading.Lock()
         self._waiters: deque[Any] = deque()
-        #: The most calls ever in flight at once (for tests and benchmarks).
-        self.peak = 0
-
-    @property
-    def active(self) -> int:
-        return self._active
 
     def _take(self) -> bool:
         if self._active < self.limit and not self._waiters:
             self._active += 1
-            self.peak = max(self.peak, self._active)
             return True
         return False
 

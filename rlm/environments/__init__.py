@@ -13,6 +13,7 @@ from rlm.environments.base_env import (
     SupportsCustomTools,
     SupportsPersistence,
     ToolInfo,
+    env_supports,
     extract_tool_value,
     format_tools_for_prompt,
     parse_custom_tools,
@@ -38,8 +39,10 @@ def register_environment(
     """Make ``environment=name`` build an environment with ``factory(environment_kwargs)``.
 
     ``check_kwargs(environment_kwargs)``, if given, runs when an RLM is constructed
-    and raises on options the environment would refuse later. ``persistent`` says
-    the environment implements :class:`SupportsPersistence` (``RLM(persistent=True)``).
+    and raises on options the environment would refuse later. ``persistent`` answers
+    :func:`supports_persistence` for the *name*, before the environment's module (which
+    may need an optional SDK) is imported; it must agree with the class's
+    ``supports_persistence`` attribute, which :func:`env_supports` reads on the object.
     """
     _ENVIRONMENTS.register(name, factory, check_kwargs, persistent=persistent)
 
@@ -50,6 +53,7 @@ def check_environment_kwargs(environment: str, environment_kwargs: dict[str, Any
 
 
 def supports_persistence(environment: str) -> bool:
+    """Whether ``environment=`` names an environment that accepts ``persistent=True``."""
     return bool(_ENVIRONMENTS.trait(environment, "persistent", False))
 
 
@@ -122,6 +126,7 @@ __all__ = [
     "ToolInfo",
     "available_environments",
     "check_environment_kwargs",
+    "env_supports",
     "supports_persistence",
     "extract_tool_value",
     "format_tools_for_prompt",

@@ -181,6 +181,40 @@ class SupportsPersistence(Protocol):
     def get_history_count(self) -> int: ...
 
 
+#: capability -> the methods that provide it (read for environments that do not say).
+_CAPABILITY_METHODS: dict[str, tuple[str, ...]] = {
+    "cell_timeout": (),
+    "persistence": (
+        "update_handler_address",
+        "add_context",
+        "get_context_count",
+        "add_history",
+        "get_history_count",
+    ),
+    "compaction": ("append_compaction_entry",),
+}
+
+
+def env_supports(env: Any, capability: str) -> bool:
+    """Whether ``env`` (an environment or its class) has ``capability``: the one reader of
+    the environment contract, for ``"cell_timeout"``, ``"persistence"`` and ``"compaction"``.
+
+    It reads the class attribute ``supports_<capability>``; where that is not a bool (a
+    class written before the attribute existed, a duck-typed object), it checks that the
+    capability's methods are there (``cell_timeout`` then counts as absent).
+    """
+    try:
+        methods = _CAPABILITY_METHODS[capability]
+    except KeyError:
+        raise ValueError(
+            f"Unknown environment capability {capability!r}; known: {sorted(_CAPABILITY_METHODS)}"
+        ) from None
+    flag = getattr(env, f"supports_{capability}", None)
+    if isinstance(flag, bool):
+        return flag
+    return bool(methods) and all(callable(getattr(env, m, None)) for m in methods)
+
+
 # ---------------------------------------------------------------------------
 # Base classes
 # ---------------------------------------------------------------------------
@@ -189,13 +223,20 @@ class SupportsPersistence(Protocol):
 class BaseEnv(ABC):
     """A REPL the RLM loop runs code in.
 
-    Subclasses implement ``setup``, ``load_context`` and ``execute_code``; they
-    may accept ``execute_code(code, timeout=...)`` and say so with
-    ``supports_cell_timeout = True``, and should release everything in
-    ``cleanup()`` (also called by ``__exit__``).
+    Subclasses implement ``setup``, ``load_context`` and ``execute_code``, and should
+    release everything in ``cleanup()`` (also called by ``__exit__``). What else they
+    offer the loop is said by the three capability attributes below, read by
+    :func:`env_supports` (the one place the loop asks).
     """
 
+    #: ``execute_code(code, timeout=...)`` is accepted (the loop passes the time left).
     supports_cell_timeout: bool = False
+    #: The :class:`SupportsPersistence` methods (``RLM(persistent=True)``). ``None``: read
+    #: from the methods, for subclasses written before this attribute.
+    supports_persistence: bool | None = None
+    #: ``append_compaction_entry(entry)`` (``compaction=True`` keeps ``history`` in the REPL).
+    #: ``None``: read from the method.
+    supports_compaction: bool | None = None
 
     def __init__(
         self,

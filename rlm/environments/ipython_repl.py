@@ -318,6 +318,8 @@ class IPythonREPL(BaseEnv):
     """
 
     supports_cell_timeout = True
+    supports_persistence = True
+    supports_compaction = True
 
     @classmethod
     def check_kwargs(cls, kwargs: dict[str, Any]) -> None:

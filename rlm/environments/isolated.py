@@ -246,6 +246,8 @@ class IsolatedREPL(IsolatedEnv):
     """
 
     supports_cell_timeout = True
+    supports_persistence = True
+    supports_compaction = True
     #: Extra fields of the worker's ``init`` message (e.g. ``{"ipython": True}``).
     _WORKER_INIT: dict[str, Any] = {}
 

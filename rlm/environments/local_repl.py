@@ -202,6 +202,8 @@ class LocalREPL(NonIsolatedEnv):
     """A persistent Python namespace in this process (see the module docstring)."""
 
     supports_cell_timeout = True
+    supports_persistence = True
+    supports_compaction = True
 
     @classmethod
     def check_kwargs(cls, kwargs: dict[str, Any]) -> None:
