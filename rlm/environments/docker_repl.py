@@ -88,7 +88,7 @@ class DockerImageError(ConfigurationError, DockerError):
 
 def _sdk() -> Any:
     try:
-        import docker
+        import docker  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ConfigurationError(
             f"environment='docker' needs the Docker SDK for Python: {EXTRA}"
@@ -150,7 +150,7 @@ def _engine_failure(exc: BaseException) -> bool:
 def _context_name() -> str:
     """The Docker context in use: DOCKER_CONTEXT, else the config's currentContext."""
     _sdk()
-    from docker.context.config import get_current_context_name
+    from docker.context.config import get_current_context_name  # type: ignore[import-untyped]
 
     return os.environ.get("DOCKER_CONTEXT") or get_current_context_name() or "default"
 
@@ -637,7 +637,7 @@ class DockerTransport:
     def _pull(self) -> None:
         """Pull the image, printing progress to stderr; at most ``pull_timeout`` seconds."""
         docker = _sdk()
-        from docker.utils import parse_repository_tag
+        from docker.utils import parse_repository_tag  # type: ignore[import-untyped]
 
         repo, tag = parse_repository_tag(self.image)
         done = threading.Event()
@@ -728,8 +728,9 @@ class DockerTransport:
         name, self.container = self.container, None
         cid, self.container_id = self.container_id, None
         channel, self.channel = self.channel, None
-        if cid is not None or name is not None:
-            self._remove(cid or name)
+        ref = cid or name
+        if ref is not None:
+            self._remove(ref)
         if channel is not None:
             channel.close()
 
