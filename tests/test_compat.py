@@ -372,6 +372,21 @@ class _OpenAIStub(BaseHTTPRequestHandler):
             ],
             "usage": {"prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107},
         }
+        if body.get("stream"):  # verbose runs stream the root model: answer in SSE chunks
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            head = {k: payload[k] for k in ("id", "created", "model")}
+            head["object"] = "chat.completion.chunk"
+            delta = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+            chunks = [
+                {**head, "choices": [delta]},
+                {**head, "choices": [], "usage": payload["usage"]},
+            ]
+            for chunk in chunks:
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
         data = json.dumps(payload).encode("utf-8")
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
