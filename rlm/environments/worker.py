@@ -206,31 +206,31 @@ class Worker:
             """Ask a language model one question (no REPL, no recursion); returns its answer."""
             return worker.call("llm_query", [prompt], {"model": model})
 
-        def llm_query_batched(prompts: list[Any], model: str | None = None) -> list[str]:
-            """Ask many questions concurrently; answers come back in the same order."""
-            if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
-                return [
-                    "Error: llm_query_batched expects a list of prompts, "
-                    f"got {type(prompts).__name__}"
-                ]
-            prompts = list(prompts)
-            out = worker.call("llm_query_batched", [prompts], {"model": model})
-            return out if isinstance(out, list) else [str(out)] * len(prompts)
+        def batched(op: str, doc: str) -> Any:
+            def helper(prompts: list[Any], model: str | None = None) -> list[str]:
+                if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
+                    return [f"Error: {op} expects a list of prompts, got {type(prompts).__name__}"]
+                prompts = list(prompts)
+                out = worker.call(op, [prompts], {"model": model})
+                return out if isinstance(out, list) else [str(out)] * len(prompts)
+
+            helper.__name__ = helper.__qualname__ = op
+            helper.__doc__ = doc
+            return helper
+
+        llm_query_batched = batched(
+            "llm_query_batched",
+            "Ask many questions concurrently; answers come back in the same order.",
+        )
 
         def rlm_query(prompt: Any, model: str | None = None) -> str:
             """Hand a sub-task to a child RLM with its own REPL (a plain model call at the depth cap)."""
             return worker.call("rlm_query", [prompt], {"model": model})
 
-        def rlm_query_batched(prompts: list[Any], model: str | None = None) -> list[str]:
-            """Run several child RLMs in parallel; answers come back in the same order."""
-            if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
-                return [
-                    "Error: rlm_query_batched expects a list of prompts, "
-                    f"got {type(prompts).__name__}"
-                ]
-            prompts = list(prompts)
-            out = worker.call("rlm_query_batched", [prompts], {"model": model})
-            return out if isinstance(out, list) else [str(out)] * len(prompts)
+        rlm_query_batched = batched(
+            "rlm_query_batched",
+            "Run several child RLMs in parallel; answers come back in the same order.",
+        )
 
         return {
             "llm_query": llm_query,
