@@ -324,7 +324,7 @@ class LlamaCppClient(BaseLM):
         if not path.is_file():
             raise ConfigurationError(f"The local model file {str(path)!r} does not exist")
 
-        sampling = {"temperature": 0.0}
+        sampling: dict[str, Any] = {"temperature": 0.0}
         for key, value in (sampling_args or {}).items():
             key = _ALIASES.get(key, key)
             if key not in SAMPLING_KEYS:

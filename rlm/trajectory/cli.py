@@ -31,7 +31,9 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"replaying in environment {replay.environment_used!r}", file=sys.stderr)
         if args.quiet:
             continue
-        status = "ok" if step.matches else f"DIVERGES ({step.divergence.field})"
+        divergence = step.divergence
+        where = divergence.field if divergence is not None else "?"
+        status = "ok" if step.matches else f"DIVERGES ({where})"
         code = truncate_end(" ".join(step.code.split()), 60)
         print(f"iteration {step.iteration_index + 1} block {step.block_index}: {status}  {code}")
     print(f"final answer: {replay.final_answer}")

@@ -15,10 +15,13 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlm.core.types import RLMChatCompletion, UsageSummary
 from rlm.utils.text import truncate_end
+
+if TYPE_CHECKING:
+    from rlm.trajectory.replay import Replay
 
 #: How ``compact`` (rlm.logger) and ``truncate_middle`` announce a cut in a long string.
 CUT_MARKER = re.compile(r"\n\.\.\. \[([\d,]+) characters cut\] \.\.\.\n")
@@ -593,7 +596,7 @@ class Trajectory:
 
         return RecordingLM(self)
 
-    def replay_steps(self, context: Any = ..., **kwargs: Any) -> Iterator[Any]:
+    def replay_steps(self, context: Any = ..., **kwargs: Any) -> Replay:
         """Re-run the recorded blocks one at a time; yields a ``ReplayStep`` per block.
 
         See :func:`rlm.trajectory.replay.replay_steps`.

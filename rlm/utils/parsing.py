@@ -43,7 +43,7 @@ def _repl_spans(text: str) -> list[tuple[int, int, str]]:
     short. If no candidate parses (the code has a real syntax error) the first
     closing fence ends the block, so the error is reported when it runs.
     """
-    spans = []
+    spans: list[tuple[int, int, str]] = []
     pos = 0
     while True:
         opening = _OPEN_FENCE.search(text, pos)

@@ -103,7 +103,7 @@ class LogLibrary:
         return runs, error
 
     def runs(self) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for path in find_logs(self.path):
             runs, error = self._load(path)
             file_id = self._file_id(path)
@@ -273,7 +273,7 @@ class LogLibrary:
                 {
                     "role": str(m.get("role", "?")) if isinstance(m, dict) else "?",
                     "content": _cut(
-                        m.get("content")
+                        str(m["content"])
                         if isinstance(m, dict) and isinstance(m.get("content"), str)
                         else json.dumps(m, default=repr)
                     ),
