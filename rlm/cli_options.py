@@ -25,7 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlm.utils.exceptions import ConfigurationError, LimitExceededError, RLMError
+from rlm.utils.exceptions import (
+    ConfigurationError,
+    LimitExceededError,
+    ProviderError,
+    RLMError,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -271,10 +276,7 @@ def _provider_message(exc: BaseException) -> str:
 
 
 def _is_provider_error(exc: BaseException) -> bool:
-    from rlm.utils import exceptions
-
-    provider_error = getattr(exceptions, "ProviderError", None)
-    if isinstance(provider_error, type) and isinstance(exc, provider_error):
+    if isinstance(exc, ProviderError):  # what the clients raise (rlm.utils.exceptions)
         return True
     root = type(exc).__module__.split(".")[0]
     return root in _PROVIDER_MODULES or isinstance(exc, ConnectionError)
