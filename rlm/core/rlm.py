@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from rlm.clients import BaseLM, get_client
 from rlm.clients.base_lm import call_client, reports_usage_per_call
@@ -31,6 +31,7 @@ from rlm.core.types import (
     RLMChatCompletion,
     RLMIteration,
     RLMMetadata,
+    StructuredCompletion,
     UsageSummary,
 )
 from rlm.environments import (
@@ -55,6 +56,7 @@ from rlm.utils.prompts import (
     build_user_prompt,
 )
 from rlm.utils.rlm_utils import collect_secrets, is_sensitive_key, redact, register_secrets
+from rlm.utils.structured import StructuredAnswer
 from rlm.utils.token_utils import context_window_for, count_tokens
 
 
@@ -92,6 +94,12 @@ def _error_completion(model: str, prompt: Any, message: str, start: float) -> RL
 _Run = Run
 
 
+#: The Pydantic model class of a ``response_format`` (for the typed result).
+_ModelT = TypeVar("_ModelT")
+#: What ``response_format`` accepts: a Pydantic model class, a JSON Schema, or None.
+ResponseFormat = type[Any] | dict[str, Any] | None
+
+
 def _text_of(prompt: Any) -> str:
     return prompt if isinstance(prompt, str) else repr(prompt)[: ev.PREVIEW_CHARS]
 
@@ -103,6 +111,11 @@ class RLM:
     see ``docs/api.md`` for each one. Clients are built (and configuration
     checked) here, so a missing key or an unknown backend fails at once.
     """
+
+    #: How many answers that do not match ``response_format`` go back to the model (with
+    #: the validation message) before the run ends with ``StructuredOutputError``; the
+    #: ``response_format_retries`` keyword of ``completion()`` overrides it for one call.
+    response_format_retries: int = 2
 
     def __init__(
         self,
@@ -819,23 +832,109 @@ class RLM:
 
     # ------------------------------------------------------------------ public API
 
-    def completion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
+    @overload
+    def completion(
+        self,
+        prompt: Any,
+        root_prompt: str | None = None,
+        *,
+        response_format: type[_ModelT],
+        response_format_retries: int | None = None,
+    ) -> StructuredCompletion[_ModelT]: ...
+
+    @overload
+    def completion(
+        self,
+        prompt: Any,
+        root_prompt: str | None = None,
+        *,
+        response_format: dict[str, Any],
+        response_format_retries: int | None = None,
+    ) -> StructuredCompletion[dict[str, Any]]: ...
+
+    @overload
+    def completion(
+        self,
+        prompt: Any,
+        root_prompt: str | None = None,
+        response_format: ResponseFormat = None,
+        *,
+        response_format_retries: int | None = None,
+    ) -> RLMChatCompletion: ...
+
+    def completion(
+        self,
+        prompt: Any,
+        root_prompt: str | None = None,
+        response_format: ResponseFormat = None,
+        *,
+        response_format_retries: int | None = None,
+    ) -> RLMChatCompletion:
         """Answer ``prompt`` (any size; str, list, dict...) by running the RLM loop.
 
         ``root_prompt`` is an optional short question the root model sees
         directly (the context itself is only reachable through the REPL).
+        ``response_format`` (a Pydantic model class or a JSON Schema dict) asks for a
+        structured answer: the model is told the schema, its answer is validated and sent
+        back with the validation message when invalid (at most
+        ``response_format_retries`` times, default ``RLM.response_format_retries`` = 2),
+        and the result is a ``StructuredCompletion`` whose ``parsed`` is the validated
+        object (``response`` stays the JSON text).
         Raises a limit error (with ``partial_answer``) when a limit stops the
-        run, and ``CancellationError`` on Ctrl-C.
+        run, ``CancellationError`` on Ctrl-C, ``StructuredOutputError`` when the answer
+        never matched ``response_format``, and ``ConfigurationError`` for a
+        ``response_format`` that is neither a model class nor a schema.
         """
+        structured = self._structured(response_format, response_format_retries)
         run = self._new_run()
         self._completion_start_time = run.start
-        return self._completion(prompt, root_prompt, run)
+        return self._completion(prompt, root_prompt, run, structured=structured)
 
-    async def acompletion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
+    @overload
+    async def acompletion(
+        self,
+        prompt: Any,
+        root_prompt: str | None = None,
+        *,
+        response_format: type[_ModelT],
+        response_format_retries: int | None = None,
+    ) -> StructuredCompletion[_ModelT]: ...
+
+    @overload
+    async def acompletion(
+        self,
+        prompt: Any,
+        root_prompt: str | None = None,
+        *,
+        response_format: dict[str, Any],
+        response_format_retries: int | None = None,
+    ) -> StructuredCompletion[dict[str, Any]]: ...
+
+    @overload
+    async def acompletion(
+        self,
+        prompt: Any,
+        root_prompt: str | None = None,
+        response_format: ResponseFormat = None,
+        *,
+        response_format_retries: int | None = None,
+    ) -> RLMChatCompletion: ...
+
+    async def acompletion(
+        self,
+        prompt: Any,
+        root_prompt: str | None = None,
+        response_format: ResponseFormat = None,
+        *,
+        response_format_retries: int | None = None,
+    ) -> RLMChatCompletion:
         """``completion()`` without blocking the event loop; cancelling the task cancels the run."""
+        structured = self._structured(response_format, response_format_retries)
         run = self._new_run()
         self._completion_start_time = run.start
-        task = asyncio.ensure_future(asyncio.to_thread(self._completion, prompt, root_prompt, run))
+        task = asyncio.ensure_future(
+            asyncio.to_thread(self._completion, prompt, root_prompt, run, structured=structured)
+        )
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -844,14 +943,23 @@ class RLM:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             raise
 
-    def stream(self, prompt: Any, root_prompt: str | None = None) -> Iterator[ev.Event]:
+    def stream(
+        self,
+        prompt: Any,
+        root_prompt: str | None = None,
+        response_format: ResponseFormat = None,
+        *,
+        response_format_retries: int | None = None,
+    ) -> Iterator[ev.Event]:
         """The run of ``completion(prompt, root_prompt)`` as its events (``rlm.core.events``),
         children's included, in order. The last is the root's ``RunFinished``, whose
         ``result`` is the ``RLMChatCompletion``; a run stopped by a limit yields
         ``LimitStopped`` and ``RunFinished(error=...)`` and then raises what ``completion()``
-        raises. Closing the iterator early cancels the run."""
+        raises. Closing the iterator early cancels the run. ``response_format`` works as in
+        ``completion()``."""
+        structured = self._structured(response_format, response_format_retries)
         events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        run, thread, outcome = self._start_streamed(prompt, root_prompt, events.put)
+        run, thread, outcome = self._start_streamed(prompt, root_prompt, events.put, structured)
         try:
             while True:
                 item = events.get()
@@ -865,15 +973,23 @@ class RLM:
         if "error" in outcome:
             raise outcome["error"]
 
-    async def astream(self, prompt: Any, root_prompt: str | None = None) -> AsyncIterator[ev.Event]:
+    async def astream(
+        self,
+        prompt: Any,
+        root_prompt: str | None = None,
+        response_format: ResponseFormat = None,
+        *,
+        response_format_retries: int | None = None,
+    ) -> AsyncIterator[ev.Event]:
         """``stream()`` as an async iterator; cancelling or closing it cancels the run."""
+        structured = self._structured(response_format, response_format_retries)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Any] = asyncio.Queue()
 
         def put(item: Any) -> None:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
-        run, thread, outcome = self._start_streamed(prompt, root_prompt, put)
+        run, thread, outcome = self._start_streamed(prompt, root_prompt, put, structured)
         try:
             while True:
                 item = await events.get()
@@ -888,7 +1004,11 @@ class RLM:
             raise outcome["error"]
 
     def _start_streamed(
-        self, prompt: Any, root_prompt: str | None, put: Callable[[Any], None]
+        self,
+        prompt: Any,
+        root_prompt: str | None,
+        put: Callable[[Any], None],
+        structured: StructuredAnswer | None = None,
     ) -> tuple[Run, threading.Thread, dict[str, Any]]:
         """Start a run in a thread whose every event (and then ``_END``) goes to ``put``."""
         run = self._new_run()
@@ -898,7 +1018,9 @@ class RLM:
 
         def work() -> None:
             try:
-                outcome["result"] = self._completion(prompt, root_prompt, run)
+                outcome["result"] = self._completion(
+                    prompt, root_prompt, run, structured=structured
+                )
             except BaseException as exc:
                 outcome["error"] = exc
             finally:
@@ -908,9 +1030,26 @@ class RLM:
         thread.start()
         return run, thread, outcome
 
-    def _completion(self, prompt: Any, root_prompt: str | None, run: Run) -> RLMChatCompletion:
+    def _structured(
+        self, response_format: ResponseFormat, retries: int | None
+    ) -> StructuredAnswer | None:
+        """One call's ``response_format`` (checked now: ConfigurationError), or None."""
+        if response_format is None:
+            return None
+        if retries is None:
+            retries = self.response_format_retries
+        return StructuredAnswer(response_format, retries)
+
+    def _completion(
+        self,
+        prompt: Any,
+        root_prompt: str | None,
+        run: Run,
+        structured: StructuredAnswer | None = None,
+    ) -> RLMChatCompletion:
         if self.depth >= self.max_depth:
-            return self._fallback_completion(prompt, run)
+            result = self._fallback_completion(prompt, run)
+            return result if structured is None else _structured_result(structured, result)
         handler = self._make_handler(run)
         handler.start()
         env: BaseEnv | None = None
@@ -923,7 +1062,15 @@ class RLM:
             env = run.env = self._environment(prompt, handler, run)
             self._emit_started(run, prompt, env)
             messages = self._setup_prompt(prompt, root_prompt)
-            result = self._loop(run, handler, env, messages, prompt, root_prompt)
+            if structured is not None:
+                system = messages[0]
+                messages[0] = {
+                    **system,
+                    "content": f"{system['content']}\n\n{structured.instructions()}",
+                }
+            result = self._loop(
+                run, handler, env, messages, prompt, root_prompt, structured=structured
+            )
             return result
         except KeyboardInterrupt:
             run.cancelled.set()
@@ -978,6 +1125,7 @@ class RLM:
         messages: list[dict[str, Any]],
         prompt: Any,
         root_prompt: str | None,
+        structured: StructuredAnswer | None = None,
     ) -> RLMChatCompletion:
         context_count = env.get_context_count() if isinstance(env, SupportsPersistence) else 1
         history_count = env.get_history_count() if isinstance(env, SupportsPersistence) else 0
@@ -1000,6 +1148,9 @@ class RLM:
                     max_iterations=self.max_iterations,
                 )
             )
+            if structured is not None:
+                turn = messages[-1]
+                messages[-1] = {**turn, "content": f"{turn['content']}\n{structured.reminder()}"}
             iteration = self._run_iteration(run, handler, env, messages)
             if iteration.final_answer is not None:
                 run.best_partial = iteration.final_answer
@@ -1009,13 +1160,25 @@ class RLM:
                 iteration_time=iteration.iteration_time or 0.0,
             )
             ledger.check_after_iteration(run, iteration, number, handler)
-            if iteration.final_answer is not None:
+            rejection: dict[str, str] | None = None
+            if iteration.final_answer is not None and structured is not None:
+                # Raises StructuredOutputError once no try is left.
+                parsed, data, rejection = structured.judge(iteration.final_answer)
+                if rejection is None:
+                    text = structured.response_text(iteration.final_answer, data)
+                    result = self._finish(run, handler, env, messages, prompt, text)
+                    return _with_parsed(result, parsed)
+            elif iteration.final_answer is not None:
                 return self._finish(run, handler, env, messages, prompt, iteration.final_answer)
             new_messages = format_iteration(iteration)
+            if rejection is not None:
+                new_messages = [*new_messages, rejection]
             messages.extend(new_messages)
             if self.compaction and hasattr(env, "append_compaction_entry"):
                 env.append_compaction_entry(list(new_messages))  # rlms: [assistant, REPL output]
-        return self._forced_answer(run, handler, env, messages, prompt, root_prompt)
+        return self._forced_answer(
+            run, handler, env, messages, prompt, root_prompt, structured=structured
+        )
 
     def _forced_answer(
         self,
@@ -1025,9 +1188,11 @@ class RLM:
         messages: list[dict[str, Any]],
         prompt: Any,
         root_prompt: str | None,
+        structured: StructuredAnswer | None = None,
     ) -> RLMChatCompletion:
         """Out of iterations: ask once for the best answer from what was learned."""
-        final_messages = [*messages, build_final_answer_prompt(root_prompt)]
+        answer_format = None if structured is None else structured.answer_format
+        final_messages = [*messages, build_final_answer_prompt(root_prompt, answer_format)]
         start = time.perf_counter()
         response = self._ask_root(run, handler, final_messages)
         answer = find_final_answer(response, environment=env) or response.strip()
@@ -1045,6 +1210,9 @@ class RLM:
             iteration_time=record.iteration_time or 0.0,
             forced_answer=True,
         )
+        if structured is not None:
+            parsed, text = structured.last_chance(answer)  # raises when invalid
+            return _with_parsed(self._finish(run, handler, env, messages, prompt, text), parsed)
         return self._finish(run, handler, env, messages, prompt, answer)
 
     def _finish(
@@ -1089,6 +1257,22 @@ class RLM:
 
 #: The end of a streamed run (after its last event).
 _END = object()
+
+
+def _with_parsed(result: RLMChatCompletion, parsed: Any) -> StructuredCompletion[Any]:
+    """``result`` as a ``StructuredCompletion`` carrying ``parsed``."""
+    fields = {name: getattr(result, name) for name in result.__dataclass_fields__}
+    fields["parsed"] = parsed
+    return StructuredCompletion(**fields)
+
+
+def _structured_result(
+    structured: StructuredAnswer, result: RLMChatCompletion
+) -> StructuredCompletion[Any]:
+    """A plain call's answer (an RLM at its depth cap) checked against ``response_format``."""
+    parsed, text = structured.last_chance(result.response)
+    result.response = text
+    return _with_parsed(result, parsed)
 
 
 class _QueueSubscriber:

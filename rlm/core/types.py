@@ -11,7 +11,7 @@ import json
 import reprlib
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 ClientBackend = Literal[
     "openai",
@@ -226,16 +226,20 @@ class RLMChatCompletion:
     execution_time: float
     metadata: dict[str, Any] | None = None
     error: str | None = None
+    #: With ``completion(response_format=...)``: the validated answer (a Pydantic instance
+    #: for a model class, the JSON value for a JSON Schema); otherwise None.
+    parsed: Any = None
 
     def __repr__(self) -> str:
         """A few hundred characters, whatever the prompt holds (the full data: attributes
         and ``to_dict()``)."""
         meta = None if self.metadata is None else f"<{len(self.metadata)} keys>"
         return (
-            f"RLMChatCompletion(root_model={_short(self.root_model, 30)}, response="
+            f"{type(self).__name__}(root_model={_short(self.root_model, 30)}, response="
             f"{_short(self.response)}, prompt={_short(self.prompt, 40)}, usage_summary="
             f"{self.usage_summary!r}, execution_time={_seconds(self.execution_time)}, metadata={meta}"
             + (f", error={_short(self.error, 40)}" if self.error is not None else "")
+            + (f", parsed={_short(self.parsed)}" if self.parsed is not None else "")
             + ")"
         )
 
@@ -251,6 +255,8 @@ class RLMChatCompletion:
             out["metadata"] = self.metadata
         if self.error is not None:
             out["error"] = self.error
+        if self.parsed is not None:
+            out["parsed"] = _parsed_json(self.parsed)
         return out
 
     @classmethod
@@ -263,7 +269,29 @@ class RLMChatCompletion:
             execution_time=float(data.get("execution_time") or 0.0),
             metadata=data.get("metadata"),
             error=data.get("error"),
+            parsed=data.get("parsed"),
         )
+
+
+def _parsed_json(value: Any) -> Any:
+    """``parsed`` as JSON data: a Pydantic instance as its ``model_dump(mode="json")``."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json")
+    return _serialize_value(value)
+
+
+#: The type of ``StructuredCompletion.parsed``.
+ParsedT = TypeVar("ParsedT")
+
+
+class StructuredCompletion(RLMChatCompletion, Generic[ParsedT]):
+    """The result of ``completion(..., response_format=...)``: an ``RLMChatCompletion``
+    whose ``parsed`` is the validated answer, typed for checkers (``parsed`` is an
+    instance of the Pydantic model passed, or a ``dict`` for a JSON Schema). ``to_dict()``
+    writes ``parsed`` as JSON; ``from_dict()`` gives it back as JSON data."""
+
+    parsed: ParsedT
 
 
 @dataclass(repr=False, eq=False)

@@ -99,6 +99,33 @@ class CancellationError(RLMError):
         super().__init__(message or "Execution cancelled by user")
 
 
+class StructuredOutputError(RLMError, ValueError):
+    """The answer never matched ``response_format``: every try allowed by
+    ``response_format_retries`` was rejected (or the answer forced after
+    ``max_iterations`` was invalid).
+
+    Attributes: ``attempt`` (the last answer the model submitted, as text; also
+    ``partial_answer``), ``validation_error`` (why it was rejected) and ``attempts`` (how
+    many answers were rejected). A ``ValueError``, like a failed parse.
+    """
+
+    def __init__(
+        self,
+        attempt: str,
+        validation_error: str,
+        attempts: int = 1,
+        message: str | None = None,
+    ):
+        self.attempt = attempt
+        self.validation_error = validation_error
+        self.attempts = attempts
+        self.partial_answer = attempt
+        super().__init__(message or f"the answer did not match response_format: {validation_error}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.attempt, self.validation_error, self.attempts, str(self)))
+
+
 class ProtocolError(RLMError, ValueError):
     """A frame (on the LM handler socket or a worker channel) was malformed, too large,
     or cut short. Also a ``ValueError``, as the worker channel's errors always were."""
@@ -203,6 +230,7 @@ __all__ = [
     "TokenLimitExceededError",
     "ErrorThresholdExceededError",
     "CancellationError",
+    "StructuredOutputError",
     "ProtocolError",
     "ConfigurationError",
     "MissingBaseURLError",

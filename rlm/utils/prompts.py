@@ -22,6 +22,9 @@ __all__ = [
     "build_compaction_prompt",
     "build_after_compaction_prompt",
     "COMPACTION_NOTE",
+    "build_response_format_note",
+    "build_response_format_reminder",
+    "build_rejected_answer_prompt",
 ]
 
 RLM_SYSTEM_PROMPT = """You answer questions about a context that is too long to read at once.
@@ -169,14 +172,58 @@ def build_user_prompt(
     return {"role": "user", "content": "\n".join(lines)}
 
 
-def build_final_answer_prompt(root_prompt: str | None = None) -> dict[str, str]:
-    """Asked once when the iterations run out."""
+def build_final_answer_prompt(
+    root_prompt: str | None = None, answer_format: str | None = None
+) -> dict[str, str]:
+    """Asked once when the iterations run out. ``answer_format`` (with
+    ``response_format``) says what the answer must be, e.g. "a JSON object matching the
+    JSON Schema in the instructions"."""
     question = f" to the question: {root_prompt}" if root_prompt else ""
+    how = (
+        f"Write only the answer, as {answer_format}, with no code and no other words."
+        if answer_format
+        else "Write only the answer, as plain text, with no code."
+    )
+    return {
+        "role": "user",
+        "content": f"You have no turns left. Reply now with your best final answer{question}. {how}",
+    }
+
+
+def build_response_format_note(
+    schema_json: str, shape_json: str, shape_python: str, what: str
+) -> str:
+    """The paragraph ``response_format`` adds to the system prompt: the schema, the shape
+    of an answer, and how to submit it (``what``: "a JSON object" or "a JSON value")."""
+    return (
+        f"Answer format: your final answer must be {what} that matches this JSON Schema:\n"
+        f"{schema_json}\n"
+        f"Its shape (put the real values in place of the placeholders): {shape_json}\n"
+        "Submit it the usual way, as JSON text. For example:\n"
+        "```repl\n"
+        "import json\n"
+        f"answer['content'] = json.dumps({shape_python})\n"
+        "answer['ready'] = True\n"
+        "```\n"
+        "Put only the JSON in the answer, no other words."
+    )
+
+
+def build_response_format_reminder(what: str) -> str:
+    """The line ``response_format`` adds to each turn's prompt."""
+    return f"The final answer must be {what} matching the JSON Schema in the instructions."
+
+
+def build_rejected_answer_prompt(attempt: str, problems: str, tries_left: int) -> dict[str, str]:
+    """Sends an answer that did not match ``response_format`` back to the model."""
+    tries = "1 try" if tries_left == 1 else f"{tries_left} tries"
     return {
         "role": "user",
         "content": (
-            f"You have no turns left. Reply now with your best final answer{question}. "
-            "Write only the answer, as plain text, with no code."
+            "Your final answer was not accepted: it does not match the required JSON Schema.\n"
+            f"Problems:\n{problems}\n"
+            f"Your answer was:\n{attempt}\n"
+            f"Fix it and submit the corrected JSON the same way ({tries} left)."
         ),
     }
 
