@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,9 @@ def test_every_side_uses_the_same_codec():
     assert worker.rlm_frames is frames
     assert comms_utils.encode_frame is frames.encode_frame
     assert comms_utils.FrameTooLargeError is frames.FrameTooLargeError
-    assert isolated.worker_sources()["rlm_frames"] == open(frames.__file__).read()
+    assert isolated.worker_sources()["rlm_frames"] == Path(frames.__file__).read_text(
+        encoding="utf-8"
+    )
     assert issubclass(frames.FrameTooLargeError, ProtocolError)
     assert issubclass(ProtocolError, ValueError)
 
@@ -96,7 +99,7 @@ def test_the_shipped_codec_runs_without_the_package():
     )
     proc = subprocess.run(
         [sys.executable, "-I", "-S", "-c", code],
-        input=open(frames.__file__).read(),
+        input=Path(frames.__file__).read_text(encoding="utf-8"),
         capture_output=True,
         text=True,
         timeout=60,
