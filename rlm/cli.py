@@ -32,6 +32,7 @@ from rlm.cli_options import (
     print_traceback,
     resolve_run_options,
 )
+from rlm.plugins_cli import build_backends, build_environments
 from rlm.trajectory.cli import build_replay
 from rlm.utils.exceptions import CancellationError
 from rlm.viewer.cli import build_view
@@ -398,6 +399,8 @@ SUBCOMMANDS: dict[str, Builder] = {
     "model-path": build_model_path,
     "view": build_view,
     "replay": build_replay,
+    "backends": build_backends,
+    "environments": build_environments,
 }
 
 

@@ -13,12 +13,12 @@ from typing import Any
 
 from rlm.clients.base_lm import BaseLM, Generation, UsageTracker, to_messages
 from rlm.utils.exceptions import ConfigurationError, MissingBaseURLError
-from rlm.utils.registry import Registry
+from rlm.utils.registry import BACKEND_ENTRY_POINTS, Entry, Registry
 from rlm.utils.registry import lazy as _lazy
 
 Factory = Callable[[dict[str, Any]], BaseLM]
 
-_BACKENDS: Registry[BaseLM] = Registry("backend")
+_BACKENDS: Registry[BaseLM] = Registry("backend", BACKEND_ENTRY_POINTS)
 
 
 def register_backend(name: str, factory: Factory) -> None:
@@ -29,6 +29,12 @@ def register_backend(name: str, factory: Factory) -> None:
 def available_backends() -> list[str]:
     """The names ``backend=`` accepts, sorted."""
     return _BACKENDS.names()
+
+
+def backend_entries() -> list[Entry]:
+    """Every backend with where it comes from: built-in, registered, or a plugin of the
+    ``rlm.backends`` entry-point group (``rlm backends`` prints this)."""
+    return _BACKENDS.entries()
 
 
 def get_client(backend: str, backend_kwargs: dict[str, Any] | None) -> BaseLM:
@@ -141,12 +147,14 @@ register_backend("portkey", _lazy("rlm.clients.portkey", "PortkeyClient", extra=
 register_backend("scripted", _lazy("rlm.clients.scripted", "ScriptedLM"))
 register_backend("mock", _lazy("rlm.clients.scripted", "ScriptedLM"))
 register_backend("llama_cpp", _lazy("rlm.clients.llama_cpp", "LlamaCppClient", extra="local"))
+_BACKENDS.seal_builtins()
 
 __all__ = [
     "BaseLM",
     "Generation",
     "UsageTracker",
     "available_backends",
+    "backend_entries",
     "get_client",
     "parse_model_string",
     "register_backend",

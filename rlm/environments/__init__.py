@@ -21,13 +21,13 @@ from rlm.environments.base_env import (
     validate_custom_tools,
 )
 from rlm.environments.local_repl import LocalREPL
-from rlm.utils.registry import Registry
+from rlm.utils.registry import ENVIRONMENT_ENTRY_POINTS, Entry, Registry
 from rlm.utils.registry import lazy as _lazy
 from rlm.utils.registry import lazy_check as _lazy_check
 
 EnvFactory = Callable[[dict[str, Any]], BaseEnv]
 
-_ENVIRONMENTS: Registry[BaseEnv] = Registry("environment")
+_ENVIRONMENTS: Registry[BaseEnv] = Registry("environment", ENVIRONMENT_ENTRY_POINTS)
 
 
 def register_environment(
@@ -58,7 +58,14 @@ def supports_persistence(environment: str) -> bool:
 
 
 def available_environments() -> list[str]:
+    """The names ``environment=`` accepts (plugins included), sorted."""
     return _ENVIRONMENTS.names()
+
+
+def environment_entries() -> list[Entry]:
+    """Every environment with where it comes from: built-in, registered, or a plugin of
+    the ``rlm.environments`` entry-point group (``rlm environments`` prints this)."""
+    return _ENVIRONMENTS.entries()
 
 
 def get_environment(environment: str, environment_kwargs: dict[str, Any] | None) -> BaseEnv:
@@ -103,6 +110,7 @@ for _name, _module, _cls in (
         _lazy_check(f"rlm.environments.{_module}", f"{_cls}.check_kwargs"),
         persistent=True,
     )
+_ENVIRONMENTS.seal_builtins()
 
 
 def __getattr__(name: str) -> Any:
@@ -127,6 +135,7 @@ __all__ = [
     "available_environments",
     "check_environment_kwargs",
     "env_supports",
+    "environment_entries",
     "supports_persistence",
     "extract_tool_value",
     "format_tools_for_prompt",
