@@ -13,6 +13,7 @@ write costs more than a plain input token. Retries (429 with ``Retry-After``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import threading
@@ -210,6 +211,23 @@ class AnthropicClient(BaseLM):
     async def _agenerate(self, messages: Messages, model: str | None = None) -> Generation:
         args = self._request(messages, model)
         return self._parse(await self._async_client().messages.create(**args), args["model"])
+
+    def _stream(self, messages: Messages, model: str | None, on_token: Any) -> Generation:
+        """``_generate`` as server-sent events (``messages.stream``): each text delta goes
+        to ``on_token``; the usage is the final message's (``message_start``'s input and
+        cache counts, ``message_delta``'s output count), parsed as ``_generate`` parses."""
+        args = self._request(messages, model)
+        with contextlib.ExitStack() as stack:
+            try:
+                stream = stack.enter_context(self._sync_client().messages.stream(**args))
+            except (anthropic.BadRequestError, anthropic.UnprocessableEntityError):
+                # A server that refuses to stream answers in one piece.
+                return self._generate(messages, model)
+            for text in stream.text_stream:
+                if text:
+                    on_token(text)
+            final = stream.get_final_message()
+        return self._parse(final, args["model"])
 
     def close(self) -> None:
         if self._sync is not None:

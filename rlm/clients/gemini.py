@@ -12,10 +12,12 @@ repeated prefixes implicitly; cached tokens are reported from
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
 from google import genai
+from google.genai import errors as genai_errors
 from google.genai import types
 
 from rlm.clients.base_lm import (
@@ -122,12 +124,16 @@ class GeminiClient(BaseLM):
 
     @staticmethod
     def _parse(response: Any, model: str) -> Generation:
-        usage = response.usage_metadata
+        return GeminiClient._generation(response.text or "", response.usage_metadata, model)
+
+    @staticmethod
+    def _generation(text: str, usage: Any, model: str) -> Generation:
+        """The Generation of ``text`` with the counts of one ``usage_metadata``."""
         output = 0
         if usage is not None:
             output = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
         return Generation(
-            text=response.text or "",
+            text=text,
             model=model,
             input_tokens=(usage.prompt_token_count or 0) if usage is not None else 0,
             output_tokens=output,
@@ -149,6 +155,33 @@ class GeminiClient(BaseLM):
             model=model, contents=contents, config=self._config(system)
         )
         return self._parse(response, model)
+
+    def _stream(self, messages: Messages, model: str | None, on_token: Any) -> Generation:
+        """``_generate`` as server-sent events (``generate_content_stream``, the
+        ``streamGenerateContent?alt=sse`` endpoint): each chunk's text goes to ``on_token``;
+        the usage is the last chunk's ``usage_metadata`` (the whole call's counts)."""
+        model = model or self.model_name
+        system, contents = to_gemini(messages)
+        chunks = self.client.models.generate_content_stream(
+            model=model, contents=contents, config=self._config(system)
+        )
+        pieces: list[str] = []
+        usage = None
+        try:
+            first = next(chunks, None)  # the request is sent on the first read
+        except genai_errors.ClientError as exc:
+            if exc.code not in (400, 404, 422):
+                raise
+            # A server that refuses to stream answers in one piece.
+            return self._generate(messages, model)
+        for chunk in itertools.chain([first] if first is not None else [], chunks):
+            if chunk.usage_metadata is not None:
+                usage = chunk.usage_metadata
+            text = chunk.text
+            if text:
+                pieces.append(text)
+                on_token(text)
+        return self._generation("".join(pieces), usage, model)
 
     def close(self) -> None:
         self.client.close()

@@ -117,6 +117,47 @@ class LiteLLMClient(BaseLM):
         args = self._request(messages, model)
         return self._parse(await litellm.acompletion(**args), args["model"])
 
+    def _stream(self, messages: Messages, model: str | None, on_token: Any) -> Generation:
+        """``_generate`` with ``stream=True``: each content delta goes to ``on_token``.
+
+        ``stream_options.include_usage`` makes LiteLLM end the stream with a usage chunk
+        (sent on to OpenAI-style servers; other providers' usage events, such as
+        Anthropic's, are read by LiteLLM itself) that carries LiteLLM's cost, as the
+        non-streamed response does. When the provider sent no usage, LiteLLM fills that
+        chunk with its own token estimate; that is not reported (the usage stays 0, the
+        cost unknown), as the OpenAI client does for a stream without usage."""
+        args = self._request(messages, model)
+        args["stream"] = True
+        args.setdefault("stream_options", {"include_usage": True})
+        try:
+            chunks = litellm.completion(**args)
+        except (litellm.BadRequestError, litellm.UnprocessableEntityError):
+            # A server (or a LiteLLM provider) that refuses to stream answers in one piece.
+            return self._generate(messages, model)
+        pieces: list[str] = []
+        last = None  # the chunk with the usage
+        for chunk in chunks:
+            if getattr(chunk, "usage", None) is not None:
+                last = chunk
+            for choice in getattr(chunk, "choices", None) or []:
+                delta = getattr(choice, "delta", None)
+                text = getattr(delta, "content", None) if delta is not None else None
+                if text:
+                    pieces.append(text)
+                    on_token(text)
+        received = getattr(chunks, "chunks", None)  # what the provider sent, as LiteLLM kept it
+        if received is not None and not any(getattr(c, "usage", None) for c in received):
+            last = None  # a usage chunk, if any, is LiteLLM's estimate, not the provider's count
+        input_tokens, output_tokens, cached, _ = _usage_numbers(getattr(last, "usage", None))
+        return Generation(
+            text="".join(pieces),
+            model=args["model"],
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_tokens=cached,
+            cost=_provider_cost(last) if last is not None else None,
+        )
+
     def knows_price(self) -> bool:
         """LiteLLM prices the models in its bundled map itself; else the shared price book."""
         if super().knows_price():

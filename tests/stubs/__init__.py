@@ -7,11 +7,17 @@ provider's wire format. Queued faults are served first, one per request:
 ``Fault(status=429, headers={"Retry-After": "1"})``, ``Fault(status=500)``,
 ``Fault(delay=30)`` (a slow answer; released when the server stops, so
 nothing outlives a test), ``Fault(raw=b"not json")`` (a malformed body).
+
+The provider replies below also answer a streaming request (``"stream": true``, or
+Gemini's ``:streamGenerateContent?alt=sse``) in that provider's server-sent events,
+one event per piece of the reply (a list of pieces, or a string cut into words),
+written one at a time; the joined pieces and the usage equal the JSON answer's.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -41,7 +47,14 @@ class Fault:
     delay: float = 0.0  # seconds before answering (cut short when the server stops)
 
 
-Responder = Callable[[Recorded], dict[str, Any]]
+@dataclass
+class Stream:
+    """A reply sent as server-sent events, one chunk (and flush) per event."""
+
+    events: list[tuple[str | None, Any]]  # (event name or None, JSON data or a raw line)
+
+
+Responder = Callable[[Recorded], "dict[str, Any] | Stream"]
 
 
 class StubServer:
@@ -55,6 +68,12 @@ class StubServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True  # headers and body go out in separate writes
+
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client dropped a kept-alive connection
 
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -85,7 +104,28 @@ class StubServer:
                     self._send(fault.status, json.dumps(error).encode(), fault.headers)
                 else:
                     reply = stub.responder(request)
-                    self._send(200, json.dumps(reply).encode(), fault.headers if fault else {})
+                    if isinstance(reply, Stream):
+                        self._send_events(reply)
+                    else:
+                        payload = json.dumps(reply).encode()
+                        self._send(200, payload, fault.headers if fault else {})
+
+            def _send_events(self, stream: Stream) -> None:
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for name, data in stream.events:
+                        line = data if isinstance(data, str) else json.dumps(data)
+                        event = (f"event: {name}\n" if name else "") + f"data: {line}\n\n"
+                        raw = event.encode()
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
                 try:
@@ -128,23 +168,40 @@ class StubServer:
 
 # -- replies in each provider's wire format --------------------------------------------
 
-Reply = Callable[[Recorded], str]
+Reply = Callable[[Recorded], "str | list[str]"]
 
 
-def _text(reply: str | Reply, request: Recorded) -> str:
-    return reply(request) if callable(reply) else reply
+def pieces_of(text: str) -> list[str]:
+    """``text`` cut into words, each with the whitespace after it (joined: ``text``)."""
+    return re.findall(r"\s*\S+\s*|\s+", text) if text else []
+
+
+def _pieces(reply: str | list[str] | Reply, request: Recorded) -> list[str]:
+    value = reply(request) if callable(reply) else reply
+    return list(value) if isinstance(value, list) else pieces_of(value)
+
+
+def _text(reply: str | list[str] | Reply, request: Recorded) -> str:
+    return "".join(_pieces(reply, request))
+
+
+def _streaming(request: Recorded) -> bool:
+    return isinstance(request.body, dict) and request.body.get("stream") is True
 
 
 def openai_chat(
-    reply: str | Reply = "pong",
+    reply: str | list[str] | Reply = "pong",
     prompt_tokens: int = 11,
     completion_tokens: int = 3,
     cached_tokens: int = 0,
     cost: float | None = None,
 ) -> Responder:
-    """``POST .../chat/completions`` (OpenAI, Azure, Portkey, OpenRouter, vLLM)."""
+    """``POST .../chat/completions`` (OpenAI, Azure, Portkey, OpenRouter, vLLM). Streamed:
+    one ``chat.completion.chunk`` per piece, the usage in a last chunk with no choices
+    only when ``stream_options.include_usage`` asks for it (as OpenAI does), then
+    ``[DONE]``."""
 
-    def respond(request: Recorded) -> dict[str, Any]:
+    def respond(request: Recorded) -> dict[str, Any] | Stream:
         usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -153,11 +210,26 @@ def openai_chat(
         }
         if cost is not None:
             usage["cost"] = cost
-        return {
+        base = {
             "id": "chatcmpl-stub",
-            "object": "chat.completion",
             "created": 0,
             "model": (request.body or {}).get("model", "stub"),
+        }
+        if _streaming(request):
+            chunk = {**base, "object": "chat.completion.chunk"}
+            events: list[tuple[str | None, Any]] = []
+            for i, piece in enumerate(_pieces(reply, request)):
+                delta = {"content": piece, **({"role": "assistant"} if i == 0 else {})}
+                choice = {"index": 0, "delta": delta, "finish_reason": None}
+                events.append((None, {**chunk, "choices": [choice]}))
+            end = {"index": 0, "delta": {}, "finish_reason": "stop"}
+            events.append((None, {**chunk, "choices": [end]}))
+            if ((request.body or {}).get("stream_options") or {}).get("include_usage"):
+                events.append((None, {**chunk, "choices": [], "usage": usage}))
+            return Stream([*events, (None, "[DONE]")])
+        return {
+            **base,
+            "object": "chat.completion",
             "choices": [
                 {
                     "index": 0,
@@ -172,16 +244,18 @@ def openai_chat(
 
 
 def anthropic_messages(
-    reply: str | Reply = "pong",
+    reply: str | list[str] | Reply = "pong",
     input_tokens: int = 11,
     output_tokens: int = 3,
     cache_read: int = 0,
     cache_write: int = 0,
 ) -> Responder:
-    """``POST /v1/messages``."""
+    """``POST /v1/messages``. Streamed: ``message_start`` (the input usage),
+    ``content_block_start``, a ``ping``, one ``content_block_delta`` per piece,
+    ``content_block_stop``, ``message_delta`` (the output tokens) and ``message_stop``."""
 
-    def respond(request: Recorded) -> dict[str, Any]:
-        return {
+    def respond(request: Recorded) -> dict[str, Any] | Stream:
+        message = {
             "id": "msg_stub",
             "type": "message",
             "role": "assistant",
@@ -196,34 +270,86 @@ def anthropic_messages(
                 "cache_creation_input_tokens": cache_write,
             },
         }
+        if not _streaming(request):
+            return message
+        start = {
+            **message,
+            "content": [],
+            "stop_reason": None,
+            "usage": {**message["usage"], "output_tokens": 1},
+        }
+        events: list[tuple[str | None, Any]] = [
+            ("message_start", {"type": "message_start", "message": start}),
+            (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
+            ("ping", {"type": "ping"}),
+        ]
+        for piece in _pieces(reply, request):
+            delta = {"type": "text_delta", "text": piece}
+            events.append(
+                (
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": delta},
+                )
+            )
+        finish = {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": output_tokens},
+        }
+        events += [
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", finish),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        return Stream(events)
 
     return respond
 
 
 def gemini_generate(
-    reply: str | Reply = "pong",
+    reply: str | list[str] | Reply = "pong",
     prompt_tokens: int = 11,
     output_tokens: int = 3,
     cached_tokens: int = 0,
 ) -> Responder:
-    """``POST /v1beta/models/{model}:generateContent``."""
+    """``POST /v1beta/models/{model}:generateContent``. Streamed
+    (``:streamGenerateContent?alt=sse``): one ``GenerateContentResponse`` per piece, each
+    with the prompt's usage so far, the last with ``finishReason`` and the whole usage."""
 
-    def respond(request: Recorded) -> dict[str, Any]:
-        return {
-            "candidates": [
-                {
-                    "content": {"role": "model", "parts": [{"text": _text(reply, request)}]},
-                    "finishReason": "STOP",
-                    "index": 0,
-                }
-            ],
-            "usageMetadata": {
-                "promptTokenCount": prompt_tokens,
-                "candidatesTokenCount": output_tokens,
-                "cachedContentTokenCount": cached_tokens,
-                "totalTokenCount": prompt_tokens + output_tokens,
-            },
-            "modelVersion": "stub",
+    def respond(request: Recorded) -> dict[str, Any] | Stream:
+        usage = {
+            "promptTokenCount": prompt_tokens,
+            "candidatesTokenCount": output_tokens,
+            "cachedContentTokenCount": cached_tokens,
+            "totalTokenCount": prompt_tokens + output_tokens,
         }
+
+        def response(text: str, last: bool = True) -> dict[str, Any]:
+            candidate: dict[str, Any] = {
+                "content": {"role": "model", "parts": [{"text": text}]},
+                "index": 0,
+            }
+            if last:
+                candidate["finishReason"] = "STOP"
+            partial = {"promptTokenCount": prompt_tokens, "totalTokenCount": prompt_tokens}
+            return {
+                "candidates": [candidate],
+                "usageMetadata": usage if last else partial,
+                "modelVersion": "stub",
+            }
+
+        if not request.path.endswith(":streamGenerateContent"):
+            return response(_text(reply, request))
+        pieces = _pieces(reply, request) or [""]
+        return Stream(
+            [(None, response(p, last=i == len(pieces) - 1)) for i, p in enumerate(pieces)]
+        )
 
     return respond
