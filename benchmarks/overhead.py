@@ -84,6 +84,50 @@ def bench_batched(n: int, concurrency: int) -> None:
     )
 
 
+def bench_batched_adaptive(n: int) -> None:
+    """llm_query_batched at defaults: the handler's adaptive (AIMD) limit, and a whole RLM run
+    with its default settings. Target (issue 12): <= 0.35x rlms' 3.2 s."""
+    handler = LMHandler(ScriptedLM(sub_responses=lambda m: "ok", delay=0.05))
+    handler.start()
+    repl = LocalREPL(lm_handler_address=handler.address)
+    try:
+        result = repl.execute_code(
+            "import time\nt0 = time.perf_counter()\n"
+            f"out = llm_query_batched(['q%d' % i for i in range({n})])\n"
+            "elapsed = time.perf_counter() - t0\nbad = [o for o in out if o != 'ok']"
+        )
+        assert result.error is None and not repl.locals["bad"], result.stderr
+        elapsed = repl.locals["elapsed"]
+    finally:
+        repl.cleanup()
+        handler.stop()
+    target = f"<= {0.35 * 3.2:.2f} s" if n == 1000 else "-"
+    report(
+        f"llm_query_batched {n:,} x 50 ms, adaptive (handler default)",
+        f"{elapsed:.2f} s ({elapsed / 3.2:.2f}x)",
+        target,
+        "3.2 s",
+    )
+    code = (
+        "```repl\nimport time\nt0 = time.perf_counter()\n"
+        f"out = llm_query_batched(['q%d' % i for i in range({n})])\n"
+        "elapsed = time.perf_counter() - t0\n"
+        'answer["content"] = str(elapsed) if all(o == "ok" for o in out) else "bad"\n'
+        'answer["ready"] = True\n```'
+    )
+    rlm = RLM(
+        backend="scripted",
+        backend_kwargs={"responses": [code], "sub_responses": lambda m: "ok", "delay": 0.05},
+    )
+    rlm_elapsed = float(rlm.completion("ctx").response)
+    report(
+        "  the same inside RLM() at its defaults",
+        f"{rlm_elapsed:.2f} s ({rlm_elapsed / 3.2:.2f}x)",
+        target,
+        "3.2 s",
+    )
+
+
 def bench_fixed_cost(repeats: int) -> None:
     times = []
     for _ in range(repeats):
@@ -235,6 +279,7 @@ def main() -> None:
     bench_llm_query_rate(500 if quick else 2000)
     bench_batched(200 if quick else 1000, 16)
     bench_batched(200 if quick else 1000, 64)
+    bench_batched_adaptive(200 if quick else 1000)
     bench_fixed_cost(5 if quick else 30)
     bench_per_iteration(20)
     bench_child_rlm(20 if quick else 100)

@@ -4,7 +4,9 @@ It listens on 127.0.0.1 (port 0 picks a free one), serves many requests per
 connection, refuses requests without its secret token, answers malformed or
 oversized frames with an error instead of dying, and stops at once. Batched
 requests run on the clients' async API on one long-lived event loop, at most
-``batch_max_concurrent`` at a time; a failed item fails only itself. Usage is
+``batch_max_concurrent`` at a time when it is given, else under the provider's
+adaptive limit (AIMD, see :mod:`rlm.core.adaptive`: starts at 64, backs off on
+429s and puts refused prompts back); a failed item fails only itself. Usage is
 recorded per call, from the call's own numbers.
 
 Bounded against whatever can reach the socket:
@@ -36,6 +38,8 @@ from collections.abc import Callable
 from typing import Any
 
 from rlm.clients.base_lm import BaseLM, Generation, UsageTracker, acall_client, call_client
+from rlm.core import adaptive
+from rlm.core.adaptive import AdaptiveLimit
 from rlm.core.comms_utils import (
     MAX_FRAME_BYTES,
     MAX_PREAUTH_FRAME_BYTES,
@@ -87,7 +91,7 @@ class LMHandler:
         host: str = "127.0.0.1",
         port: int = 0,
         other_backend_client: BaseLM | None = None,
-        batch_max_concurrent: int = 16,
+        batch_max_concurrent: int | None = None,
         require_token: bool = True,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         limiter: CallLimiter | None = None,
@@ -103,7 +107,12 @@ class LMHandler:
         self.clients: dict[str, BaseLM] = {}
         self.host = host
         self._port = port
-        self.batch_max_concurrent = max(1, int(batch_max_concurrent))
+        #: None: batches run under the provider's adaptive limit (rlm.core.adaptive).
+        self.batch_max_concurrent = (
+            None if batch_max_concurrent is None else max(1, int(batch_max_concurrent))
+        )
+        #: An explicit AdaptiveLimit for batches (None: the provider's shared one).
+        self.batch_limit: AdaptiveLimit | None = None
         self.token: str | None = secrets.token_hex(16) if require_token else None
         self.max_frame_bytes = max_frame_bytes
         self.max_preauth_bytes = max(256, int(max_preauth_bytes))
@@ -556,28 +565,62 @@ class LMHandler:
 
     def _run_batch(self, request: LMRequest) -> list[RLMChatCompletion]:
         prompts = list(request.prompts or [])
+        fixed = self.batch_max_concurrent
+        shared = None
+        if fixed is None:
+            shared = self.batch_limit or adaptive.limit_for(
+                self.get_client(request.model, request.depth)
+            )
+
+        async def attempt(prompt: Any) -> RLMChatCompletion:
+            item = LMRequest(prompt=prompt, model=request.model, depth=request.depth)
+            refusal = self.guard(item) if self.guard is not None else None
+            if refusal:
+                return _failed(prompt, request.model, refusal)
+            observe = self.call_observer
+            if observe is None:
+                return await self._acall(prompt, request.model, request.depth)
+            finished = observe("llm_batch_item", prompt, request.model)
+            try:
+                record = await self._acall(prompt, request.model, request.depth)
+            except Exception as exc:
+                finished(None, _describe(exc))
+                raise
+            finished(record)
+            return record
 
         async def run_all() -> list[RLMChatCompletion]:
-            sem = asyncio.Semaphore(self.batch_max_concurrent)
+            sem = asyncio.Semaphore(fixed or 1)
 
-            async def one(prompt: Any) -> RLMChatCompletion:
+            async def one_fixed(prompt: Any) -> RLMChatCompletion:
                 async with sem:
-                    item = LMRequest(prompt=prompt, model=request.model, depth=request.depth)
-                    refusal = self.guard(item) if self.guard is not None else None
-                    if refusal:
-                        return _failed(prompt, request.model, refusal)
-                    observe = self.call_observer
-                    finished = observe("llm_batch_item", prompt, request.model) if observe else None
                     try:
-                        record = await self._acall(prompt, request.model, request.depth)
+                        return await attempt(prompt)
                     except Exception as exc:
-                        if finished is not None:
-                            finished(None, _describe(exc))
                         return _failed(prompt, request.model, _describe(exc))
-                    if finished is not None:
-                        finished(record)
-                    return record
 
+            async def one_adaptive(prompt: Any) -> RLMChatCompletion:
+                assert shared is not None
+                tries = 0
+                while True:
+                    started = await shared.acquire()
+                    try:
+                        result = await attempt(prompt)
+                    except Exception as exc:
+                        limited = adaptive.is_rate_limit(exc)
+                        shared.release(started, ok=False, rate_limited=limited)
+                        if limited and tries < adaptive.MAX_RATE_LIMIT_RETRIES:
+                            await asyncio.sleep(adaptive.backoff(tries, exc))
+                            tries += 1
+                            continue
+                        return _failed(prompt, request.model, _describe(exc))
+                    except BaseException:
+                        shared.release(started, ok=False)
+                        raise
+                    shared.release(started, ok=result.error is None)
+                    return result
+
+            one = one_fixed if fixed is not None else one_adaptive
             return list(await asyncio.gather(*(one(p) for p in prompts)))
 
         loop = self._event_loop()  # raises first if the handler is stopped
