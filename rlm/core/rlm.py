@@ -846,6 +846,16 @@ class RLM:
     def completion(
         self,
         prompt: Any,
+        root_prompt: str | None,
+        response_format: type[_ModelT],
+        *,
+        response_format_retries: int | None = None,
+    ) -> StructuredCompletion[_ModelT]: ...
+
+    @overload
+    def completion(
+        self,
+        prompt: Any,
         root_prompt: str | None = None,
         *,
         response_format: dict[str, Any],
@@ -856,8 +866,18 @@ class RLM:
     def completion(
         self,
         prompt: Any,
+        root_prompt: str | None,
+        response_format: dict[str, Any],
+        *,
+        response_format_retries: int | None = None,
+    ) -> StructuredCompletion[dict[str, Any]]: ...
+
+    @overload
+    def completion(
+        self,
+        prompt: Any,
         root_prompt: str | None = None,
-        response_format: ResponseFormat = None,
+        response_format: None = None,
         *,
         response_format_retries: int | None = None,
     ) -> RLMChatCompletion: ...
@@ -904,6 +924,16 @@ class RLM:
     async def acompletion(
         self,
         prompt: Any,
+        root_prompt: str | None,
+        response_format: type[_ModelT],
+        *,
+        response_format_retries: int | None = None,
+    ) -> StructuredCompletion[_ModelT]: ...
+
+    @overload
+    async def acompletion(
+        self,
+        prompt: Any,
         root_prompt: str | None = None,
         *,
         response_format: dict[str, Any],
@@ -914,8 +944,18 @@ class RLM:
     async def acompletion(
         self,
         prompt: Any,
+        root_prompt: str | None,
+        response_format: dict[str, Any],
+        *,
+        response_format_retries: int | None = None,
+    ) -> StructuredCompletion[dict[str, Any]]: ...
+
+    @overload
+    async def acompletion(
+        self,
+        prompt: Any,
         root_prompt: str | None = None,
-        response_format: ResponseFormat = None,
+        response_format: None = None,
         *,
         response_format_retries: int | None = None,
     ) -> RLMChatCompletion: ...

@@ -20,6 +20,7 @@ checked by it.
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import math
 import re
@@ -38,6 +39,7 @@ __all__ = [
     "parse_json_answer",
     "validate_schema",
     "schema_errors",
+    "own_schema_errors",
 ]
 
 #: Validation problems listed to the model at most (the rest are counted).
@@ -84,7 +86,7 @@ def from_openai_response_format(value: Any) -> dict[str, Any] | None:
                 'response_format {"type": "json_schema"} needs "json_schema": '
                 '{"name": ..., "schema": {...}}'
             )
-        schema = spec["schema"]
+        schema: dict[str, Any] = spec["schema"]
         validate_schema(schema)
         return schema
     raise ConfigurationError(
@@ -166,9 +168,8 @@ def validate_schema(schema: Any) -> None:
             f"a JSON Schema must be a dict, got {type(schema).__name__}; or pass a "
             "Pydantic model class"
         )
-    try:
-        import jsonschema  # type: ignore[import-untyped]
-    except ImportError:
+    jsonschema = _jsonschema()
+    if jsonschema is None:
         _check_schema_node(schema, "schema")
         return
     try:
@@ -223,15 +224,27 @@ def _check_schema_node(node: Any, where: str) -> None:
 def schema_errors(value: Any, schema: dict[str, Any]) -> list[str]:
     """What is wrong with ``value`` against ``schema`` (empty when it is valid), each
     problem as ``"$.path: message"``. Uses ``jsonschema`` when it is installed."""
-    try:
-        import jsonschema
-    except ImportError:
-        problems: list[str] = []
-        _Validator(schema).check(value, schema, "$", problems)
-        return problems
+    jsonschema = _jsonschema()
+    if jsonschema is None:
+        return own_schema_errors(value, schema)
     validator = jsonschema.validators.validator_for(schema)(schema)
     found = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
     return [f"{_json_path(e.absolute_path)}: {e.message}" for e in found]
+
+
+def own_schema_errors(value: Any, schema: dict[str, Any]) -> list[str]:
+    """:func:`schema_errors` by our own validator (what runs without ``jsonschema``)."""
+    problems: list[str] = []
+    _Validator(schema).check(value, schema, "$", problems)
+    return problems
+
+
+def _jsonschema() -> Any:
+    """The ``jsonschema`` module when it is installed (an optional extra), else None."""
+    try:
+        return importlib.import_module("jsonschema")
+    except ImportError:
+        return None
 
 
 def _json_path(parts: Any) -> str:
@@ -371,12 +384,10 @@ class _Validator:
                 out.append(f"{path}: property {name!r} is not allowed (allowed: {allowed})")
             elif isinstance(extra, dict):
                 self.check(item, extra, where, out, depth + 1)
-        for key, limit, word in (
-            ("minProperties", lambda n, m: n >= m, "at least"),
-            ("maxProperties", lambda n, m: n <= m, "at most"),
-        ):
-            if key in schema and not limit(len(value), schema[key]):
-                out.append(f"{path}: needs {word} {schema[key]} properties, has {len(value)}")
+        if "minProperties" in schema and len(value) < schema["minProperties"]:
+            out.append(f"{path}: needs at least {schema['minProperties']} properties")
+        if "maxProperties" in schema and len(value) > schema["maxProperties"]:
+            out.append(f"{path}: allows at most {schema['maxProperties']} properties")
 
     def _array(
         self, value: list[Any], schema: dict[str, Any], path: str, out: list[str], depth: int
