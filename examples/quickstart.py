@@ -1,6 +1,7 @@
 """Quickstart: one RLM completion over a context far larger than the model's window.
 
     python examples/quickstart.py
+    python examples/quickstart.py --write-ledger ledger.txt   # only write the context file
 
 Uses OpenAI when OPENAI_API_KEY is set (model from $RLM_MODEL, default
 gpt-4o-mini); otherwise the embedded local model (Qwen2.5-Coder-1.5B through
@@ -45,6 +46,14 @@ def choose_backend() -> tuple[str, dict]:
 
 
 def main() -> None:
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--write-ledger":
+        # The file the README's `rlm run ... --context ledger.txt` example reads.
+        with open(sys.argv[2], "w", encoding="utf-8") as out:
+            out.write(build_context() + "\n")
+        print(f"wrote {sys.argv[2]}")
+        return
     backend, backend_kwargs = choose_backend()
     context = build_context()
     question = "What is the harbour master password for pier nine?"
