@@ -38,8 +38,11 @@ from rlm.trajectory import Trajectory, load_trajectory  # noqa: E402
 from rlm.utils.exceptions import (  # noqa: E402
     BudgetExceededError,
     CancellationError,
+    ConfigurationError,
     ErrorThresholdExceededError,
+    ProviderError,
     RLMError,
+    StructuredOutputError,
     TimeoutExceededError,
     TokenLimitExceededError,
 )
@@ -54,6 +57,9 @@ __all__ = [
     "TokenLimitExceededError",
     "ErrorThresholdExceededError",
     "CancellationError",
+    "ConfigurationError",
+    "ProviderError",
+    "StructuredOutputError",
     "Trajectory",
     "load_trajectory",
 ]
