@@ -32,49 +32,36 @@ def litellm_anthropic_kwargs(url):
     return {"model_name": "anthropic/claude-sonnet-4-5", "api_base": url, "api_key": "ant-test"}
 
 
-#: case -> (backend, backend_kwargs(url), responder, wire format of a streamed request).
+KWARGS = {
+    **BACKENDS,
+    "litellm-openai": BACKENDS["litellm"],
+    "litellm-anthropic": litellm_anthropic_kwargs,
+}
+ANTHROPIC_REPLY = anthropic_messages(PIECES, 40, 7, cache_read=2000, cache_write=300)
+#: case -> (backend, the stub's responder, the wire format of a streamed request);
+#: the backend_kwargs are KWARGS[case] (the non-streaming tests' own, where they exist).
 CASES = {
-    "openai": ("openai", BACKENDS["openai"], openai_chat(PIECES, 1200, 30, 1024), "openai"),
-    "azure_openai": (
-        "azure_openai",
-        BACKENDS["azure_openai"],
-        openai_chat(PIECES, 900, 40, 256),
-        "openai",
-    ),
-    "portkey": ("portkey", BACKENDS["portkey"], openai_chat(PIECES, 700, 20, 128), "openai"),
-    "anthropic": (
-        "anthropic",
-        BACKENDS["anthropic"],
-        anthropic_messages(PIECES, 40, 7, cache_read=2000, cache_write=300),
-        "anthropic",
-    ),
-    "gemini": ("gemini", BACKENDS["gemini"], gemini_generate(PIECES, 900, 12, 512), "gemini"),
-    "litellm-openai": (
-        "litellm",
-        BACKENDS["litellm"],
-        openai_chat(PIECES, 1000, 100, 200),
-        "openai",
-    ),
-    "litellm-anthropic": (
-        "litellm",
-        litellm_anthropic_kwargs,
-        anthropic_messages(PIECES, 40, 7, cache_read=2000, cache_write=300),
-        "anthropic",
-    ),
+    "openai": ("openai", openai_chat(PIECES, 1200, 30, 1024), "openai"),
+    "azure_openai": ("azure_openai", openai_chat(PIECES, 900, 40, 256), "openai"),
+    "portkey": ("portkey", openai_chat(PIECES, 700, 20, 128), "openai"),
+    "anthropic": ("anthropic", ANTHROPIC_REPLY, "anthropic"),
+    "gemini": ("gemini", gemini_generate(PIECES, 900, 12, 512), "gemini"),
+    "litellm-openai": ("litellm", openai_chat(PIECES, 1000, 100, 200), "openai"),
+    "litellm-anthropic": ("litellm", ANTHROPIC_REPLY, "anthropic"),
 }
 
 
 @pytest.fixture(params=sorted(CASES))
 def served(request):
     """(case name, backend, backend_kwargs, stub): the stub stops even when the test fails."""
-    backend, kwargs, responder, _ = CASES[request.param]
+    backend, responder, _ = CASES[request.param]
     with StubServer(responder) as stub:
-        yield request.param, backend, {**kwargs(stub.url), **FAST}, stub
+        yield request.param, backend, {**KWARGS[request.param](stub.url), **FAST}, stub
 
 
 def streamed(case, recorded):
     """Whether ``recorded`` asked for a stream, in the wire format of ``case``."""
-    wire = CASES[case][3]
+    wire = CASES[case][2]
     if wire == "gemini":
         return recorded.path.endswith(":streamGenerateContent") and recorded.query["alt"] == ["sse"]
     return (recorded.body or {}).get("stream") is True
@@ -102,7 +89,7 @@ def test_tokens_arrive_in_order_and_add_up_to_the_plain_answer_and_its_usage(ser
     assert plain.cached_tokens > 0 and plain.cost is not None and plain.cost > 0
     first, second = stub.requests
     assert streamed(case, first) and not streamed(case, second)
-    if CASES[case][3] == "openai":
+    if CASES[case][2] == "openai":
         assert first.body["stream_options"] == {"include_usage": True}
     summary = client.get_usage_summary().model_usage_summaries[client.model_name]
     assert summary.total_calls == 2
@@ -113,9 +100,9 @@ def test_tokens_arrive_in_order_and_add_up_to_the_plain_answer_and_its_usage(ser
 def test_a_server_that_refuses_to_stream_gets_one_plain_call(served):
     case, backend, kwargs, stub = served
     message = "streaming is not supported here (stub says so)"
-    if CASES[case][3] == "anthropic":
+    if CASES[case][2] == "anthropic":
         body = {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
-    elif CASES[case][3] == "gemini":
+    elif CASES[case][2] == "gemini":
         body = {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}}
     else:
         body = {"error": {"message": message, "type": "invalid_request_error"}}
@@ -127,6 +114,19 @@ def test_a_server_that_refuses_to_stream_gets_one_plain_call(served):
     refused, plain = stub.requests
     assert streamed(case, refused) and not streamed(case, plain)
     assert generation.input_tokens > 0 and generation.cost is not None
+
+
+def test_an_error_raised_by_on_token_ends_the_call_without_a_second_request(served):
+    _, backend, kwargs, stub = served
+    client = get_client(backend, kwargs)
+
+    def consumer_gone(text):
+        raise RuntimeError("consumer gone")
+
+    with pytest.raises(RuntimeError, match="consumer gone"):
+        client.generate_stream("hi", consumer_gone)
+    assert len(stub.requests) == 1
+    assert client.generate("hi").text == "".join(PIECES)  # the client still works
 
 
 def test_a_streamed_run_yields_root_tokens_and_completion_does_not_stream(served):

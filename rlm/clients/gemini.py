@@ -170,17 +170,23 @@ class GeminiClient(BaseLM):
         try:
             first = next(chunks, None)  # the request is sent on the first read
         except genai_errors.ClientError as exc:
-            if exc.code not in (400, 404, 422):
+            if exc.code not in (400, 404, 405, 422):
                 raise
-            # A server that refuses to stream answers in one piece.
+            # A server that refuses to stream (or has no streaming endpoint: 404, 405)
+            # answers in one piece.
             return self._generate(messages, model)
-        for chunk in itertools.chain([first] if first is not None else [], chunks):
-            if chunk.usage_metadata is not None:
-                usage = chunk.usage_metadata
-            text = chunk.text
-            if text:
-                pieces.append(text)
-                on_token(text)
+        try:
+            for chunk in itertools.chain([first] if first is not None else [], chunks):
+                if chunk.usage_metadata is not None:
+                    usage = chunk.usage_metadata
+                text = chunk.text
+                if text:
+                    pieces.append(text)
+                    on_token(text)
+        finally:
+            close = getattr(chunks, "close", None)  # a generator: closing ends the response
+            if close is not None:
+                close()  # also when on_token raised (a cancelled run)
         return self._generation("".join(pieces), usage, model)
 
     def close(self) -> None:

@@ -38,6 +38,20 @@ def _provider_cost(response: Any) -> float | None:
     return cost if cost > 0 else None
 
 
+def _generation(text: str, model: str, reported: Any) -> Generation:
+    """``text`` with the usage and LiteLLM's cost of ``reported`` (a response, or a
+    stream's usage chunk; None: nothing reported)."""
+    input_tokens, output_tokens, cached, _ = _usage_numbers(getattr(reported, "usage", None))
+    return Generation(
+        text=text,
+        model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_tokens=cached,
+        cost=_provider_cost(reported) if reported is not None else None,
+    )
+
+
 class LiteLLMClient(BaseLM):
     """Chat completions through LiteLLM."""
 
@@ -99,15 +113,7 @@ class LiteLLMClient(BaseLM):
     def _parse(self, response: Any, model: str) -> Generation:
         choice = response.choices[0] if response.choices else None
         text = (choice.message.content if choice is not None else None) or ""
-        input_tokens, output_tokens, cached, _ = _usage_numbers(getattr(response, "usage", None))
-        return Generation(
-            text=text,
-            model=model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cached_tokens=cached,
-            cost=_provider_cost(response),
-        )
+        return _generation(text, model, response)
 
     def _generate(self, messages: Messages, model: str | None = None) -> Generation:
         args = self._request(messages, model)
@@ -136,27 +142,24 @@ class LiteLLMClient(BaseLM):
             return self._generate(messages, model)
         pieces: list[str] = []
         last = None  # the chunk with the usage
-        for chunk in chunks:
-            if getattr(chunk, "usage", None) is not None:
-                last = chunk
-            for choice in getattr(chunk, "choices", None) or []:
-                delta = getattr(choice, "delta", None)
-                text = getattr(delta, "content", None) if delta is not None else None
-                if text:
-                    pieces.append(text)
-                    on_token(text)
+        try:
+            for chunk in chunks:
+                if getattr(chunk, "usage", None) is not None:
+                    last = chunk
+                for choice in getattr(chunk, "choices", None) or []:
+                    delta = getattr(choice, "delta", None)
+                    text = getattr(delta, "content", None) if delta is not None else None
+                    if text:
+                        pieces.append(text)
+                        on_token(text)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # the response, also when on_token raised (a cancelled run)
         received = getattr(chunks, "chunks", None)  # what the provider sent, as LiteLLM kept it
         if received is not None and not any(getattr(c, "usage", None) for c in received):
             last = None  # a usage chunk, if any, is LiteLLM's estimate, not the provider's count
-        input_tokens, output_tokens, cached, _ = _usage_numbers(getattr(last, "usage", None))
-        return Generation(
-            text="".join(pieces),
-            model=args["model"],
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cached_tokens=cached,
-            cost=_provider_cost(last) if last is not None else None,
-        )
+        return _generation("".join(pieces), args["model"], last)
 
     def knows_price(self) -> bool:
         """LiteLLM prices the models in its bundled map itself; else the shared price book."""
