@@ -36,9 +36,9 @@ from rlm.core.types import (
 )
 from rlm.environments import (
     BaseEnv,
-    SupportsPersistence,
     available_environments,
     check_environment_kwargs,
+    env_supports,
     get_environment,
     supports_persistence,
     validate_custom_tools,
@@ -601,7 +601,7 @@ class RLM:
             self._persistent_run = run  # what the persistent REPL's subcall_fn serves now
         if self.persistent and self._persistent_env is not None:
             env = self._persistent_env
-            assert isinstance(env, SupportsPersistence)
+            assert env_supports(env, "persistence")
             env.update_handler_address(handler.address)
             env.add_context(prompt)
             return env
@@ -746,7 +746,7 @@ class RLM:
             return messages, compactions
         compactions += 1
         summary = self._ask_root(run, handler, [*messages, build_compaction_prompt()])
-        if hasattr(env, "append_compaction_entry"):
+        if env_supports(env, "compaction"):
             env.append_compaction_entry({"type": "summary", "content": summary})
         run.measured_tokens = None
         run.emit(
@@ -764,7 +764,7 @@ class RLM:
         ledger.check_time(run, "before running a code block")
         run.emit(ev.CellStarted, cell=cell, code=code)
         start = time.perf_counter()
-        if env.supports_cell_timeout:
+        if env_supports(env, "cell_timeout"):
             result = env.execute_code(code, timeout=run.remaining())  # type: ignore[call-arg]
         else:
             result = env.execute_code(code)
@@ -1167,8 +1167,8 @@ class RLM:
         root_prompt: str | None,
         structured: StructuredAnswer | None = None,
     ) -> RLMChatCompletion:
-        context_count = env.get_context_count() if isinstance(env, SupportsPersistence) else 1
-        history_count = env.get_history_count() if isinstance(env, SupportsPersistence) else 0
+        context_count = env.get_context_count() if env_supports(env, "persistence") else 1
+        history_count = env.get_history_count() if env_supports(env, "persistence") else 0
         setup_length = len(messages)
         compactions = 0
         for number in range(1, self.max_iterations + 1):
@@ -1214,7 +1214,7 @@ class RLM:
             if rejection is not None:
                 new_messages = [*new_messages, rejection]
             messages.extend(new_messages)
-            if self.compaction and hasattr(env, "append_compaction_entry"):
+            if self.compaction and env_supports(env, "compaction"):
                 env.append_compaction_entry(list(new_messages))  # rlms: [assistant, REPL output]
         return self._forced_answer(
             run, handler, env, messages, prompt, root_prompt, structured=structured
@@ -1267,7 +1267,7 @@ class RLM:
         usage = handler.get_usage_summary()
         elapsed = run.elapsed()
         run.emit(ev.FinalAnswer, answer=answer)
-        if self.persistent and isinstance(env, SupportsPersistence):
+        if self.persistent and env_supports(env, "persistence"):
             env.add_history(messages)
         trajectory = self.logger.trajectory_of(run.run_id) if self.logger is not None else None
         return RLMChatCompletion(
