@@ -237,3 +237,121 @@ def test_viewer_in_headless_chromium(server):
             assert errors == []
         finally:
             browser.close()
+
+
+# -- the run's facts, history and deep links, dark mode (issue 14, part 9) ----------------
+
+QUESTION = "Which vault code is in the context?"
+
+
+@pytest.fixture
+def asked(tmp_path):
+    """A recorded run with a question, and the completion's own call count (as rlm run
+    prints it)."""
+    logs = tmp_path / "asked"
+    engine = RLM(
+        backend="scripted",
+        backend_kwargs={"responses": list(ROOT_SCRIPT), "sub_responses": ["58213"]},
+        logger=RLMLogger(log_dir=logs),
+    )
+    result = engine.completion("The vault code is 58213. " + "noise " * 50, root_prompt=QUESTION)
+    shutil.copy(FIXTURES / "rlms_0_1_3.jsonl", logs / "public_0_1_3.jsonl")
+    srv = ViewerServer(logs, port=0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv, result, engine.logger.log_file_path
+    srv.shutdown()
+    srv.server_close()
+    thread.join()
+
+
+def test_the_run_says_its_question_date_models_stop_reason_and_call_count(asked):
+    server, result, _ = asked
+    _, listing = get_json(server, "/api/runs")
+    ours = _our_run(listing["runs"])
+    # The same count as `rlm run` prints: every model call, root calls included.
+    assert ours["model_calls"] == result.usage_summary.total_calls == 4
+    assert ours["question"] == QUESTION
+    _, run = get_json(server, f"/api/run?id={ours['id']}")
+    facts = run["facts"]
+    assert facts["question"] == QUESTION and facts["models"] == ["scripted"]
+    assert facts["stop_reason"] == "final answer (iteration 3)"
+    assert facts["date"] and facts["date"][:4].isdigit()
+    public = next(r for r in listing["runs"] if r["file"] == "public_0_1_3.jsonl")
+    # rlms logs do not record root calls: one per iteration is counted in.
+    assert public["model_calls"] == 2 + public["subcalls"]
+
+
+def test_the_notebook_summary_has_the_facts_and_dark_theme_colours(asked):
+    from rlm import load_trajectory
+
+    _, _, path = asked
+    html = load_trajectory(path)._repr_html_()
+    assert QUESTION in html and "stopped: <b>final answer (iteration 3)</b>" in html
+    assert "4 model calls" in html
+    assert "prefers-color-scheme:dark" in html and "[data-jp-theme-light=false]" in html
+    assert "color:inherit" in html and "background:#fff" not in html
+
+
+def test_viewer_history_deep_links_and_both_colour_schemes(asked):
+    _browser_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    server, _, _ = asked
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for scheme in ("light", "dark"):
+                page = browser.new_page(
+                    viewport={"width": 1400, "height": 1000}, color_scheme=scheme
+                )
+                errors: list[str] = []
+                page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
+                page.goto(server.url)
+                page.locator(".run-item", has_text="scripted").click()
+                expect(page.locator("#run-question")).to_contain_text(QUESTION)
+                expect(page.locator("#run-stop")).to_contain_text("final answer (iteration 3)")
+                expect(page.locator("#run-calls")).to_have_text("4 model calls")
+                expect(page.locator(".run-item.active .counts")).to_contain_text("4 model calls")
+                page.locator(".iteration-header", has_text="Iteration 1").click()
+                expect(page.locator("#block-0-0 pre.stdout")).to_contain_text("sub-model says")
+                background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+                assert (background == "rgb(18, 20, 23)") == (scheme == "dark"), background
+                page.evaluate("window.scrollTo(0, 0)")
+                page.screenshot(path=str(ARTIFACTS / f"viewer-{scheme}.png"), full_page=True)
+                assert errors == []
+                page.close()
+
+            # History: a run, its iteration, a child run; Back and Forward walk them.
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server.url)
+            page.locator(".run-item", has_text="public_0_1_3.jsonl").click()
+            expect(page.locator("#final-answer")).to_have_text("Summary: one + two")
+            page.locator(".iteration-header", has_text="Iteration 1").click()
+            expect(page).to_have_url(re_url("it=1"))
+            page.locator(".subcall button", has_text="child run").click()
+            page.locator("#open-child").click()
+            expect(page.locator("#final-answer")).to_have_text("one + two")
+            child_url = page.url
+            page.go_back()
+            expect(page.locator("#final-answer")).to_have_text("Summary: one + two")
+            expect(page.locator("#breadcrumbs")).not_to_contain_text("child run")
+            page.go_forward()
+            expect(page.locator("#final-answer")).to_have_text("one + two")
+            assert page.url == child_url
+            # A deep link opens that run's iteration directly, in a fresh page.
+            _, listing = get_json(server, "/api/runs")
+            ours = _our_run(listing["runs"])
+            deep = browser.new_page(viewport={"width": 1400, "height": 1000})
+            deep.goto(f"{server.url.rstrip('/')}/#run={ours['id']}&it=2")
+            expect(deep.locator("#block-1-0.err")).to_be_visible()
+            expect(deep.locator("#run-question")).to_contain_text(QUESTION)
+        finally:
+            browser.close()
+
+
+def re_url(fragment: str):
+    import re
+
+    return re.compile(".*" + re.escape(fragment) + ".*")

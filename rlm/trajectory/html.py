@@ -3,12 +3,19 @@
 Every value from a log is escaped with :func:`html.escape`; long texts are cut
 before they are rendered and only the first iterations are listed in full, so
 the size of the page does not grow with the size of the run.
+
+The colours are readable in light and dark notebook themes: text inherits the
+theme's colour, backgrounds are translucent tints, and the dark variants apply
+under ``prefers-color-scheme: dark`` and the dark themes of JupyterLab and VS
+Code. :func:`run_facts` (the question, date, models, stop reason and call
+count) is shared with the ``rlm view`` page, so both say the same thing.
 """
 
 from __future__ import annotations
 
+import re
 from html import escape
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rlm.utils.text import truncate_middle
 
@@ -20,18 +27,95 @@ MAX_TEXT = 2_000
 #: Iterations listed with their details; the rest are counted.
 MAX_ITERATIONS = 40
 
+_DARK = (
+    "--rlm-line:#555;--rlm-code:rgba(255,255,255,.07);--rlm-err:#ff8a80;"
+    "--rlm-errbg:rgba(255,82,82,.16);--rlm-ok:#81c784;--rlm-okbg:rgba(102,187,106,.16);"
+    "--rlm-muted:#aaa"
+)
 _STYLE = (
     "<style>"
-    ".rlm-traj{font-family:system-ui,sans-serif;font-size:13px;max-width:100%}"
+    ".rlm-traj{--rlm-line:#ccc;--rlm-code:rgba(127,127,127,.10);--rlm-err:#b00020;"
+    "--rlm-errbg:rgba(211,47,47,.10);--rlm-ok:#2e7d32;--rlm-okbg:rgba(46,125,50,.10);"
+    "--rlm-muted:#666;color:inherit;"
+    "font-family:system-ui,sans-serif;font-size:13px;max-width:100%}"
+    f"@media (prefers-color-scheme:dark){{.rlm-traj{{{_DARK}}}}}"
+    "[data-jp-theme-light=false] .rlm-traj,body.vscode-dark .rlm-traj,"
+    f"body.vscode-high-contrast .rlm-traj,.theme-dark .rlm-traj{{{_DARK}}}"
+    "[data-jp-theme-light=true] .rlm-traj,body.vscode-light .rlm-traj{--rlm-line:#ccc;"
+    "--rlm-code:rgba(127,127,127,.10);--rlm-err:#b00020;--rlm-errbg:rgba(211,47,47,.10);"
+    "--rlm-ok:#2e7d32;--rlm-okbg:rgba(46,125,50,.10);--rlm-muted:#666}"
     ".rlm-traj table{border-collapse:collapse;margin:4px 0}"
-    ".rlm-traj td,.rlm-traj th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
-    ".rlm-traj pre{white-space:pre-wrap;margin:2px 0;padding:4px;background:#f6f6f6;"
-    "max-height:300px;overflow:auto}"
-    ".rlm-traj .err{color:#b00020}.rlm-traj .err pre{background:#fdecee}"
-    ".rlm-traj .final{border-left:4px solid #2e7d32;padding:4px 8px;background:#edf7ed}"
+    ".rlm-traj td,.rlm-traj th{border:1px solid var(--rlm-line);padding:2px 6px;"
+    "text-align:left;color:inherit;background:transparent}"
+    ".rlm-traj pre{white-space:pre-wrap;margin:2px 0;padding:4px;color:inherit;"
+    "background:var(--rlm-code);max-height:300px;overflow:auto}"
+    ".rlm-traj .err{color:var(--rlm-err)}.rlm-traj .err pre{background:var(--rlm-errbg)}"
+    ".rlm-traj .final{border-left:4px solid var(--rlm-ok);padding:4px 8px;"
+    "background:var(--rlm-okbg)}"
+    ".rlm-traj .facts{color:var(--rlm-muted)}.rlm-traj .facts b{color:inherit}"
+    ".rlm-traj .question{margin:4px 0;font-size:14px}"
     ".rlm-traj details{margin:2px 0}"
     "</style>"
 )
+
+_QUESTION = re.compile(r"^Question: (.+)$", re.MULTILINE)
+
+
+def question_of(trajectory: Trajectory) -> str | None:
+    """The run's question (``root_prompt``) as the first prompt shows it, if it does."""
+    for iteration in trajectory.iterations[:1]:
+        prompt = iteration.prompt
+        texts = (
+            [str(m.get("content", "")) for m in prompt if isinstance(m, dict)]
+            if isinstance(prompt, list)
+            else [str(prompt)]
+        )
+        for text in texts:
+            match = _QUESTION.search(text)
+            if match:
+                return match.group(1).strip()
+    return None
+
+
+def model_calls(trajectory: Trajectory) -> int:
+    """Every model call of the run tree, as ``rlm run`` counts them (root calls included:
+    logs of the public ``rlms`` package do not record those, one per iteration)."""
+    if not trajectory.usage_complete:
+        return len(trajectory.iterations) + sum(1 for _ in trajectory.subcalls())
+    usage = trajectory.usage
+    return sum(s.total_calls for s in usage.model_usage_summaries.values())
+
+
+def stop_reason(trajectory: Trajectory) -> str:
+    """Why the run ended, as far as its log says."""
+    t = trajectory
+    if t.final_answer is not None:
+        last = next((it.number for it in t.iterations if it.final_answer is not None), None)
+        return f"final answer (iteration {last})" if last else "final answer"
+    limit = t.metadata.get("max_iterations")
+    if isinstance(limit, int) and len(t.iterations) >= limit:
+        return f"max_iterations reached ({limit})"
+    if not t.iterations:
+        return "no iteration recorded"
+    return (
+        f"stopped after iteration {len(t.iterations)} without a final answer "
+        "(a limit, an error or an interrupt; the log does not say which)"
+    )
+
+
+def run_facts(trajectory: Trajectory) -> dict[str, Any]:
+    """What the top of a run's page says: question, date, models, stop reason, counts."""
+    t = trajectory
+    models = [t.root_model] + [m for m in t.usage.model_usage_summaries if m != t.root_model]
+    return {
+        "question": question_of(t),
+        "date": t.timestamp,
+        "models": models,
+        "stop_reason": stop_reason(t),
+        "model_calls": model_calls(t),
+        "subcalls": sum(1 for _ in t.subcalls()),
+        "iterations": len(t.iterations),
+    }
 
 
 def _pre(text: str, css: str = "") -> str:
@@ -80,16 +164,23 @@ def _block(block: Block) -> str:
 
 
 def render_html(trajectory: Trajectory) -> str:
+    """The notebook summary of ``trajectory`` (escaped, bounded in size)."""
     t = trajectory
+    facts = run_facts(t)
     out = [_STYLE, "<div class='rlm-traj'>"]
+    out.append(f"<b>RLM trajectory</b> {escape(t.name)}")
+    if facts["question"]:
+        out.append(f"<div class='question'>Q: <b>{escape(facts['question'])}</b></div>")
     out.append(
-        f"<b>RLM trajectory</b> {escape(t.name)}<br>"
-        f"model <b>{escape(t.root_model)}</b> · backend {escape(str(t.backend or '?'))} · "
-        f"environment {escape(str(t.environment_type or '?'))} · "
+        "<div class='facts'>"
+        f"{escape(str(facts['date'] or 'date unknown'))} · models "
+        f"<b>{escape(', '.join(facts['models']))}</b> · backend "
+        f"{escape(str(t.backend or '?'))} · environment {escape(str(t.environment_type or '?'))}"
+        f"<br>stopped: <b>{escape(facts['stop_reason'])}</b> · "
         f"{len(t.iterations)} iterations · {len(t.blocks)} blocks · "
-        f"{sum(1 for _ in t.subcalls())} sub-calls · "
+        f"{facts['model_calls']} model calls ({facts['subcalls']} sub-calls) · "
         f"<span{' class=err' if t.errors else ''}>{len(t.errors)} errors</span> · "
-        f"{_seconds(t.total_time) or 'time unknown'}"
+        f"{_seconds(t.total_time) or 'time unknown'}</div>"
     )
     answer = t.final_answer
     out.append(

@@ -34,6 +34,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from rlm.trajectory.html import model_calls, question_of, run_facts, stop_reason
 from rlm.trajectory.model import Block, SubCall, Trajectory, find_logs, load_trajectories
 from rlm.utils.text import truncate_end, truncate_middle
 
@@ -124,6 +125,9 @@ class LogLibrary:
                         "iterations": len(t.iterations),
                         "errors": len(t.errors),
                         "subcalls": sum(1 for _ in t.subcalls()),
+                        "model_calls": model_calls(t),
+                        "question": _cut(question_of(t) or "", 200) or None,
+                        "stop_reason": stop_reason(t),
                         "time": t.total_time,
                         "final_answer": truncate_end(t.final_answer or "", 200)
                         if t.final_answer is not None
@@ -181,6 +185,7 @@ class LogLibrary:
             "usage_complete": t.usage_complete,
             "errors": len(t.errors),
             "subcalls": sum(1 for _ in t.subcalls()),
+            "facts": {**run_facts(t), "question": _cut(question_of(t) or "") or None},
             "warnings": t.warnings,
             "iterations": [
                 {

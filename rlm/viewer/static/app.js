@@ -40,11 +40,42 @@ function secs(value) { return value === null || value === undefined ? "" : value
 function num(value) { return (value || 0).toLocaleString("en-US"); }
 function cost(value) { return value === null || value === undefined ? "–" : "$" + value.toFixed(6); }
 
-function setHash() {
-  const params = new URLSearchParams({ run: state.runId || "" });
-  if (state.node) params.set("node", state.node);
-  history.replaceState(null, "", "#" + params.toString());
+// -- history: every run, child run and iteration opened is a history entry -------------
+// The hash is the deep link: #run=ID[&node=ADDRESS][&it=N] (N is 1-based).
+
+function hashFor(runId, node, iteration) {
+  const params = new URLSearchParams({ run: runId || "" });
+  if (node) params.set("node", node);
+  if (iteration !== null && iteration !== undefined) params.set("it", String(iteration + 1));
+  return "#" + params.toString();
 }
+
+function setHash(iteration, push) {
+  const hash = hashFor(state.runId, state.node, iteration);
+  if (hash === location.hash) return;
+  if (push) history.pushState(null, "", hash);
+  else history.replaceState(null, "", hash);
+}
+
+function fromHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const it = parseInt(params.get("it") || "", 10);
+  return { run: params.get("run"), node: params.get("node") || "", it: Number.isFinite(it) ? it - 1 : null };
+}
+
+async function followHash() {
+  const wanted = fromHash();
+  if (!wanted.run || !state.runs.some((r) => r.id === wanted.run)) return false;
+  if (wanted.run !== state.runId || wanted.node !== state.node) {
+    await selectRun(wanted.run, wanted.node, { history: "none" });
+  }
+  if (wanted.it !== null && state.run && wanted.it >= 0 && wanted.it < state.run.iterations.length) {
+    await openIteration(wanted.it, null, { history: "none" });
+  }
+  return true;
+}
+
+window.addEventListener("popstate", () => { followHash(); });
 
 // -- Python highlighting (a small tokenizer; output is built from text nodes) -------------
 
@@ -107,26 +138,25 @@ async function loadRuns() {
       onclick: () => selectRun(run.id, ""),
     },
     el("div", {}, el("b", { text: run.root_model }), " ",
-      el("span", { cls: "muted", text: `${run.iterations} it · ${run.subcalls} calls · ${secs(run.time)}` }),
+      el("span", { cls: "muted counts", text: `${run.iterations} it · ${run.model_calls} model calls · ${secs(run.time)}` }),
       run.errors ? el("span", { cls: "badge err", text: `${run.errors} err` }) : null),
+    run.question ? el("div", { cls: "question", text: run.question }) : null,
     el("div", { cls: "file", text: run.file + (run.runs_in_file > 1 ? ` (run ${run.run + 1}/${run.runs_in_file})` : "") }),
     el("div", { cls: "answer", text: answer })));
   }
-  const params = new URLSearchParams(location.hash.slice(1));
-  const wanted = params.get("run");
   const first = data.runs.find((r) => r.id !== null);
-  if (wanted && data.runs.some((r) => r.id === wanted)) selectRun(wanted, params.get("node") || "");
-  else if (first) selectRun(first.id, "");
+  if (!(await followHash()) && first) await selectRun(first.id, "", { history: "replace" });
 }
 
-async function selectRun(runId, node) {
+async function selectRun(runId, node, options) {
+  const mode = (options && options.history) || "push";
   state.runId = runId; state.node = node; state.page = 0; state.open.clear();
   for (const item of document.querySelectorAll(".run-item")) {
     item.classList.toggle("active", item.dataset.id === runId);
   }
   const run = await api("/api/run", { id: runId, node });
   state.run = run;
-  setHash();
+  if (mode !== "none") setHash(null, mode === "push");
   document.getElementById("empty").hidden = true;
   document.getElementById("run").hidden = false;
   document.getElementById("search-results").hidden = true;
@@ -142,10 +172,19 @@ function renderHeader(run) {
     if (index) crumbs.append(" › ");
     crumbs.append(index === run.breadcrumbs.length - 1
       ? el("b", { text: crumb.label })
-      : el("a", { text: crumb.label, onclick: () => selectRun(run.id, crumb.node) }));
+      : el("a", { text: crumb.label, href: hashFor(run.id, crumb.node, null),
+        onclick: (event) => { event.preventDefault(); selectRun(run.id, crumb.node, { history: "push" }); } }));
   });
   const meta = run.metadata || {};
+  const facts = run.facts || {};
   document.getElementById("run-header").replaceChildren(
+    el("div", { cls: "question", id: "run-question" },
+      facts.question ? ["Q: ", el("b", { text: facts.question })] : el("span", { cls: "muted", text: "(the question is not in this log)" })),
+    el("div", { cls: "facts" },
+      el("span", { id: "run-date", text: facts.date ? "run of " + facts.date.replace("T", " ").slice(0, 19) : "date unknown" }),
+      el("span", { id: "run-models" }, "models ", el("b", { text: (facts.models || [run.root_model]).join(", ") })),
+      el("span", { id: "run-stop", cls: run.final_answer === null ? "error-text" : "" }, "stopped: ", el("b", { text: facts.stop_reason || "?" })),
+      el("span", { id: "run-calls", text: `${num(facts.model_calls)} model calls` })),
     el("div", { cls: "meta" },
       el("span", {}, "model ", el("b", { text: run.root_model })),
       el("span", { text: "backend " + (meta.backend || "?") }),
@@ -184,7 +223,7 @@ function renderTimeline(run) {
       cls, height: `${height}px`,
       title: `iteration ${it.number}: ${secs(it.time)}, ${it.blocks} blocks, ${it.subcalls} sub-calls` +
         (it.errors ? `, ${it.errors} errors` : ""),
-      onclick: () => openIteration(it.i, null),
+      onclick: () => openIteration(it.i, null, { history: "push" }),
     }));
   }
   timeline.append(fragment);
@@ -236,6 +275,7 @@ function toggleIteration(i) {
     card.querySelector(".iteration-body")?.remove();
   } else {
     state.open.add(i);
+    setHash(i, true); // the opened iteration is a history entry and a deep link
     expand(card, i);
   }
 }
@@ -317,12 +357,14 @@ function showCall(call) {
     const node = call.address;
     body.append(el("div", { cls: "label", text: "Child run" }),
       el("div", {}, `${call.child.iterations} iterations; answer: `, el("b", { text: call.child.final_answer ?? "(none)" })),
-      el("button", { type: "button", id: "open-child", onclick: () => selectRun(state.runId, node) }, "open the child run ›"));
+      el("button", { type: "button", id: "open-child", onclick: () => selectRun(state.runId, node, { history: "push" }) }, "open the child run ›"));
   }
   panel.hidden = false;
 }
 
-async function openIteration(i, blockIndex) {
+async function openIteration(i, blockIndex, options) {
+  const mode = (options && options.history) || "push";
+  if (mode !== "none") setHash(i, mode === "push");
   state.page = Math.floor(i / PAGE_SIZE);
   if (!document.getElementById("iteration-" + i)) renderPage();
   const card = document.getElementById("iteration-" + i);
