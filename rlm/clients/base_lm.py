@@ -51,6 +51,7 @@ class Generation:
     cache_write_tokens: int = 0
 
     def usage(self) -> ModelUsageSummary:
+        """This call's tokens and cost as a one-call :class:`ModelUsageSummary`."""
         return ModelUsageSummary(
             total_calls=1,
             total_input_tokens=self.input_tokens,
@@ -103,12 +104,14 @@ class UsageTracker:
         self._local = threading.local()
 
     def record(self, model: str, usage: ModelUsageSummary) -> None:
+        """Add one call's usage to the totals of ``model`` (and remember it as this thread's last)."""
         with self._lock:
             self._per_model.setdefault(model, ModelUsageSummary()).add(usage)
             self._last = usage
         self._local.last = usage
 
     def summary(self) -> UsageSummary:
+        """The totals so far, per model."""
         with self._lock:
             return UsageSummary(
                 model_usage_summaries={
@@ -235,6 +238,7 @@ class BaseLM(metaclass=_LMMeta):
         return cls._stream is not BaseLM._stream
 
     def generate(self, prompt: Any, model: str | None = None) -> Generation:
+        """One model call: the text and the usage of answering ``prompt`` (a string, messages, or anything :func:`to_messages` accepts), with ``model`` overriding the client's model name; counted in the usage totals."""
         with ProviderErrors(model or self.model_name):
             generation = self._priced(self._generate(to_messages(prompt), model))
         self._record(generation)
@@ -253,6 +257,7 @@ class BaseLM(metaclass=_LMMeta):
         return generation
 
     async def agenerate(self, prompt: Any, model: str | None = None) -> Generation:
+        """The async form of :meth:`generate`."""
         with ProviderErrors(model or self.model_name):
             generation = self._priced(await self._agenerate(to_messages(prompt), model))
         self._record(generation)
@@ -274,18 +279,22 @@ class BaseLM(metaclass=_LMMeta):
         return book is not None and book.knows(self.model_name)
 
     def completion(self, prompt: Any, model: str | None = None) -> str:
+        """The answer's text only (rlms' method); see :meth:`generate`."""
         return self.generate(prompt, model).text
 
     async def acompletion(self, prompt: Any, model: str | None = None) -> str:
+        """The async form of :meth:`completion`."""
         if not type(self).implements_generate():
             # A 0.1.x-style subclass that only wrote completion(): run it in a thread.
             return await asyncio.to_thread(self.completion, prompt)
         return (await self.agenerate(prompt, model)).text
 
     def get_usage_summary(self) -> UsageSummary:
+        """Calls, tokens and cost of every call made through this client, per model."""
         return self._usage.summary()
 
     def get_last_usage(self) -> ModelUsageSummary:
+        """The usage of this thread's last call (of any thread's, if this one made none)."""
         return self._usage.last()
 
     def close(self) -> None:

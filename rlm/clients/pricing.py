@@ -128,6 +128,7 @@ class PriceBook:
         return self._override(model) == UNPRICED
 
     def cost(self, generation: Generation) -> float | None:
+        """The cost in USD of one call, or None when its model has no known price."""
         price = self._override(generation.model)
         if price == UNPRICED:
             return None

@@ -62,6 +62,7 @@ class _Source:
 
 
 def is_root_call(messages: Messages) -> bool:
+    """Whether ``messages`` is a root-model call (it starts with a system message)."""
     return bool(messages) and messages[0].get("role") == "system"
 
 

@@ -95,9 +95,11 @@ class LMRequest:
 
     @property
     def is_batched(self) -> bool:
+        """Whether this request carries several prompts (``prompts``)."""
         return self.prompts is not None and len(self.prompts) > 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The request as its wire frame's JSON object."""
         out: dict[str, Any] = {}
         if self.prompt is not None:
             out["prompt"] = self.prompt
@@ -116,6 +118,7 @@ class LMRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LMRequest:
+        """A request from a wire frame's JSON object."""
         depth = data.get("depth", 0)
         rid = data.get("id")
         kind = data.get("kind")
@@ -145,13 +148,16 @@ class LMResponse:
 
     @property
     def success(self) -> bool:
+        """Whether the request succeeded (no ``error``)."""
         return self.error is None
 
     @property
     def is_batched(self) -> bool:
+        """Whether this answers a batched request (``chat_completions``)."""
         return self.chat_completions is not None
 
     def to_dict(self) -> dict[str, Any]:
+        """The response as its wire frame's JSON object (all three keys present)."""
         out: dict[str, Any] = {"chat_completion": None, "chat_completions": None, "error": None}
         if self.error is not None:
             out["error"] = self.error
@@ -191,14 +197,17 @@ class LMResponse:
 
     @classmethod
     def success_response(cls, chat_completion: RLMChatCompletion) -> LMResponse:
+        """A response carrying one completion."""
         return cls(chat_completion=chat_completion)
 
     @classmethod
     def batched_success_response(cls, chat_completions: list[RLMChatCompletion]) -> LMResponse:
+        """A response carrying one completion per prompt, in order."""
         return cls(chat_completions=chat_completions)
 
     @classmethod
     def error_response(cls, error: str) -> LMResponse:
+        """A response carrying an error message."""
         return cls(error=error)
 
 

@@ -210,6 +210,7 @@ class LMHandler:
 
     @property
     def port(self) -> int:
+        """The TCP port the handler listens on (127.0.0.1)."""
         if self._listener is not None:
             return self._listener.getsockname()[1]
         return self._port
@@ -703,6 +704,7 @@ class LMRequestHandler(socketserver.StreamRequestHandler):
     server answers them (token, caps, routing)."""
 
     def handle(self) -> None:
+        """Serve one connection: authenticate, then answer framed requests until it closes."""
         handler: LMHandler | None = getattr(self.server, "lm_handler", None)
         if handler is None:
             _refuse(self.connection, "this server has no lm_handler")

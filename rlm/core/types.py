@@ -100,6 +100,7 @@ class ModelUsageSummary:
     total_cached_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """This object as a JSON-able dict, with the keys rlms uses."""
         out: dict[str, Any] = {
             "total_calls": self.total_calls,
             "total_input_tokens": self.total_input_tokens,
@@ -113,6 +114,7 @@ class ModelUsageSummary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelUsageSummary:
+        """Build one from :meth:`to_dict`'s output (and rlms' dicts)."""
         return cls(
             total_calls=int(data.get("total_calls") or 0),
             total_input_tokens=int(data.get("total_input_tokens") or 0),
@@ -147,6 +149,7 @@ class UsageSummary:
 
     @property
     def total_cost(self) -> float | None:
+        """USD over every model; None when no model's cost is known."""
         costs = [
             s.total_cost for s in self.model_usage_summaries.values() if s.total_cost is not None
         ]
@@ -154,22 +157,27 @@ class UsageSummary:
 
     @property
     def total_input_tokens(self) -> int:
+        """Input (prompt) tokens over every model."""
         return sum(s.total_input_tokens for s in self.model_usage_summaries.values())
 
     @property
     def total_output_tokens(self) -> int:
+        """Output (completion) tokens over every model."""
         return sum(s.total_output_tokens for s in self.model_usage_summaries.values())
 
     @property
     def total_cached_tokens(self) -> int:
+        """Cached input tokens over every model (those the provider reports)."""
         return sum(s.total_cached_tokens for s in self.model_usage_summaries.values())
 
     @property
     def total_tokens(self) -> int:
+        """Input plus output tokens over every model."""
         return self.total_input_tokens + self.total_output_tokens
 
     @property
     def total_calls(self) -> int:
+        """Model calls over every model."""
         return sum(s.total_calls for s in self.model_usage_summaries.values())
 
     def __repr__(self) -> str:
@@ -190,6 +198,7 @@ class UsageSummary:
         return merged
 
     def to_dict(self) -> dict[str, Any]:
+        """This object as a JSON-able dict, with the keys rlms uses."""
         out: dict[str, Any] = {
             "model_usage_summaries": {
                 model: summary.to_dict() for model, summary in self.model_usage_summaries.items()
@@ -201,6 +210,7 @@ class UsageSummary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> UsageSummary:
+        """Build one from :meth:`to_dict`'s output (and rlms' dicts)."""
         data = data or {}
         return cls(
             model_usage_summaries={
@@ -244,6 +254,7 @@ class RLMChatCompletion:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """This object as a JSON-able dict, with the keys rlms uses."""
         out: dict[str, Any] = {
             "root_model": self.root_model,
             "prompt": self.prompt,
@@ -261,6 +272,7 @@ class RLMChatCompletion:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RLMChatCompletion:
+        """Build one from :meth:`to_dict`'s output (and rlms' dicts)."""
         return cls(
             root_model=data.get("root_model") or "unknown",
             prompt=data.get("prompt"),
@@ -319,6 +331,7 @@ class REPLResult:
     # The 0.1.x dataclass declared this field name; some user code reads it.
     @property
     def llm_calls(self) -> list[RLMChatCompletion]:
+        """The model calls made by this block (rlms' name for ``rlm_calls``)."""
         return self.rlm_calls
 
     def __str__(self) -> str:
@@ -345,6 +358,7 @@ class REPLResult:
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
     def to_dict(self) -> dict[str, Any]:
+        """This object as a JSON-able dict, with the keys rlms uses."""
         out = {
             "stdout": self.stdout,
             "stderr": self.stderr,
@@ -359,6 +373,7 @@ class REPLResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> REPLResult:
+        """Build one from :meth:`to_dict`'s output (and rlms' dicts)."""
         return cls(
             stdout=data.get("stdout") or "",
             stderr=data.get("stderr") or "",
@@ -376,10 +391,12 @@ class CodeBlock:
     result: REPLResult
 
     def to_dict(self) -> dict[str, Any]:
+        """This object as a JSON-able dict, with the keys rlms uses."""
         return {"code": self.code, "result": self.result.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CodeBlock:
+        """Build one from :meth:`to_dict`'s output (and rlms' dicts)."""
         return cls(
             code=data.get("code") or "", result=REPLResult.from_dict(data.get("result") or {})
         )
@@ -403,6 +420,7 @@ class RLMIteration:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """This object as a JSON-able dict, with the keys rlms uses."""
         out = {
             "prompt": self.prompt,
             "response": self.response,
@@ -416,6 +434,7 @@ class RLMIteration:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RLMIteration:
+        """Build one from :meth:`to_dict`'s output (and rlms' dicts)."""
         return cls(
             prompt=data.get("prompt"),
             response=data.get("response") or "",
@@ -447,6 +466,7 @@ class RLMMetadata:
     other_backends: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """This object as a JSON-able dict, with the keys rlms uses."""
         return {
             "root_model": self.root_model,
             "max_depth": self.max_depth,
@@ -462,6 +482,7 @@ class RLMMetadata:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RLMMetadata:
+        """Build one from :meth:`to_dict`'s output (and rlms' dicts)."""
         return cls(
             root_model=data.get("root_model") or "unknown",
             max_depth=int(1 if data.get("max_depth") is None else data["max_depth"]),
@@ -520,6 +541,7 @@ class QueryMetadata:
         self.context_total_length = sum(self.context_lengths)
 
     def to_dict(self) -> dict[str, Any]:
+        """This object as a JSON-able dict, with the keys rlms uses."""
         return {
             "context_lengths": list(self.context_lengths),
             "context_total_length": self.context_total_length,

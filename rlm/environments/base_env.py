@@ -30,6 +30,7 @@ class ToolInfo:
 
     @property
     def is_callable(self) -> bool:
+        """Whether the tool is a function the model calls (else a value it reads)."""
         return callable(self.value)
 
     @property
@@ -47,10 +48,12 @@ def parse_tool_entry(name: str, entry: Any) -> ToolInfo:
 
 
 def parse_custom_tools(custom_tools: dict[str, Any] | None) -> list[ToolInfo]:
+    """Every entry of ``custom_tools`` as a :class:`ToolInfo`, in order."""
     return [parse_tool_entry(name, entry) for name, entry in (custom_tools or {}).items()]
 
 
 def extract_tool_value(entry: Any) -> Any:
+    """The value of one ``custom_tools`` entry (``entry["tool"]`` for the dict form)."""
     return parse_tool_entry("", entry).value
 
 
@@ -168,17 +171,22 @@ class SupportsPersistence(Protocol):
     finished call adds ``history_N`` (``history`` stays ``history_0``).
     """
 
-    def update_handler_address(self, address: tuple[str, int]) -> None: ...
+    def update_handler_address(self, address: tuple[str, int]) -> None:
+        """Point the REPL's model helpers at the handler of the next completion."""
 
-    def add_context(self, context_payload: Any, context_index: int | None = None) -> int: ...
+    def add_context(self, context_payload: Any, context_index: int | None = None) -> int:
+        """Bind ``context_payload`` as ``context_N`` (the next N by default); returns N."""
 
-    def get_context_count(self) -> int: ...
+    def get_context_count(self) -> int:
+        """How many contexts (``context_0``...) the REPL holds."""
 
     def add_history(
         self, message_history: list[dict[str, Any]], history_index: int | None = None
-    ) -> int: ...
+    ) -> int:
+        """Bind a finished call's messages as ``history_N`` (a copy); returns N."""
 
-    def get_history_count(self) -> int: ...
+    def get_history_count(self) -> int:
+        """How many histories (``history_0``...) the REPL holds."""
 
 
 #: capability -> the methods that provide it (read for environments that do not say).
@@ -251,13 +259,17 @@ class BaseEnv(ABC):
         self.kwargs = kwargs
 
     @abstractmethod
-    def setup(self) -> None: ...
+    def setup(self) -> None:
+        """Create the REPL (namespace, process or sandbox) and its helpers."""
 
     @abstractmethod
-    def load_context(self, context_payload: Any) -> None: ...
+    def load_context(self, context_payload: Any) -> None:
+        """Bind the prompt as ``context`` (and ``context_0``), once per completion."""
 
     @abstractmethod
-    def execute_code(self, code: str) -> REPLResult: ...
+    def execute_code(self, code: str) -> REPLResult:
+        """Run one code block in the REPL and report what it did (never raises for the
+        code's own errors: they are in the result)."""
 
     def resolve_final_var(self, name: str) -> str | None:
         """The value of REPL variable ``name`` as text (for a ``FINAL_VAR(name)`` response line)."""

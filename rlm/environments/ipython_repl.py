@@ -157,6 +157,7 @@ class IPythonInProcessREPL(LocalREPL):
     """IPython cells in this process: ``LocalREPL`` plus IPython's input transformer."""
 
     def setup(self) -> None:
+        """Start the in-process IPython shell and its helpers."""
         _require_ipython()
         super().setup()
         core = self._core
@@ -189,11 +190,13 @@ class IPythonInProcessREPL(LocalREPL):
         return out is not None and out is getattr(self._core, "_out", None)
 
     def execute_code(self, code: str, timeout: float | None = None) -> REPLResult:
+        """Run one cell with IPython's syntax (magics, top-level await) and report it."""
         if self._closed:
             raise RuntimeError("This IPythonREPL was cleaned up; create a new one")
         return super().execute_code(self._ipython.transform(code), timeout)
 
     def cleanup(self) -> None:
+        """Release the shell; safe to call twice."""
         ipython = getattr(self, "_ipython", None)
         if ipython is not None:
             shell = ipython.shell
@@ -396,6 +399,7 @@ class IPythonREPL(BaseEnv):
     # -- construction --------------------------------------------------------------------
 
     def setup(self) -> None:
+        """Create the namespace and its helpers (the constructor calls it)."""
         if self.kernel_mode == "in_process":
             self._setup_in_process()
         else:
@@ -447,6 +451,7 @@ class IPythonREPL(BaseEnv):
 
     @property
     def cell_timeout(self) -> float | None:
+        """Seconds one cell may run (None: no limit)."""
         return self.engine.cell_timeout
 
     @cell_timeout.setter
@@ -455,14 +460,17 @@ class IPythonREPL(BaseEnv):
 
     @property
     def lm_handler_address(self) -> tuple[str, int] | None:
+        """The (host, port) of the handler the model helpers call; None without one."""
         return self.engine.lm_handler_address
 
     @property
     def custom_tools(self) -> dict[str, Any]:
+        """The custom tools given to this REPL, by name."""
         return self.engine.custom_tools
 
     @property
     def custom_sub_tools(self) -> dict[str, Any]:
+        """The custom tools handed on to child runs, by name."""
         return self.engine.custom_sub_tools
 
     @property
@@ -519,31 +527,38 @@ class IPythonREPL(BaseEnv):
     # -- contexts and histories ------------------------------------------------------------
 
     def load_context(self, context_payload: Any) -> None:
+        """Bind the prompt as ``context`` (and ``context_0``)."""
         self.add_context(context_payload, 0)
 
     def add_context(self, context_payload: Any, context_index: int | None = None) -> int:
+        """Bind ``context_payload`` as ``context_N`` (the next N by default); returns N."""
         if self.kernel_mode == "subprocess":
             _check_json(context_payload, "context")
         with self._lock:
             return self.engine.add_context(context_payload, context_index)
 
     def get_context_count(self) -> int:
+        """How many contexts (``context_0``...) the REPL holds."""
         return self.engine.get_context_count()
 
     def add_history(
         self, message_history: list[dict[str, Any]], history_index: int | None = None
     ) -> int:
+        """Bind a finished call's messages as ``history_N`` (a copy); returns N."""
         with self._lock:
             return self.engine.add_history(message_history, history_index)
 
     def get_history_count(self) -> int:
+        """How many histories (``history_0``...) the REPL holds."""
         return self.engine.get_history_count()
 
     def append_compaction_entry(self, entry: Any) -> None:
+        """Record a compaction summary in the REPL's ``history`` (compaction mode)."""
         with self._lock:
             self.engine.append_compaction_entry(entry)
 
     def update_handler_address(self, address: tuple[str, int]) -> None:
+        """Point the model helpers at the handler of the next completion."""
         self.engine.update_handler_address(address)
 
     # -- execution -------------------------------------------------------------------------
@@ -579,6 +594,7 @@ class IPythonREPL(BaseEnv):
                     self._caller_threads.discard(me)
 
     def resolve_final_var(self, name: str) -> str | None:
+        """The value of the REPL variable ``name`` as text, or None if it is not defined."""
         return self.engine.resolve_final_var(name)
 
     def interrupt(self) -> None:
@@ -588,6 +604,7 @@ class IPythonREPL(BaseEnv):
             engine.interrupt()
 
     def cleanup(self) -> None:
+        """Release everything the REPL holds; safe to call twice."""
         engine = self.__dict__.get("_engine")
         if engine is not None:
             engine.cleanup()

@@ -277,6 +277,7 @@ class LocalREPL(NonIsolatedEnv):
     # -- construction -------------------------------------------------------------
 
     def setup(self) -> None:
+        """Create the namespace and its helpers (the constructor calls it)."""
         self._core = ReplCore(
             _make_helpers(self._channel),
             max_output_chars=self.max_output_chars,
@@ -293,6 +294,7 @@ class LocalREPL(NonIsolatedEnv):
 
     @property
     def lm_handler_address(self) -> tuple[str, int] | None:
+        """The (host, port) of the handler the model helpers call; None without one."""
         return self._channel.address
 
     @property
@@ -315,6 +317,7 @@ class LocalREPL(NonIsolatedEnv):
     # -- contexts and histories ---------------------------------------------------------
 
     def load_context(self, context_payload: Any) -> None:
+        """Bind the prompt as ``context`` (and ``context_0``)."""
         self.add_context(context_payload, 0)
 
     def add_context(self, context_payload: Any, context_index: int | None = None) -> int:
@@ -327,11 +330,13 @@ class LocalREPL(NonIsolatedEnv):
         return index
 
     def get_context_count(self) -> int:
+        """How many contexts (``context_0``...) the REPL holds."""
         return self._context_count
 
     def add_history(
         self, message_history: list[dict[str, Any]], history_index: int | None = None
     ) -> int:
+        """Bind a finished call's messages as ``history_N`` (a copy); returns N."""
         index = self._history_count if history_index is None else history_index
         snapshot = copy.deepcopy(message_history)
         self._core.set_fixed(f"history_{index}", snapshot)
@@ -341,13 +346,16 @@ class LocalREPL(NonIsolatedEnv):
         return index
 
     def get_history_count(self) -> int:
+        """How many histories (``history_0``...) the REPL holds."""
         return self._history_count
 
     def append_compaction_entry(self, entry: Any) -> None:
+        """Record a compaction summary in the REPL's ``history`` (compaction mode)."""
         if self.compaction:
             self._compaction_history.append(copy.deepcopy(entry))
 
     def update_handler_address(self, address: tuple[str, int]) -> None:
+        """Point the model helpers at the handler of the next completion."""
         self._channel.address = tuple(address)
 
     # -- execution ----------------------------------------------------------------------
@@ -377,6 +385,7 @@ class LocalREPL(NonIsolatedEnv):
         return result
 
     def resolve_final_var(self, name: str) -> str | None:
+        """The value of the REPL variable ``name`` as text, or None if it is not defined."""
         return self._core.resolve_final_var(name)
 
     def interrupt(self) -> None:
@@ -384,6 +393,7 @@ class LocalREPL(NonIsolatedEnv):
         self._core.interrupt()
 
     def cleanup(self) -> None:
+        """Release everything the REPL holds; safe to call twice."""
         if self._closed:
             return
         self._closed = True

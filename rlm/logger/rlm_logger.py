@@ -233,6 +233,7 @@ class RLMLogger:
         self._local.current = state
 
     def end_run(self, run_id: str) -> None:
+        """Forget the run ``run_id`` (its lines are already written)."""
         with self._lock:
             self._runs.pop(run_id, None)
 
@@ -277,6 +278,7 @@ class RLMLogger:
 
     @property
     def iteration_count(self) -> int:
+        """How many iterations the current run has logged."""
         return len(self._main.iterations)
 
 

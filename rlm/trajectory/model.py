@@ -109,6 +109,7 @@ class SubCall:
 
     @classmethod
     def from_record(cls, data: dict[str, Any], depth: int) -> SubCall:
+        """A sub-call from its logged record (``rlm_calls`` item) at ``depth``."""
         metadata = data.get("metadata")
         child = None
         if isinstance(metadata, dict) and isinstance(metadata.get("iterations"), list):
@@ -182,6 +183,7 @@ class Block:
     def from_record(
         cls, data: dict[str, Any], iteration_index: int, index: int, depth: int
     ) -> Block:
+        """A code block from its logged record (``code_blocks`` item)."""
         result = data.get("result") or {}
         calls = result.get("rlm_calls")
         if calls is None:
@@ -270,6 +272,7 @@ class Iteration:
 
     @classmethod
     def from_record(cls, data: dict[str, Any], index: int, depth: int) -> Iteration:
+        """An iteration from its logged line."""
         number = data.get("iteration")
         return cls(
             index=index,
@@ -292,10 +295,12 @@ class Iteration:
 
     @property
     def calls(self) -> list[SubCall]:
+        """Every sub-call made by this iteration's blocks."""
         return [call for block in self.blocks for call in block.calls]
 
     @property
     def failed(self) -> bool:
+        """Whether any of this iteration's blocks failed."""
         return any(block.failed for block in self.blocks)
 
     def __str__(self) -> str:
@@ -370,6 +375,7 @@ class Trajectory:
         iterations: list[dict[str, Any]],
         **kwargs: Any,
     ) -> Trajectory:
+        """A trajectory from a log's parsed lines (a metadata line, then iterations)."""
         depth = int(kwargs.get("depth", 0))
         items = [
             Iteration.from_record(record, i, depth)
@@ -409,24 +415,29 @@ class Trajectory:
 
     @property
     def root_model(self) -> str:
+        """The root model's name (``unknown`` when the log does not say)."""
         return str(self.metadata.get("root_model") or "unknown")
 
     @property
     def backend(self) -> str | None:
+        """The root client's backend name, when logged."""
         return self.metadata.get("backend")
 
     @property
     def environment_type(self) -> str | None:
+        """The REPL environment's name, when logged."""
         return self.metadata.get("environment_type")
 
     @property
     def timestamp(self) -> str | None:
+        """When the run started (ISO 8601), when logged."""
         return self.metadata.get("timestamp") or (
             self.iterations[0].timestamp if self.iterations else None
         )
 
     @property
     def name(self) -> str:
+        """A short name: the log file's name, else ``run of <root model>``."""
         if self.path:
             return os.path.basename(self.path)
         return f"run of {self.root_model}"
@@ -445,6 +456,7 @@ class Trajectory:
 
     @property
     def blocks(self) -> list[Block]:
+        """Every code block of every iteration, in order."""
         return [block for iteration in self.iterations for block in iteration.blocks]
 
     def subcalls(self) -> Iterator[SubCall]:
@@ -455,6 +467,7 @@ class Trajectory:
 
     @property
     def errors(self) -> list[Block]:
+        """The code blocks that failed."""
         return [block for block in self.blocks if block.failed]
 
     # -- usage and timings -------------------------------------------------------------
@@ -508,6 +521,7 @@ class Trajectory:
 
     @property
     def code_time(self) -> float:
+        """Seconds spent running code blocks."""
         return sum(block.execution_time or 0.0 for block in self.blocks)
 
     # -- flattening -------------------------------------------------------------------
@@ -545,6 +559,7 @@ class Trajectory:
         return render_html(self)
 
     def summary(self) -> str:
+        """A few lines of text: models, iterations, calls, tokens, errors, answer."""
         usage = self.usage
         time = f"{self.total_time:.2f}s" if self.total_time is not None else "?"
         answer = self.final_answer

@@ -126,6 +126,7 @@ class RecordingLM(BaseLM):
 
     @property
     def root_calls_left(self) -> int:
+        """How many recorded root-model answers are not used yet."""
         return len(self._root) - self._root_next
 
     def _next_root(self, messages: Messages) -> Generation:
@@ -226,6 +227,7 @@ class ReplayDivergence:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """This divergence as a JSON-able dict."""
         return {
             "iteration_index": self.iteration_index,
             "block_index": self.block_index,
@@ -255,10 +257,12 @@ class ReplayStep:
 
     @property
     def matches(self) -> bool:
+        """Whether the block's output is the recorded one."""
         return self.divergence is None
 
     @property
     def stdout(self) -> str:
+        """The block's standard output in the replay."""
         return self.result.stdout
 
     def __repr__(self) -> str:
@@ -400,6 +404,7 @@ class Replay:
 
     @property
     def usage(self) -> Any:
+        """Tokens and cost of the replayed calls, as recorded (no provider was called)."""
         return self.client.get_usage_summary()
 
     def __iter__(self) -> Iterator[ReplayStep]:

@@ -121,6 +121,7 @@ def context_window_for(client: Any, override: int | None = None) -> int:
 
 
 def estimate_tokens(text: str) -> int:
+    """An offline token estimate of ``text``."""
     return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN if text else 0
 
 
