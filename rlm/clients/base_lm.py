@@ -509,6 +509,24 @@ def missing_api_key(client: str, *env_vars: str) -> ConfigurationError:
     )
 
 
+#: Names that belong in ``sampling_args`` (a common mistake is to put them in backend_kwargs).
+SAMPLING_OPTION_NAMES = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "top_k",
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "reasoning_effort",
+    }
+)
+
+
 def check_sdk_options(client: str, options: dict[str, Any], sdk: Any, own: str) -> None:
     """Reject ``options`` that the SDK constructor ``sdk`` would refuse, now rather than at
     the first call. ``own`` lists the client's own arguments, for the message."""
@@ -516,8 +534,17 @@ def check_sdk_options(client: str, options: dict[str, Any], sdk: Any, own: str) 
 
     accepted = set(inspect.signature(sdk.__init__).parameters) - {"self", "kwargs"}
     unknown = sorted(set(options) - accepted)
+    sampling = [name for name in unknown if name in SAMPLING_OPTION_NAMES]
+    if sampling:
+        given = ", ".join(f"{name!r}: {options[name]!r}" for name in sampling)
+        raise ConfigurationError(
+            f"{', '.join(sampling)}: a sampling argument, not an option of the {client} client; "
+            f"pass it as backend_kwargs={{'sampling_args': {{{given}}}}} (or RLM(..., "
+            f"sampling_args={{{given}}}) for the root model)"
+        )
+    public = sorted(name for name in accepted if not name.startswith("_"))
     if unknown:
         raise ConfigurationError(
             f"Unknown backend_kwargs for the {client} client: {unknown}. Besides {own}, it "
-            f"accepts the options of {sdk.__module__.split('.')[0]}.{sdk.__name__}: {sorted(accepted)}"
+            f"accepts the options of {sdk.__module__.split('.')[0]}.{sdk.__name__}: {public}"
         )
