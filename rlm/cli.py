@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rlm.batch.cli import build_batch
 from rlm.cli_options import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -399,6 +400,7 @@ SUBCOMMANDS: dict[str, Builder] = {
     "model-path": build_model_path,
     "view": build_view,
     "replay": build_replay,
+    "batch": build_batch,
     "backends": build_backends,
     "environments": build_environments,
 }

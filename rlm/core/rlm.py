@@ -17,8 +17,8 @@ from typing import Any, TypeVar, overload
 from rlm.clients import BaseLM, get_client
 from rlm.clients.base_lm import call_client, reports_usage_per_call
 from rlm.clients.pricing import check_budget_prices
+from rlm.core import adaptive, ledger
 from rlm.core import events as ev
-from rlm.core import ledger
 from rlm.core.limiter import CallLimiter
 from rlm.core.lm_handler import LMHandler
 from rlm.core.observers import Callbacks
@@ -149,7 +149,7 @@ class RLM:
         sub_sampling_args: dict[str, Any] | None = None,
         orchestrator: bool = True,
         user_prologue: str | None = None,
-        max_concurrent_lm_calls: int = 16,
+        max_concurrent_lm_calls: int | None = None,
         depth_models: dict[int, str] | None = None,
         context_window: int | None = None,
     ):
@@ -330,6 +330,8 @@ class RLM:
             "max_concurrent_subcalls",
             "max_concurrent_lm_calls",
         ):
+            if name == "max_concurrent_lm_calls" and values[name] is None:
+                continue  # None: llm_query_batched adapts (rlm.core.adaptive)
             if not isinstance(values[name], int) or values[name] < 1:
                 raise ConfigurationError(f"{name} must be an integer >= 1, got {values[name]!r}")
         for name in ("max_budget", "max_timeout", "max_tokens", "max_errors"):
@@ -374,7 +376,9 @@ class RLM:
             root,
             other_backend_client=others[0] if others else None,
             batch_max_concurrent=self.max_concurrent_lm_calls,
-            limiter=None if parent is not None else CallLimiter(self.max_concurrent_lm_calls),
+            limiter=None
+            if parent is not None
+            else CallLimiter(self.max_concurrent_lm_calls or adaptive.MAXIMUM),
             depth_models=self.depth_models,
         )
         if parent is not None:
@@ -1278,6 +1282,20 @@ class RLM:
             execution_time=elapsed,
             metadata=trajectory,
         )
+
+    def batch(self, items: Any, output: Any = None, **kwargs: Any) -> Any:
+        """Run this RLM's settings over a dataset (``rlm.batch.batch``): ``items`` is a
+        JSON-lines path or an iterable of item dicts, ``output`` a JSON-lines path that makes
+        it resumable; returns the ``BatchSummary``. See docs/batch.md."""
+        from rlm.batch import batch
+
+        return batch(items, output, rlm=self, **kwargs)
+
+    async def abatch(self, items: Any, output: Any = None, **kwargs: Any) -> Any:
+        """``batch()`` as a coroutine (``rlm.batch.abatch``)."""
+        from rlm.batch import abatch
+
+        return await abatch(items, output, rlm=self, **kwargs)
 
     def close(self) -> None:
         """Release the persistent environment, if any. Safe to call twice. Clients are
