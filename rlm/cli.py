@@ -128,9 +128,15 @@ def build_fetch_model(subparsers: Any) -> None:
 
 
 def _model_path(args: argparse.Namespace) -> int:
+    import os
+
     from rlm.local_model import find_model
 
     path = find_model(args.variant)
+    explicit = os.environ.get("RLM_LOCAL_MODEL")
+    if path is None and explicit:
+        _error(f"RLM_LOCAL_MODEL is set to {explicit!r}, which is not a file")
+        return EXIT_CONFIG
     if path is None:
         _error(
             f"the {args.variant} model is not downloaded yet; "

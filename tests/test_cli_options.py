@@ -294,3 +294,10 @@ def test_exit_codes_are_documented():
     text = cli.build_parser().format_help()
     for code in cli_options.EXIT_CODES:
         assert str(code) in text
+
+
+def test_model_path_says_when_rlm_local_model_is_wrong(tmp_path):
+    proc = rlm_cli(["model-path"], clean_env(tmp_path, RLM_LOCAL_MODEL=str(tmp_path / "x.gguf")))
+    assert proc.returncode == cli_options.EXIT_CONFIG
+    assert_one_paragraph(proc.stderr)
+    assert "RLM_LOCAL_MODEL" in proc.stderr and "not a file" in proc.stderr
