@@ -107,9 +107,90 @@ def _text_of(prompt: Any) -> str:
 class RLM:
     """A Recursive Language Model: a drop-in ``completion()`` for prompts of any size.
 
-    The constructor takes the same arguments as the public ``rlms`` package;
-    see ``docs/api.md`` for each one. Clients are built (and configuration
-    checked) here, so a missing key or an unknown backend fails at once.
+    The prompt becomes the variable ``context`` in a Python REPL; the root model writes
+    ```` ```repl ```` code that reads it, calls sub-models (``llm_query``) and child RLMs
+    (``rlm_query``) on pieces, and submits an answer. The arguments are rlms 0.1.3's;
+    pass them by keyword. Clients are built lazily, at the first ``completion()``
+    (``RLM(...)`` needs no API key); names and options are checked here.
+
+    Args:
+        backend: the root model's client, default ``"openai"``; also ``"anthropic"``,
+            ``"gemini"``, ``"azure_openai"``, ``"openrouter"``, ``"vercel"``,
+            ``"vllm"``, ``"litellm"``, ``"portkey"``, ``"llama_cpp"`` (the embedded
+            offline model), ``"scripted"`` (tests), or a plugin's name.
+        backend_kwargs: options of that client, default ``None``: ``model_name``,
+            ``api_key``, ``base_url``, ``timeout`` (seconds per call)...
+            Sampling settings (``temperature``, per-answer ``max_tokens``) go in
+            ``backend_kwargs["sampling_args"]`` or ``sampling_args``, not here.
+        environment: where the model's code runs, default ``"local"`` (this process);
+            ``"subprocess"`` (an isolated worker), ``"docker"``, ``"ipython"``,
+            ``"modal"``, ``"e2b"``, ``"daytona"``, ``"prime"``, or a plugin's name.
+        environment_kwargs: options of that environment, default ``None``
+            (``local``: ``setup_code``, ``cell_timeout`` seconds, ``max_output_chars``).
+        depth: this RLM's depth in a tree of runs, default ``0``.
+        max_depth: recursion depth, default ``1``: with ``max_depth=2`` ``rlm_query``
+            starts child RLMs; at 1 it is a plain model call.
+        max_iterations: root-model turns, default ``30``; then the model is asked once
+            for its best answer (nothing is raised).
+        max_budget: USD for the whole tree of runs, default ``None`` (no limit);
+            passing it raises ``BudgetExceededError``. A model without a known price
+            is refused at the first completion (``prices={name: "unpriced"}`` opts out).
+        max_timeout: seconds for the whole completion, children included, default
+            ``None``; passing it raises ``TimeoutExceededError``.
+        max_tokens: a *total* token budget, input plus output over every call of the
+            completion and its children (not a per-answer limit as in LLM SDKs),
+            default ``None``; passing it raises ``TokenLimitExceededError``.
+        max_errors: consecutive iterations whose code failed, default ``None``;
+            reaching it raises ``ErrorThresholdExceededError``.
+        custom_system_prompt: replaces the built-in system prompt, default ``None``
+            (a ``str.format`` template; ``{custom_tools_section}`` lists the tools).
+        other_backends: further backend names, default ``None``; the first answers
+            sub-calls, each answers ``llm_query(..., model=its model_name)``.
+        other_backend_kwargs: one options dict per entry of ``other_backends``.
+        logger: an ``RLMLogger``, default ``None``; the trajectory (JSON lines) is then
+            written to its folder and attached as ``result.metadata``.
+        verbose: print each iteration with Rich, default ``False``.
+        persistent: keep the REPL across ``completion()`` calls, default ``False``
+            (later prompts become ``context_1``...; release with ``close()``).
+        custom_tools: ``{name: value}`` or ``{name: {"tool": value, "description":
+            "..."}}`` put in the REPL and listed in the prompt, default ``None``.
+        custom_sub_tools: tools for child RLMs, default ``None`` (inherit
+            ``custom_tools``); ``{}`` for none.
+        compaction: summarise and restart the root history when it nears the model's
+            context window, default ``False``.
+        compaction_threshold_pct: the share of the window that triggers compaction,
+            default ``0.85``; in (0, 1].
+        max_concurrent_subcalls: child RLMs one ``rlm_query_batched`` runs at once,
+            default ``4``.
+        on_subcall_start: ``fn(depth, model, prompt_preview)`` before each
+            ``rlm_query``, default ``None``.
+        on_subcall_complete: ``fn(depth, model, seconds, error_or_None)`` after it.
+        on_iteration_start: ``fn(depth, iteration)``, iteration counted from 1.
+        on_iteration_complete: ``fn(depth, iteration, seconds)``. A callback that
+            raises is ignored.
+        sampling_args: sampling settings of the root client (``temperature``,
+            ``max_tokens`` per answer, ``top_p``...), default ``None``.
+        sub_sampling_args: sampling settings for sub-calls, default ``None``.
+        orchestrator: tell the root model to let code and sub-calls do the reading,
+            default ``True``.
+        user_prologue: a user message inserted before the first turn, default ``None``.
+        max_concurrent_lm_calls: model calls in flight at once across the tree,
+            default ``None`` (16).
+        depth_models: ``{depth: model_name}`` routing sub-calls by depth, default
+            ``None``.
+        context_window: the root model's window in tokens (for compaction), default
+            ``None`` (the client's, else a table, else 128,000).
+
+    Raises:
+        ConfigurationError: (a ``ValueError``) an unknown environment, an option it
+            refuses, a negative limit, a reserved tool name, or ``persistent=True`` on
+            an environment without it, here; an unknown backend, a missing key or
+            model name at the first ``completion()``.
+
+    ``completion(prompt, root_prompt=None)`` returns an ``RLMChatCompletion``
+    (``.response``, ``.usage_summary``, ``.execution_time``, ``.metadata``); the limit
+    errors above carry ``partial_answer``. ``acompletion`` is the same, async. See
+    docs/api.md and docs/getting-started.md.
     """
 
     #: How many answers that do not match ``response_format`` go back to the model (with
