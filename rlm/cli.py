@@ -34,6 +34,7 @@ from rlm.cli_options import (
     resolve_run_options,
 )
 from rlm.plugins_cli import build_backends, build_environments
+from rlm.serve.cli import build_serve
 from rlm.trajectory.cli import build_replay
 from rlm.utils.exceptions import CancellationError
 from rlm.viewer.cli import build_view
@@ -407,6 +408,7 @@ SUBCOMMANDS: dict[str, Builder] = {
     "view": build_view,
     "replay": build_replay,
     "batch": build_batch,
+    "serve": build_serve,
     "backends": build_backends,
     "environments": build_environments,
 }
