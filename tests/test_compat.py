@@ -526,3 +526,13 @@ def test_vllm_without_base_url_is_caught_by_assertion_error_and_value_error():
         rlm.completion("q")
     with pytest.raises(ValueError, match="base_url"):
         rlm.completion("q")
+
+
+def test_model_string_shorthand_sets_backend_and_model_name():
+    from rlm import RLM
+
+    rlm = RLM(model="anthropic/claude-x")
+    assert (rlm.backend, rlm.backend_kwargs["model_name"]) == ("anthropic", "claude-x")
+    scripted = RLM(model="scripted/house", backend_kwargs={"responses": ["FINAL(ok)"]})
+    result = scripted.completion("q")
+    assert (result.response, result.root_model) == ("ok", "house")

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar, overload
 
-from rlm.clients import BaseLM, get_client
+from rlm.clients import BaseLM, get_client, resolve_model
 from rlm.clients.base_lm import call_client, reports_usage_per_call
 from rlm.clients.pricing import check_budget_prices
 from rlm.core import adaptive, ledger
@@ -180,6 +180,9 @@ class RLM:
             ``None``.
         context_window: the root model's window in tokens (for compaction), default
             ``None`` (the client's, else a table, else 128,000).
+        model: ``"provider/model"`` shorthand for ``backend`` plus ``model_name``
+            (LiteLLM's convention, e.g. ``"anthropic/claude-sonnet-4-5"``), default
+            ``None``; ours.
 
     Raises:
         ConfigurationError: (a ``ValueError``) an unknown environment, an option it
@@ -233,7 +236,10 @@ class RLM:
         max_concurrent_lm_calls: int | None = None,
         depth_models: dict[int, str] | None = None,
         context_window: int | None = None,
+        model: str | None = None,
     ):
+        if model is not None:  # "provider/model" shorthand (LiteLLM's convention); ours
+            backend, backend_kwargs = resolve_model(model, None, backend_kwargs)
         self._validate_numbers(
             depth=depth,
             max_depth=max_depth,
