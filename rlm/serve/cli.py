@@ -11,9 +11,9 @@ from rlm.batch.cli import add_rlm_options, rlm_config
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from rlm.serve.runner import _require_server_extra, check_bind
+    from rlm.serve.runner import _require_server_extra, check_bind, serve_forever
 
-    uvicorn = _require_server_extra()
+    _require_server_extra()
     api_key = args.api_key or os.environ.get("RLM_SERVE_API_KEY") or None
     check_bind(args.host, api_key)
     from rlm.serve.app import ServeConfig, create_app
@@ -36,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
         + (" (API key required)" if api_key else ""),
         file=sys.stderr,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    serve_forever(app, args.host, args.port, args.log_level)
     return 0
 
 

@@ -42,6 +42,29 @@ def check_bind(host: str, api_key: str | None) -> None:
         )
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket with TCP_NODELAY, which accepted sockets inherit (no 40 ms
+    Nagle/delayed-ACK stall between a response's head and its body)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.listen(2048)
+    return sock
+
+
+def serve_forever(app: Any, host: str, port: int, log_level: str = "info") -> None:
+    """Serve ``app`` with uvicorn on ``host:port`` until interrupted."""
+    uvicorn = _require_server_extra()
+    sock = listen(host, port)
+    try:
+        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off"))
+        asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        sock.close()
+
+
 class ServerThread:
     """uvicorn serving ``create_app(config)`` in a thread (tests, benchmarks, notebooks).
 
@@ -82,11 +105,7 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         """Bind and listen now (requests queue until uvicorn accepts them), serve in a thread."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host.strip("[]"), self.port))
-        sock.listen(2048)
+        sock = listen(self.host, self.port)
         self.port = sock.getsockname()[1]
         self._sock = sock
         self._thread = threading.Thread(
