@@ -388,3 +388,49 @@ def test_the_embedded_model_behind_rlm_serve():
         )
     assert reply.choices[0].message.content
     assert reply.usage.prompt_tokens > 0
+
+
+def _json_root(messages):
+    """A root model that answers with the JSON object its task's schema asks for."""
+    return '```repl\nanswer["content"] = \'{"city": "Oslo", "population": 709000}\'\nanswer["ready"] = True\n```'
+
+
+def test_response_format_json_schema_through_the_openai_client():
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    config = _config(rlm={"backend_kwargs": {"responses": _json_root}})
+    with ServerThread(config) as server:
+        client = _client(server)
+        reply = client.chat.completions.create(
+            model="rlm",
+            messages=[{"role": "user", "content": "Which city, and how many people?"}],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "place", "schema": schema, "strict": True},
+            },
+        )
+        assert json.loads(reply.choices[0].message.content) == {
+            "city": "Oslo",
+            "population": 709000,
+        }
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(
+                model="rlm",
+                messages=[{"role": "user", "content": "q"}],
+                response_format={"type": "no-such-format"},
+            )
+        assert info.value.body["param"] == "response_format"
+    # A model that never matches the schema: the run ends in an OpenAI-style 422.
+    never = _config(rlm={"backend_kwargs": {"responses": lambda m: ANSWER}})
+    with ServerThread(never) as server:
+        with pytest.raises(openai.UnprocessableEntityError) as info:
+            _client(server).chat.completions.create(
+                model="rlm",
+                messages=[{"role": "user", "content": "q"}],
+                response_format={"type": "json_schema", "json_schema": {"schema": schema}},
+            )
+        assert info.value.body["code"] == "structured_output_failed"

@@ -41,6 +41,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from rlm.core import events as ev
+from rlm.utils.exceptions import ConfigurationError
+from rlm.utils.structured import from_openai_response_format
 
 #: Finished runs kept for GET /v1/rlm/runs/{id}.
 KEEP_FINISHED_RUNS = 1_000
@@ -110,6 +112,7 @@ def error_for(exc: BaseException) -> APIError:
         ConfigurationError,
         LimitExceededError,
         ProviderError,
+        StructuredOutputError,
     )
 
     if isinstance(exc, APIError):
@@ -117,6 +120,8 @@ def error_for(exc: BaseException) -> APIError:
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, CancellationError):
         return APIError(499, text, "invalid_request_error", "cancelled")
+    if isinstance(exc, StructuredOutputError):
+        return APIError(422, text, "invalid_response_error", "structured_output_failed")
     if isinstance(exc, LimitExceededError):
         return APIError(400, text, "invalid_request_error", "rlm_limit_exceeded")
     if isinstance(exc, ConfigurationError):
@@ -392,14 +397,23 @@ class Server:
             )
         self.admitted += 1
 
-    def start(self, context: Any, question: str | None, settings: dict[str, Any]) -> RunState:
-        """Admit (or 429) and start a run in the background; returns its state."""
+    def start(
+        self,
+        context: Any,
+        question: str | None,
+        settings: dict[str, Any],
+        response_format: Any = None,
+    ) -> RunState:
+        """Admit (or 429) and start a run in the background; returns its state.
+        ``response_format`` is a JSON Schema (from the request's ``response_format``)."""
         rlm = self._rlm(settings)  # a bad setting fails here, before admission
         self.admit()
         state = RunState("run-" + secrets.token_hex(12), self.config.model_id)
         self.runs[state.id] = state
         self._forget_old()
-        state.task = asyncio.ensure_future(self._execute(state, rlm, context, question))
+        state.task = asyncio.ensure_future(
+            self._execute(state, rlm, context, question, response_format)
+        )
         return state
 
     def _forget_old(self) -> None:
@@ -407,12 +421,14 @@ class Server:
         for key in finished[: max(0, len(finished) - KEEP_FINISHED_RUNS)]:
             del self.runs[key]
 
-    async def _execute(self, state: RunState, rlm: Any, context: Any, question: Any) -> None:
+    async def _execute(
+        self, state: RunState, rlm: Any, context: Any, question: Any, response_format: Any = None
+    ) -> None:
         started = time.perf_counter()
         try:
             async with self.slots:
                 state.status = "running"
-                stream = rlm.astream(context, root_prompt=question)
+                stream = rlm.astream(context, root_prompt=question, response_format=response_format)
                 try:
                     async for event in stream:
                         state.publish(event_payload(event))
@@ -519,7 +535,11 @@ def _start_from_body(server: Server, body: dict[str, Any]) -> RunState:
         context, question = prompt_from_messages(body.get("messages"), explicit)
     else:
         context, question = explicit, body.get("question")
-    return server.start(context, question, settings)
+    try:  # OpenAI's response_format: text, json_object or json_schema
+        schema = from_openai_response_format(body.get("response_format"))
+    except ConfigurationError as exc:
+        raise APIError(400, str(exc), param="response_format") from None
+    return server.start(context, question, settings, response_format=schema)
 
 
 async def _until_disconnect(request: Request) -> None:
