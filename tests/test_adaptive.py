@@ -1,4 +1,4 @@
-"""Adaptive concurrency of llm_query_batched (rlm.core.adaptive): AIMD against a loopback
+"""Adaptive concurrency of llm_query_batched (rlm.comms.adaptive): AIMD against a loopback
 server that answers 429 above N concurrent requests, through the real openai client."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 
 from rlm.clients import get_client
 from rlm.clients.scripted import ScriptedLM
-from rlm.core import adaptive
-from rlm.core.adaptive import AdaptiveLimit, is_rate_limit, retry_after
+from rlm.comms import adaptive
+from rlm.comms.adaptive import AdaptiveLimit, is_rate_limit, retry_after
 from rlm.core.comms_utils import send_lm_request_batched
 from rlm.core.lm_handler import LMHandler
 

@@ -409,14 +409,14 @@ def test_parsed_is_typed_for_mypy(tmp_path):
         "user_structured.Invoice",
         "builtins.float",
         "builtins.dict[builtins.str, Any]",
-        "rlm.core.types.RLMChatCompletion",
-        "rlm.core.types.StructuredCompletion[user_structured.Invoice]",
+        "rlm.datatypes.RLMChatCompletion",
+        "rlm.datatypes.StructuredCompletion[user_structured.Invoice]",
     ] or revealed == [
         "user_structured.Invoice",
         "float",
         "dict[str, Any]",
-        "rlm.core.types.RLMChatCompletion",
-        "rlm.core.types.StructuredCompletion[user_structured.Invoice]",
+        "rlm.datatypes.RLMChatCompletion",
+        "rlm.datatypes.StructuredCompletion[user_structured.Invoice]",
     ], run.stdout
     errors = [
         line for line in run.stdout.splitlines() if "user_structured.py" in line and "error" in line

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlm.clients.pricing import PriceBook
-from rlm.core.types import ModelUsageSummary, UsageSummary
+from rlm.datatypes import ModelUsageSummary, UsageSummary
 from rlm.utils import exceptions as _exc
 from rlm.utils.exceptions import ConfigurationError, ProviderError
 from rlm.utils.token_utils import count_tokens

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from rlm.core.types import REPLResult
+from rlm.datatypes import REPLResult
 from rlm.environments.repl_core import SCAFFOLD_NAMES, code_tool_source, guard_tool
 from rlm.utils.exceptions import ConfigurationError
 

@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from rlm.core.types import REPLResult
+from rlm.datatypes import REPLResult
 from rlm.environments import repl_core
 from rlm.environments.base_env import BaseEnv
 from rlm.environments.isolated import DEFAULT_START_TIMEOUT

@@ -37,9 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from rlm.core import frames
-from rlm.core.frames import FrameTooLargeError, decode_payload, encode_frame, read_frame
-from rlm.core.types import REPLResult
+from rlm.comms import frames
+from rlm.comms.frames import FrameTooLargeError, decode_payload, encode_frame, read_frame
+from rlm.datatypes import REPLResult
 from rlm.environments.base_env import (
     IsolatedEnv,
     check_init_kwargs,

@@ -32,8 +32,8 @@ from collections.abc import Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rlm.core.comms_utils import LMRequest, send_lm_request, send_lm_request_batched
-from rlm.core.types import REPLResult, RLMChatCompletion
+from rlm.comms.protocol import LMRequest, send_lm_request, send_lm_request_batched
+from rlm.datatypes import REPLResult, RLMChatCompletion
 from rlm.environments.base_env import (
     NonIsolatedEnv,
     accepted_init_kwargs,

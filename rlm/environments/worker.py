@@ -2,7 +2,7 @@
 
 This program runs inside every isolated environment (a subprocess, a Docker
 container, a cloud sandbox). It imports only the standard library, ``repl_core``
-and ``rlm_frames`` (the frame codec, :mod:`rlm.core.frames`), both shipped next to
+and ``rlm_frames`` (the frame codec, :mod:`rlm.comms.frames`), both shipped next to
 it, so any ``python3`` can run it; nothing is installed at start. The host side is ``rlm.environments.isolated``.
 
 The channel is the process's stdin (host -> worker) and stdout (worker ->
@@ -46,7 +46,7 @@ try:  # inside a sandbox: shipped next to this file
     import repl_core  # type: ignore[import-not-found]
     import rlm_frames  # type: ignore[import-not-found]
 except ImportError:  # imported from the installed package (tests, tools)
-    from rlm.core import frames as rlm_frames
+    from rlm.comms import frames as rlm_frames
     from rlm.environments import repl_core
 
 MAX_FRAME_BYTES = rlm_frames.MAX_FRAME_BYTES

@@ -16,7 +16,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from rlm.core.types import RLMIteration, RLMMetadata
+from rlm.datatypes import RLMIteration, RLMMetadata
 from rlm.environments.repl_core import LOG_VALUE_CHARS, loggable
 from rlm.utils.rlm_utils import collect_secrets, redact, register_secrets
 from rlm.utils.text import truncate_middle

@@ -26,7 +26,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from rlm.core.types import (
+from rlm.datatypes import (
     CodeBlock,
     ModelUsageSummary,
     RLMChatCompletion,

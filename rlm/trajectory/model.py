@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rlm.core.types import RLMChatCompletion, UsageSummary
+from rlm.datatypes import RLMChatCompletion, UsageSummary
 from rlm.utils.text import truncate_end
 
 if TYPE_CHECKING:

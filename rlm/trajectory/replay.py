@@ -33,8 +33,8 @@ from typing import Any
 
 from rlm.clients.base_lm import BaseLM, Generation, Messages, to_messages
 from rlm.clients.scripted import is_root_call
-from rlm.core.lm_handler import LMHandler
-from rlm.core.types import CodeBlock, REPLResult, RLMChatCompletion, RLMIteration
+from rlm.comms.lm_handler import LMHandler
+from rlm.datatypes import CodeBlock, REPLResult, RLMChatCompletion, RLMIteration
 from rlm.logger.rlm_logger import compact, iteration_record
 from rlm.trajectory.model import Block, SubCall, Trajectory, is_cut, same_output
 from rlm.utils.exceptions import RLMError

@@ -7,7 +7,7 @@ import re
 import textwrap
 from typing import TYPE_CHECKING, Any
 
-from rlm.core.types import REPLResult, RLMIteration
+from rlm.datatypes import REPLResult, RLMIteration
 from rlm.utils.text import truncate_middle
 
 if TYPE_CHECKING:

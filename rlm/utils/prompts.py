@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlm.core.types import QueryMetadata
+from rlm.datatypes import QueryMetadata
 
 __all__ = [
     "RLM_SYSTEM_PROMPT",

@@ -1,7 +1,7 @@
 """The frame codec: the one implementation of the wire format, on every side.
 
 A frame is a 4-byte big-endian length followed by that many bytes of UTF-8
-JSON. The LM handler and its clients (:mod:`rlm.core.comms_utils`), the
+JSON. The LM handler and its clients (:mod:`rlm.comms.protocol`), the
 isolated environments' host driver (:mod:`rlm.environments.isolated`) and the
 sandbox worker (:mod:`rlm.environments.worker`) all encode and read frames
 here, so the format and its size caps cannot drift apart.

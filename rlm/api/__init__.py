@@ -1,0 +1,1 @@
+"""The public entry points of an RLM (see :mod:`rlm.api.calls`)."""

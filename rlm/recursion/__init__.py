@@ -1,0 +1,1 @@
+"""Recursion: child RLMs and the sub-calls that reach them (see :mod:`rlm.recursion.children`)."""

@@ -1,0 +1,1 @@
+"""Tracing subscribers of a run tree (OpenTelemetry spans: the otel extra)."""
