@@ -38,7 +38,10 @@ def main() -> None:
         kinds = (ast.FunctionDef, ast.AsyncFunctionDef)
         funcs += [(n, length, f"{rel}:{ln}") for n, length, ln in _spans(tree, kinds)]
     print(f"rlm/core lines: {core} (limit {CORE_LIMIT})")
-    for title, items, limit in (("classes", classes, CLASS_LIMIT), ("functions", funcs, FUNC_LIMIT)):
+    for title, items, limit in (
+        ("classes", classes, CLASS_LIMIT),
+        ("functions", funcs, FUNC_LIMIT),
+    ):
         items.sort(key=lambda item: -item[1])
         over = sum(1 for item in items if item[1] > limit)
         print(f"largest {title} (limit {limit}, over: {over}):")
