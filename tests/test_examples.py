@@ -31,6 +31,17 @@ SCRIPTED = {
     "budgets.py": ["budget: stopped after spending", "tokens: stopped at"],
     "async_completion.py": ["Oslo: 12 orders", "Lima: 12 orders", "Pune: 12 orders"],
     "replay.py": ["supercalifragilistic: a very long word", "matches the recording: True"],
+    "streaming.py": [
+        "cell 1 printed: '40'",
+        "answer: a shipping manifest",
+        "root tokens streamed:",
+    ],
+    "batch.py": [
+        "first run: 3 done, 3 model calls",
+        "second run: 2 run now, 3 already in the output",
+        "answers: log-0=0, log-1=1, log-2=2, log-3=3, log-4=4",
+    ],
+    "serve.py": ["answer: the document has 900 words", "streamed: the document has 900 words"],
 }
 REAL = {
     "local_model.py": ["client: ", "answer: "],

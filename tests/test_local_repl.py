@@ -751,3 +751,39 @@ def test_a_custom_tool_that_raises_gives_the_model_an_error_string():
         )
     finally:
         env.cleanup()
+
+
+def test_the_stdout_router_is_one_object_kept_alive_across_cells():
+    # print() holds sys.stdout as a borrowed reference; a router freed by another thread
+    # while a print is under way was a use-after-free (RecursionError, segfault). Every
+    # cell must reuse the same live router for the same stream.
+    import sys
+
+    repl = LocalREPL()
+    try:
+        seen = set()
+        for _ in range(3):
+            result = repl.execute_code("import sys\nrouter_id = id(sys.stdout)")
+            assert result.error is None
+            seen.add(repl.globals["router_id"])
+        assert len(seen) == 1
+        assert type(sys.stdout).__name__ != "_Router"  # and the host's stream is back after
+    finally:
+        repl.cleanup()
+
+
+def test_a_logger_with_a_relative_log_dir_writes_there_whatever_the_cwd(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from rlm.logger import RLMLogger
+
+    monkeypatch.chdir(tmp_path)
+    logger = RLMLogger(log_dir="logs")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)  # as a local REPL cell of another run does while it runs
+    logger._append(logger.log_file_path, {"type": "probe"})
+    written = list((tmp_path / "logs").glob("*.jsonl"))
+    assert len(written) == 1 and json.loads(written[0].read_text()) == {"type": "probe"}
+    assert not (elsewhere / "logs").exists()

@@ -126,7 +126,9 @@ def read_items(source: Any) -> tuple[list[BatchItem], Path | None]:
     Raises ``ValueError`` on a line that is not JSON or on a repeated id (a batch
     must be able to tell its items apart to resume)."""
     items: list[BatchItem] = []
-    base_dir: Path | None = None
+    # Relative context_file paths of in-memory items: this directory, fixed now (local REPL
+    # cells change the working directory while they run).
+    base_dir: Path | None = Path.cwd()
     if isinstance(source, (str, Path)):
         path = Path(source)
         base_dir = path.resolve().parent

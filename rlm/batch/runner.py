@@ -110,7 +110,8 @@ class OutputFile:
     """The JSON-lines output: what is already done, and appending records one line each."""
 
     def __init__(self, path: str | Path | None):
-        self.path = Path(path) if path is not None else None
+        # Absolute now: local REPL cells change the working directory while they run.
+        self.path = Path(path).absolute() if path is not None else None
         self.records: dict[str, dict[str, Any]] = {}
         self._fh: Any = None
 

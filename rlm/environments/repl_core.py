@@ -159,21 +159,41 @@ class _Router(io.TextIOBase):
         return getattr(self._original, "newlines", None)
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("_original", "_slot"):  # not set yet: never recurse
+            raise AttributeError(name)
         return getattr(self._original, name)
 
 
 _capture = threading.local()
 _router_lock = threading.Lock()
 _router_users = 0
+# Every router ever put in place, by the stream it stands in for, kept alive for good.
+# CPython's print() holds sys.stdout as a *borrowed* reference while it writes; if another
+# thread swapped the router out and it were freed meanwhile, that print would use freed
+# memory (seen as a RecursionError or a segfault). One router per stream, reused.
+_routers: dict[tuple[int, str], _Router] = {}
+
+
+def _router_for(stream: Any, slot: str) -> _Router:
+    key = (id(stream), slot)
+    router = _routers.get(key)
+    if router is None or router._original is not stream:
+        router = _routers[key] = _Router(stream, slot)
+    return router
+
+
+def _put_routers() -> None:
+    """With ``_router_lock`` held: the routers stand in for ``sys.stdout``/``sys.stderr``."""
+    if not isinstance(sys.stdout, _Router):
+        sys.stdout = _router_for(sys.stdout, "out")
+    if not isinstance(sys.stderr, _Router):
+        sys.stderr = _router_for(sys.stderr, "err")
 
 
 def install_router() -> None:
     """Put the routers in place (again, if someone replaced ``sys.stdout`` since)."""
     with _router_lock:
-        if not isinstance(sys.stdout, _Router):
-            sys.stdout = _Router(sys.stdout, "out")
-        if not isinstance(sys.stderr, _Router):
-            sys.stderr = _Router(sys.stderr, "err")
+        _put_routers()
 
 
 def _acquire_router() -> None:
@@ -181,10 +201,7 @@ def _acquire_router() -> None:
     global _router_users
     with _router_lock:
         _router_users += 1
-        if not isinstance(sys.stdout, _Router):
-            sys.stdout = _Router(sys.stdout, "out")
-        if not isinstance(sys.stderr, _Router):
-            sys.stderr = _Router(sys.stderr, "err")
+        _put_routers()
 
 
 def _release_router() -> None:

@@ -139,6 +139,9 @@ class RLMLogger:
 
     def __init__(self, log_dir: str | os.PathLike[str] | None = None, file_name: str = "rlm"):
         self.log_dir = os.fspath(log_dir) if log_dir is not None else None
+        # A relative log_dir means this directory: the working directory may change later
+        # (a local REPL cell runs in its own temp dir while other runs are logging).
+        self._cwd = os.getcwd()
         self.file_name = file_name
         self.log_file_path: str | None = self._new_path()
         self.run_log_paths: list[str] = [self.log_file_path] if self.log_file_path else []
@@ -152,17 +155,17 @@ class RLMLogger:
     def _new_path(self) -> str | None:
         if self.log_dir is None:
             return None
-        os.makedirs(self.log_dir, exist_ok=True)
+        os.makedirs(os.path.join(self._cwd, self.log_dir), exist_ok=True)
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         return os.path.join(self.log_dir, f"{self.file_name}_{stamp}_{uuid.uuid4().hex[:8]}.jsonl")
 
-    @staticmethod
-    def _append(path: str | None, entry: dict[str, Any]) -> None:
+    def _append(self, path: str | None, entry: dict[str, Any]) -> None:
         if path is None:
             return
         line = (json.dumps(entry, ensure_ascii=False, default=repr) + "\n").encode("utf-8")
         # 0600: a trajectory holds prompts, context and outputs; only its owner reads it.
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # (os.path.join keeps an absolute path as it is.)
+        fd = os.open(os.path.join(self._cwd, path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             written = os.write(fd, line)
             while written < len(line):  # a short write only happens on a full disk or a signal
