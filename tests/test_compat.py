@@ -536,3 +536,29 @@ def test_model_string_shorthand_sets_backend_and_model_name():
     scripted = RLM(model="scripted/house", backend_kwargs={"responses": ["FINAL(ok)"]})
     result = scripted.completion("q")
     assert (result.response, result.root_model) == ("ok", "house")
+
+
+def test_patches_of_the_module_a_class_came_from_apply_after_a_reimport(monkeypatch):
+    """rlms' import tests delete rlm.core.rlm from sys.modules and import it again; code
+    bound earlier (the RLM class, the module object) must still see patches of its module."""
+    import importlib
+    import sys
+
+    import rlm.core.rlm as old_module
+    from rlm.clients.scripted import ScriptedLM
+
+    old_class = old_module.RLM
+    monkeypatch.delitem(sys.modules, "rlm.core.rlm")
+    fresh = importlib.import_module("rlm.core.rlm")
+    assert fresh is not old_module
+    monkeypatch.setitem(sys.modules, "rlm.core.rlm", old_module)  # put things back after
+    built = []
+
+    def factory(backend, kwargs):
+        built.append(backend)
+        return ScriptedLM(responses=lambda m: "FINAL(patched)", model_name="m")
+
+    with patch.object(old_module, "get_client", factory):
+        sys.modules["rlm.core.rlm"] = fresh  # as the re-import left it
+        result = old_class(backend="openai", backend_kwargs={"model_name": "m"}).completion("q")
+    assert result.response == "patched" and built == ["openai"]

@@ -7,7 +7,6 @@ patched since (what users' tests do).
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from rlm.clients.base_lm import BaseLM
@@ -27,7 +26,7 @@ class ClientCache:
         that name has been patched since (what users' tests do); otherwise they are reused
         across completions. A child RLM uses its parent's clients (pinned).
         """
-        factory = sys.modules["rlm.core.rlm"].get_client
+        factory = self._seam("get_client")
         cache = self._client_cache
         if cache is not None and (cache[0] is None or cache[0] is factory):
             return cache[1], cache[2]

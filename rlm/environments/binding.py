@@ -7,7 +7,6 @@ come from ``rlm.core.rlm.get_environment`` as that name is at call time.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +52,7 @@ class EnvironmentBinding:
         if self.persistent:
             kwargs["persistent"] = True
         # rlm.core.rlm.get_environment, looked up at call time (rlms' tests patch it).
-        env = sys.modules["rlm.core.rlm"].get_environment(self.environment_type, kwargs)
+        env = self._seam("get_environment")(self.environment_type, kwargs)
         if self.persistent:
             self._persistent_env = env
         return env

@@ -10,10 +10,8 @@ patch of either (what rlms' tests do) applies.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from rlm.clients.base_lm import call_client, reports_usage_per_call
@@ -27,11 +25,6 @@ from rlm.utils.exceptions import CancellationError, LimitExceededError
 
 if TYPE_CHECKING:
     from rlm.core.rlm import RLM
-
-
-def _core() -> ModuleType:
-    """The ``rlm.core.rlm`` module (as it is now: patched names included)."""
-    return sys.modules["rlm.core.rlm"]
 
 
 def _error_completion(model: str, prompt: Any, message: str, start: float) -> RLMChatCompletion:
@@ -76,12 +69,12 @@ class Recursion:
             custom_tools=self.custom_sub_tools,
         )
         # rlm.core.rlm.RLM, looked up at call time like rlms does (its tests patch it).
-        child = _core().RLM(**config.child_arguments())
+        child = self._seam("RLM")(**config.child_arguments())
         root, others = self._clients()
         if model is not None and model != root.model_name:
             registered = run.handler.clients.get(model) if run.handler is not None else None
             registered = registered or next((c for c in others if c.model_name == model), None)
-            root = registered or _core().get_client(self.backend, child_backend_kwargs)
+            root = registered or self._seam("get_client")(self.backend, child_backend_kwargs)
         child._client_cache = (None, root, others)
         return child
 
@@ -180,7 +173,9 @@ class Recursion:
         if others:
             client = others[0]
         elif model is not None and model != getattr(root, "model_name", None):
-            client = _core().get_client(self.backend, {**self.backend_kwargs, "model_name": model})
+            client = self._seam("get_client")(
+                self.backend, {**self.backend_kwargs, "model_name": model}
+            )
         else:
             client = root
         name = model or getattr(client, "model_name", None) or self.root_model
