@@ -1,4 +1,4 @@
-"""The one frame codec (rlm/core/frames.py), as the handler, the host driver and the
+"""The one frame codec (rlm/comms/frames.py), as the handler, the host driver and the
 sandbox worker all use it."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rlm.core import comms_utils, frames
+from rlm.comms import frames
+from rlm.core import comms_utils
 from rlm.environments import isolated, worker
 from rlm.utils.exceptions import ProtocolError
 
