@@ -28,9 +28,9 @@ def ask(question: str, text: str) -> str:
         return str(exc)
     finally:
         rlm.close()
-    reveal_type(result)  # R: rlm.core.types.RLMChatCompletion
+    reveal_type(result)  # R: rlm.datatypes.RLMChatCompletion
     reveal_type(result.response)  # R: str
-    reveal_type(result.usage_summary)  # R: rlm.core.types.UsageSummary
+    reveal_type(result.usage_summary)  # R: rlm.datatypes.UsageSummary
     reveal_type(result.execution_time)  # R: float
     usage: UsageSummary = result.usage_summary
     reveal_type(usage.total_calls)  # R: int
@@ -50,5 +50,5 @@ def client() -> BaseLM:
 async def ask_async(text: str) -> str:
     with RLM(backend="openai", backend_kwargs={"model_name": "gpt-4o-mini"}) as rlm:
         result = await rlm.acompletion(text)
-    reveal_type(result)  # R: rlm.core.types.RLMChatCompletion
+    reveal_type(result)  # R: rlm.datatypes.RLMChatCompletion
     return result.response
