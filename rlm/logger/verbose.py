@@ -102,6 +102,117 @@ def _section(label: str, style: str) -> Rule:
     return Rule(Text(label, style=style), align="left", style="dim")
 
 
+def _display(text: str, limit: int, style: str = "") -> Text:
+    """A long piece of model or program output, cut to ``limit`` characters.
+
+    The trailing newline that ``print()`` leaves is dropped after the cut,
+    so the strip never scans more than the bounded text.
+    """
+    return Text(_neutralise(truncate_middle(text, limit)).rstrip("\n"), style=style)
+
+
+def _field(value: object) -> Text:
+    """A short configuration value (a name, a number) shown literally."""
+    return Text(_neutralise(truncate_end(str(value), _FIELD_CHARS)))
+
+
+# ----------------------------------------------------------------------
+# Renderables: each event's Rich object, built from bounded text
+# ----------------------------------------------------------------------
+
+
+def _header_panel(rows: list[tuple[str, object]]) -> Panel:
+    """The run header: one ``label  value`` row per configuration field."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for label, value in rows:
+        grid.add_row(label, _field(value))
+    return Panel(
+        grid,
+        title=Text("Recursive Language Model", style="bold"),
+        title_align="left",
+        border_style="cyan",
+        expand=False,
+    )
+
+
+def _labelled(label: str, text: str, style: str, limit: int) -> list[RenderableType]:
+    """A rule naming one part of a code-execution panel, then that part's text."""
+    return [_section(label, f"bold {style}".strip()), _display(text, limit, style=style)]
+
+
+def _code_panel(code_block: CodeBlock, limit: int) -> Panel:
+    """One executed block: its code, then stdout, stderr, error and final answer."""
+    result = code_block.result
+    failed = bool(result.error) or bool(result.stderr)
+    code = _neutralise(truncate_middle(code_block.code, limit))
+    parts: list[RenderableType] = [
+        Syntax(code, "python", word_wrap=True, background_color="default")
+    ]
+    if result.stdout:
+        parts += _labelled("stdout", result.stdout, "", limit)
+    if result.stderr:
+        parts += _labelled("stderr", result.stderr, "red", limit)
+    if result.error:
+        parts += _labelled("error", result.error, "red", limit)
+    if result.final_answer is not None:
+        parts += _labelled("final answer set", str(result.final_answer), "green", limit)
+    return Panel(
+        Group(*parts),
+        title=Text("Code execution", style="bold red" if failed else "bold blue"),
+        title_align="left",
+        subtitle=None if result.execution_time is None else _format_seconds(result.execution_time),
+        subtitle_align="right",
+        border_style="red" if failed else "blue",
+    )
+
+
+def _subcall_kind(metadata: dict[str, Any] | None, depth: int | None) -> tuple[Text, int | None]:
+    """``sub-call``, or ``RLM sub-call N iterations`` with the depth rlms' metadata holds."""
+    if not isinstance(metadata, dict):
+        return Text("sub-call", style="bold"), depth
+    kind = Text("RLM sub-call", style="bold")
+    iterations = metadata.get("iterations")
+    if isinstance(iterations, list):
+        kind.append(f" {len(iterations)} iterations", style="dim")
+    run_meta = metadata.get("run_metadata")
+    if depth is None and isinstance(run_meta, dict) and isinstance(run_meta.get("depth"), int):
+        depth = run_meta["depth"]
+    return kind, depth
+
+
+def _usage_cells(summary: ModelUsageSummary) -> list[Text]:
+    return [
+        Text(f"{summary.total_calls:,}"),
+        Text(f"{summary.total_input_tokens:,}"),
+        Text(f"{summary.total_output_tokens:,}"),
+        Text(f"{summary.total_cached_tokens:,}"),
+        Text(_format_cost(summary.total_cost)),
+    ]
+
+
+def _usage_table(usage: UsageSummary) -> Table:
+    """One row per model, then the totals (a total cost of priced and unpriced models
+    says ``+ unknown``)."""
+    table = Table(title=None, header_style="bold", expand=False)
+    table.add_column("Model")
+    for heading in ("Calls", "Input tokens", "Output tokens", "Cached tokens", "Cost"):
+        table.add_column(heading, justify="right")
+    for model, summary in usage.model_usage_summaries.items():
+        table.add_row(_field(model), *_usage_cells(summary))
+    total = ModelUsageSummary()
+    for summary in usage.model_usage_summaries.values():
+        total.add(summary)
+    total_cells = _usage_cells(total)
+    priced = [s.total_cost is not None for s in usage.model_usage_summaries.values()]
+    if any(priced) and not all(priced):
+        total_cells[-1] = Text(f"{_format_cost(total.total_cost)} + unknown")
+    table.add_section()
+    table.add_row(Text("Total", style="bold"), *total_cells, style="bold")
+    return table
+
+
 def _noop(*_args: Any, **_kwargs: Any) -> None:
     """What every ``print_*`` method of a disabled printer is."""
 
@@ -144,15 +255,8 @@ class VerbosePrinter:
 
     def _on_run_started(self, event: Any) -> None:
         self._streamed: int | None = None
-        self.print_header(
-            backend=event.backend,
-            model=event.model,
-            environment=event.environment,
-            max_iterations=event.max_iterations,
-            max_depth=event.max_depth,
-            context_type=event.context_type,
-            context_length=event.context_length,
-            other_backends=event.other_backends,
+        self.print_metadata(
+            event.metadata, context_type=event.context_type, context_length=event.context_length
         )
 
     def _on_root_token(self, event: Any) -> None:
@@ -201,17 +305,7 @@ class VerbosePrinter:
         self.console.print(*renderables)
 
     def _display(self, text: str, style: str = "") -> Text:
-        """A long piece of model or program output, cut to ``max_display_chars``.
-
-        The trailing newline that ``print()`` leaves is dropped after the cut,
-        so the strip never scans more than the bounded text.
-        """
-        shown = _neutralise(truncate_middle(text, self.max_display_chars)).rstrip("\n")
-        return Text(shown, style=style)
-
-    def _field(self, value: object) -> Text:
-        """A short configuration value (a name, a number) shown literally."""
-        return Text(_neutralise(truncate_end(str(value), _FIELD_CHARS)))
+        return _display(text, self.max_display_chars, style)
 
     # ------------------------------------------------------------------
     # Run header
@@ -231,42 +325,40 @@ class VerbosePrinter:
     ) -> None:
         """The configuration of a run, printed once before the first iteration
         (rlms' positional signature; the context fields are ours, by keyword)."""
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="bold")
-        grid.add_column()
-        grid.add_row("Backend", self._field(backend))
-        grid.add_row("Model", self._field(model))
-        grid.add_row("Environment", self._field(environment))
-        grid.add_row("Max iterations", self._field(max_iterations))
-        grid.add_row("Max depth", self._field(max_depth))
-        if context_type is not None or context_length is not None:
-            parts = []
-            if context_type is not None:
-                parts.append(context_type)
-            if context_length is not None:
-                parts.append(f"{context_length:,} characters")
-            grid.add_row("Context", self._field(", ".join(parts)))
+        rows: list[tuple[str, object]] = [
+            ("Backend", backend),
+            ("Model", model),
+            ("Environment", environment),
+            ("Max iterations", max_iterations),
+            ("Max depth", max_depth),
+        ]
+        context = [] if context_type is None else [context_type]
+        if context_length is not None:
+            context.append(f"{context_length:,} characters")
+        if context:
+            rows.append(("Context", ", ".join(context)))
         if other_backends:
-            grid.add_row("Other backends", self._field(", ".join(map(str, other_backends))))
-        self._emit(
-            Panel(
-                grid,
-                title=Text("Recursive Language Model", style="bold"),
-                title_align="left",
-                border_style="cyan",
-                expand=False,
-            )
-        )
+            rows.append(("Other backends", ", ".join(map(str, other_backends))))
+        self._emit(_header_panel(rows))
 
-    def print_metadata(self, metadata: RLMMetadata) -> None:
-        """The run header, taken from the metadata the logger records."""
+    def print_metadata(
+        self,
+        metadata: RLMMetadata,
+        *,
+        context_type: str | None = None,
+        context_length: int | None = None,
+    ) -> None:
+        """The run header, taken from the metadata the logger records (a run's own header
+        adds its context, which the metadata does not hold)."""
         self.print_header(
-            backend=metadata.backend,
-            model=metadata.root_model,
-            environment=metadata.environment_type,
-            max_iterations=metadata.max_iterations,
-            max_depth=metadata.max_depth,
-            other_backends=metadata.other_backends,
+            metadata.backend,
+            metadata.root_model,
+            metadata.environment_type,
+            metadata.max_iterations,
+            metadata.max_depth,
+            metadata.other_backends,
+            context_type=context_type,
+            context_length=context_length,
         )
 
     # ------------------------------------------------------------------
@@ -292,44 +384,11 @@ class VerbosePrinter:
 
     def print_code_execution(self, code_block: CodeBlock) -> None:
         """One executed block: code, stdout, stderr/error, time, then one line per sub-call."""
-        result = code_block.result
-        failed = bool(result.error) or bool(result.stderr)
-        parts: list[RenderableType] = [
-            Syntax(
-                _neutralise(truncate_middle(code_block.code, self.max_display_chars)),
-                "python",
-                word_wrap=True,
-                background_color="default",
-            )
-        ]
-        if result.stdout:
-            parts.append(_section("stdout", "bold"))
-            parts.append(self._display(result.stdout))
-        if result.stderr:
-            parts.append(_section("stderr", "bold red"))
-            parts.append(self._display(result.stderr, style="red"))
-        if result.error:
-            parts.append(_section("error", "bold red"))
-            parts.append(self._display(result.error, style="red"))
-        if result.final_answer is not None:
-            parts.append(_section("final answer set", "bold green"))
-            parts.append(self._display(str(result.final_answer), style="green"))
-        subtitle = None
-        if result.execution_time is not None:
-            subtitle = _format_seconds(result.execution_time)
-        panel = Panel(
-            Group(*parts),
-            title=Text("Code execution", style="bold red" if failed else "bold blue"),
-            title_align="left",
-            subtitle=subtitle,
-            subtitle_align="right",
-            border_style="red" if failed else "blue",
-        )
         # One buffered write: sub-call lines printed from other threads cannot
         # land between the panel and its own sub-calls.
         with self.console:
-            self._emit(panel)
-            calls = result.rlm_calls
+            self._emit(_code_panel(code_block, self.max_display_chars))
+            calls = code_block.result.rlm_calls
             for call in calls[:_MAX_SUBCALL_LINES]:
                 self._print_call(call)
             hidden = calls[_MAX_SUBCALL_LINES:]
@@ -371,17 +430,8 @@ class VerbosePrinter:
         """
         limit = min(_PREVIEW_CHARS, self.max_display_chars)
         line = Text("  ↳ ", style="dim")
-        if isinstance(metadata, dict):
-            line.append("RLM sub-call", style="bold")
-            iterations = metadata.get("iterations")
-            if isinstance(iterations, list):
-                line.append(f" {len(iterations)} iterations", style="dim")
-            if depth is None:
-                run_meta = metadata.get("run_metadata")
-                if isinstance(run_meta, dict) and isinstance(run_meta.get("depth"), int):
-                    depth = run_meta["depth"]
-        else:
-            line.append("sub-call", style="bold")
+        kind, depth = _subcall_kind(metadata, depth)
+        line.append_text(kind)
         if depth is not None:
             line.append(f" depth {depth}", style="dim")
         line.append(" ")
@@ -473,48 +523,20 @@ class VerbosePrinter:
     ) -> None:
         """Iterations, time, and a usage table with one row per model plus totals
         (no table without ``usage_summary``, which is optional as in rlms)."""
-        usage = (
-            usage_summary
-            if isinstance(usage_summary, UsageSummary)
-            else UsageSummary.from_dict(usage_summary or {})
-        )
-        table = Table(title=None, header_style="bold", expand=False)
-        table.add_column("Model")
-        for heading in ("Calls", "Input tokens", "Output tokens", "Cached tokens", "Cost"):
-            table.add_column(heading, justify="right")
-        for model, summary in usage.model_usage_summaries.items():
-            table.add_row(self._field(model), *self._usage_cells(summary))
-        total = ModelUsageSummary()
-        for summary in usage.model_usage_summaries.values():
-            total.add(summary)
-        total_cells = self._usage_cells(total)
-        priced = [s.total_cost is not None for s in usage.model_usage_summaries.values()]
-        if any(priced) and not all(priced):
-            total_cells[-1] = Text(f"{_format_cost(total.total_cost)} + unknown")
-        table.add_section()
-        table.add_row(Text("Total", style="bold"), *total_cells, style="bold")
         heading = Text(
             f"Iterations: {total_iterations}   Total time: {_format_seconds(total_time)}"
         )
+        if isinstance(usage_summary, dict):
+            usage_summary = UsageSummary.from_dict(usage_summary)
         self._emit(
             Panel(
-                Group(heading, table) if usage_summary is not None else heading,
+                heading if usage_summary is None else Group(heading, _usage_table(usage_summary)),
                 title=Text("Summary", style="bold"),
                 title_align="left",
                 border_style="cyan",
                 expand=False,
             )
         )
-
-    @staticmethod
-    def _usage_cells(summary: ModelUsageSummary) -> list[Text]:
-        return [
-            Text(f"{summary.total_calls:,}"),
-            Text(f"{summary.total_input_tokens:,}"),
-            Text(f"{summary.total_output_tokens:,}"),
-            Text(f"{summary.total_cached_tokens:,}"),
-            Text(_format_cost(summary.total_cost)),
-        ]
 
 
 #: What the printer does with each kind of event of its run.
