@@ -27,8 +27,8 @@ import json
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, fields
 from typing import Any
 
 from rlm.clients.base_lm import BaseLM, Generation, Messages, to_messages
@@ -36,7 +36,7 @@ from rlm.clients.scripted import is_root_call
 from rlm.comms.lm_handler import LMHandler
 from rlm.datatypes import CodeBlock, REPLResult, RLMChatCompletion, RLMIteration
 from rlm.logger.rlm_logger import compact, iteration_record
-from rlm.trajectory.model import Block, SubCall, Trajectory, is_cut, same_output
+from rlm.trajectory.model import Block, Iteration, SubCall, Trajectory, is_cut, same_output
 from rlm.utils.exceptions import RLMError
 from rlm.utils.parsing import find_final_answer
 from rlm.utils.text import truncate_end
@@ -227,14 +227,10 @@ class ReplayDivergence:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """This divergence as a JSON-able dict."""
+        """This divergence as a JSON-able dict: every field but the two whole outputs
+        (``expected`` and ``actual`` already hold what differs)."""
         return {
-            "iteration_index": self.iteration_index,
-            "block_index": self.block_index,
-            "field": self.field,
-            "expected": self.expected,
-            "actual": self.actual,
-            "code": self.code,
+            f.name: getattr(self, f.name) for f in fields(self) if not f.name.endswith("_stdout")
         }
 
     def __str__(self) -> str:
@@ -437,48 +433,8 @@ class Replay:
                 "error" in (block.raw.get("result") or {}) for block in self.trajectory.blocks
             )
             for iteration in iterations:
-                began = time.perf_counter()
-                prompt = iteration.prompt if iteration.prompt is not None else []
-                response = self.client.root_response(to_messages(prompt)).text
-                blocks: list[CodeBlock] = []
-                final: str | None = None
-                for block in iteration.blocks:
-                    if is_cut(block.code) and len(block.code) > 20_000:
-                        raise ReplayError(
-                            f"iteration {iteration.number} block {block.index}: the log kept only "
-                            "part of this block's code, so it cannot run again"
-                        )
-                    result = env.execute_code(block.code)
-                    blocks.append(CodeBlock(code=block.code, result=result))
-                    divergence = _compare(block, result, iteration.index, records_errors)
-                    self._note(divergence)
-                    self.steps += 1
-                    yield ReplayStep(
-                        iteration.index, block.index, block.code, block, result, divergence
-                    )
-                    if result.final_answer is not None:
-                        final = result.final_answer
-                        break
-                if final is None:
-                    final = find_final_answer(response, environment=env)
                 last = iteration.index == len(iterations) - 1
-                if final is None and last and not iteration.blocks and iteration.final_answer:
-                    final = response.strip()  # the out-of-iterations "best answer" call
-                self.iterations.append(
-                    {
-                        "type": "iteration",
-                        "iteration": len(self.iterations) + 1,
-                        **iteration_record(
-                            RLMIteration(
-                                prompt=prompt,
-                                response=response,
-                                code_blocks=blocks,
-                                final_answer=final,
-                                iteration_time=time.perf_counter() - began,
-                            )
-                        ),
-                    }
-                )
+                final = yield from self._iteration(env, iteration, last, records_errors)
                 if final is not None:
                     self.final_answer = final
                     break
@@ -498,6 +454,54 @@ class Replay:
             handler.stop()
             if env is not None:
                 env.cleanup()
+
+    def _iteration(
+        self, env: Any, iteration: Iteration, last: bool, records_errors: bool
+    ) -> Generator[ReplayStep, None, str | None]:
+        """Replay one recorded iteration: its root response, then its blocks up to the one
+        that sets a final answer; records it and returns that answer (or None)."""
+        began = time.perf_counter()
+        prompt = iteration.prompt if iteration.prompt is not None else []
+        response = self.client.root_response(to_messages(prompt)).text
+        blocks: list[CodeBlock] = []
+        final: str | None = None
+        for block in iteration.blocks:
+            step = self._block(env, iteration, block, records_errors)
+            blocks.append(CodeBlock(code=block.code, result=step.result))
+            yield step
+            if step.result.final_answer is not None:
+                final = step.result.final_answer
+                break
+        if final is None:
+            final = find_final_answer(response, environment=env)
+        if final is None and last and not iteration.blocks and iteration.final_answer:
+            final = response.strip()  # the out-of-iterations "best answer" call
+        record = RLMIteration(
+            prompt=prompt,
+            response=response,
+            code_blocks=blocks,
+            final_answer=final,
+            iteration_time=time.perf_counter() - began,
+        )
+        self.iterations.append(
+            {"type": "iteration", "iteration": len(self.iterations) + 1, **iteration_record(record)}
+        )
+        return final
+
+    def _block(
+        self, env: Any, iteration: Iteration, block: Block, records_errors: bool
+    ) -> ReplayStep:
+        """Run one recorded block again and compare it with the recording."""
+        if is_cut(block.code) and len(block.code) > 20_000:
+            raise ReplayError(
+                f"iteration {iteration.number} block {block.index}: the log kept only "
+                "part of this block's code, so it cannot run again"
+            )
+        result = env.execute_code(block.code)
+        divergence = _compare(block, result, iteration.index, records_errors)
+        self._note(divergence)
+        self.steps += 1
+        return ReplayStep(iteration.index, block.index, block.code, block, result, divergence)
 
     def completion(self) -> RLMChatCompletion:
         """The replayed run as a completion (call after iterating)."""
