@@ -53,6 +53,12 @@ def _seconds(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else repr(value)
 
 
+def cost_text(cost: float | None, form: str = "{:.6g}") -> str:
+    """A cost in USD for people to read (``form`` formats it), or ``unknown`` when it is not
+    known: an unpriced call is never shown as free."""
+    return "unknown" if cost is None else form.format(cost)
+
+
 def _serialize_value(value: Any, _path: set[int] | None = None) -> Any:
     """A JSON-safe rendering of an arbitrary REPL value (full size; see logger for summaries).
 
@@ -124,11 +130,10 @@ class ModelUsageSummary:
         )
 
     def __repr__(self) -> str:
-        cost = "unknown" if self.total_cost is None else f"{self.total_cost:.6g}"
         return (
             f"ModelUsageSummary(calls={self.total_calls}, input_tokens={self.total_input_tokens}"
             f", output_tokens={self.total_output_tokens}, cached_tokens="
-            f"{self.total_cached_tokens}, cost={cost})"
+            f"{self.total_cached_tokens}, cost={cost_text(self.total_cost)})"
         )
 
     def add(self, other: ModelUsageSummary) -> None:
@@ -183,10 +188,10 @@ class UsageSummary:
     def __repr__(self) -> str:
         models = list(self.model_usage_summaries)
         shown = ", ".join(_short(m, 24) for m in models[:1]) + (", ..." if len(models) > 1 else "")
-        cost = "unknown" if self.total_cost is None else f"{self.total_cost:.6g}"
         return (
             f"UsageSummary(models=[{shown}], calls={self.total_calls}, input_tokens="
-            f"{self.total_input_tokens}, output_tokens={self.total_output_tokens}, cost={cost})"
+            f"{self.total_input_tokens}, output_tokens={self.total_output_tokens}, "
+            f"cost={cost_text(self.total_cost)})"
         )
 
     def merge(self, other: UsageSummary) -> UsageSummary:

@@ -25,6 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: The RLM limits, by their argument names (also the options of ``rlm run``, ``batch``, ``serve``).
+LIMITS = ("max_iterations", "max_depth", "max_budget", "max_timeout", "max_tokens", "max_errors")
+#: Overrides that replace the batch's RLM argument of the same name.
+_REPLACED = (*LIMITS, "custom_system_prompt")
 #: Keys of an item that override the batch's RLM settings.
 OVERRIDES = (
     "model",
@@ -33,13 +37,7 @@ OVERRIDES = (
     "environment",
     "environment_kwargs",
     "sampling_args",
-    "max_iterations",
-    "max_depth",
-    "max_budget",
-    "max_timeout",
-    "max_tokens",
-    "max_errors",
-    "custom_system_prompt",
+    *_REPLACED,
 )
 ITEM_KEYS = ("id", "context", "context_file", "question", "metadata", *OVERRIDES)
 
@@ -193,15 +191,7 @@ def item_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
             **(config.get("environment_kwargs") or {}),
             **(overrides["environment_kwargs"] or {}),
         }
-    for key in (
-        "max_iterations",
-        "max_depth",
-        "max_budget",
-        "max_timeout",
-        "max_tokens",
-        "max_errors",
-        "custom_system_prompt",
-    ):
+    for key in _REPLACED:
         if key in overrides:
             config[key] = overrides[key]
     return config

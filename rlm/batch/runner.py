@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rlm.batch.items import BatchItem, config_of, item_config, read_items
+from rlm.datatypes import cost_text
 
 #: Items run at once by default.
 DEFAULT_CONCURRENCY = 8
@@ -185,10 +186,10 @@ class BatchSummary:
         return out
 
     def line(self) -> str:
-        cost = "unknown" if self.cost is None else f"${self.cost:.4f}"
         return (
             f"done {self.done}, failed {self.failed} of {self.total} items "
-            f"({self.ran} run now, {self.skipped} already in the output); cost {cost}; "
+            f"({self.ran} run now, {self.skipped} already in the output); "
+            f"cost {cost_text(self.cost, '${:.4f}')}; "
             f"{self.input_tokens + self.output_tokens:,} tokens; item time p50 {self.p50:.2f} s, "
             f"p95 {self.p95:.2f} s; {self.calls} model calls in {self.elapsed:.1f} s"
         )
