@@ -254,21 +254,23 @@ def _json_path(parts: Any) -> str:
     return out
 
 
+#: JSON Schema's type name of each Python type a parsed JSON value has, in the order they are
+#: tried (``bool`` before ``int``: a bool is an int).
+_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (type(None), "null"),
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "number"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "object"),
+)
+
+
 def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
+    for python_type, name in _TYPE_NAMES:
+        if isinstance(value, python_type):
+            return name
     return type(value).__name__
 
 
@@ -283,16 +285,12 @@ def _is_type(value: Any, kind: str) -> bool:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False) if _is_jsonable(value) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _is_jsonable(value: Any) -> bool:
+    """``value`` as JSON (its repr when it is not JSON), cut to 60 characters."""
     try:
-        json.dumps(value)
+        text = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
-        return False
-    return True
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class _Validator:
