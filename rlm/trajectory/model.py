@@ -669,8 +669,13 @@ def _split_runs(
 
 
 def _read_jsonl(path: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """A log's records in rlms' form, whichever format wrote it (a compact log's prompts
+    are rebuilt: see ``RLMLogger(format="compact")``), and what could not be read."""
+    from rlm.logger.rlm_logger import LogFormatError, LogReader
+
     records: list[dict[str, Any]] = []
     warnings: list[str] = []
+    reader = LogReader(strict=False)
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):
             line = line.strip()
@@ -681,8 +686,14 @@ def _read_jsonl(path: str) -> tuple[list[dict[str, Any]], list[str]]:
             except json.JSONDecodeError as exc:
                 warnings.append(f"line {number} is not valid JSON ({exc.msg}); skipped")
                 continue
-            if isinstance(record, dict):
-                records.append(record)
+            if not isinstance(record, dict):
+                continue
+            try:
+                records.append(reader.read(record, f"line {number}"))
+            except LogFormatError as exc:
+                warnings.append(f"{exc}; skipped")
+            warnings.extend(reader.warnings)
+            reader.warnings.clear()
     return records, warnings
 
 

@@ -15,6 +15,7 @@ terminal.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import threading
 from collections.abc import Iterable
@@ -94,9 +95,10 @@ _PUBLIC_HEADERS = {
 _URL_WORDS = ("url", "endpoint", "host", "base", "proxy")
 
 
-def _words(key: str) -> list[str]:
+@functools.lru_cache(maxsize=4096)  # the same few keys, in every logged record
+def _words(key: str) -> tuple[str, ...]:
     spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
-    return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
+    return tuple(w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w)
 
 
 def is_sensitive_key(key: str) -> bool:
