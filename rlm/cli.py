@@ -36,6 +36,7 @@ from rlm.cli_options import (
 from rlm.plugins_cli import build_backends, build_environments
 from rlm.serve.cli import build_serve
 from rlm.trajectory.cli import build_replay
+from rlm.trajectory.export import build_export
 from rlm.utils.exceptions import CancellationError
 from rlm.viewer.cli import build_view
 
@@ -407,6 +408,7 @@ SUBCOMMANDS: dict[str, Builder] = {
     "model-path": build_model_path,
     "view": build_view,
     "replay": build_replay,
+    "export": build_export,
     "batch": build_batch,
     "serve": build_serve,
     "backends": build_backends,
