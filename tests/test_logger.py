@@ -346,3 +346,60 @@ def test_secrets_are_removed_from_the_metadata(tmp_path):
     assert meta["other_backends"] == ["openai"]
     assert secret not in text
     assert secret not in json.dumps(logger.get_trajectory(), default=repr)
+
+
+# ---------------------------------------------------------------------------
+# Each message serialised once (issue 15)
+# ---------------------------------------------------------------------------
+
+
+def _iteration(prompt, response="ok"):
+    from rlm.datatypes import RLMIteration
+
+    return RLMIteration(prompt=prompt, response=response, code_blocks=[], iteration_time=0.5)
+
+
+@pytest.mark.parametrize("format", ["rlms", "compact"])
+def test_a_secret_registered_mid_run_is_redacted_from_earlier_messages_too(tmp_path, format):
+    """Messages are redacted once and reused; a secret registered later redacts them again
+    in every later line (the lines already written stay as they were)."""
+    from rlm.utils.rlm_utils import register_secrets
+
+    secret = f"late-secret-{format}-7f3a9c1e55"  # the registry is process-wide
+    logger = RLMLogger(log_dir=tmp_path, format=format)
+    history = [{"role": "system", "content": "sys"}, {"role": "user", "content": f"k={secret}"}]
+    logger.log(_iteration(list(history)))
+    register_secrets(secret)
+    history.append({"role": "assistant", "content": "next"})
+    logger.log(_iteration(list(history)))
+    first, second = read_lines(logger.log_file_path)
+    assert secret in json.dumps(first)
+    assert secret not in json.dumps(second) and "[REDACTED]" in json.dumps(second)
+    if format == "compact":
+        assert second["prompt_kept"] == 0  # nothing reused across the change
+    assert logger.get_trajectory() is None  # no metadata: log() alone keeps lines only
+    assert logger._main.iterations[1]["prompt"][1]["content"] == "k=[REDACTED]"
+
+
+def test_a_prompt_of_more_than_max_log_items_is_cut_as_before(tmp_path):
+    """Past MAX_LOG_ITEMS messages a prompt keeps its first ones and a count of the rest,
+    in both formats, whatever was reused from the line before."""
+    from rlm.logger.rlm_logger import MAX_LOG_ITEMS, compact
+
+    default = RLMLogger(log_dir=tmp_path / "d")
+    compact_logger = RLMLogger(log_dir=tmp_path / "c", format="compact")
+    history = [{"role": "user", "content": f"m{i}"} for i in range(MAX_LOG_ITEMS - 1)]
+    prompts = []
+    for extra in range(3):  # 999, 1000 and 1001 messages, then 1002
+        history = history + [{"role": "assistant", "content": f"a{extra}"}]
+        prompts.append(list(history))
+        for logger in (default, compact_logger):
+            logger.log(_iteration(list(history)))
+    lines = read_lines(default.log_file_path)
+    for line, prompt in zip(lines, prompts, strict=True):
+        assert line["prompt"] == compact({"prompt": prompt})["prompt"]
+    assert lines[-1]["prompt"][-1] == "[2 more items]"
+    from rlm.trajectory import load_trajectory
+
+    rebuilt = load_trajectory(compact_logger.log_file_path)
+    assert [it.prompt for it in rebuilt.iterations] == [line["prompt"] for line in lines]
