@@ -17,6 +17,7 @@ import threading
 import pytest
 
 from rlm import RLM
+from rlm.core.types import RLMChatCompletion, UsageSummary
 from rlm.environments import SupportsPersistence, get_environment
 
 CLOUD = ["modal", "e2b", "daytona", "prime"]
@@ -215,6 +216,27 @@ def test_rlm_query_falls_back_to_a_model_call(make_env, scripted_handler):
     result = env.execute_code("print(rlm_query('task'))\nprint(rlm_query_batched(['a', 'b']))")
     assert result.stdout == "plain:task\n['plain:a', 'plain:b']\n"
     assert len(result.rlm_calls) == 3
+
+
+def test_subcall_fn_serves_rlm_query_on_the_host(make_env):
+    """rlms' ``subcall_fn`` is taken by every environment: child runs call it on the host."""
+    seen: list[tuple] = []
+
+    def subcall_fn(prompt, model=None):
+        seen.append((prompt, model))
+        return RLMChatCompletion(
+            root_model=model or "child",
+            prompt=prompt,
+            response=f"child:{prompt}",
+            usage_summary=UsageSummary({}),
+            execution_time=0.0,
+        )
+
+    env = make_env(subcall_fn=subcall_fn)
+    result = env.execute_code("print(rlm_query('task', 'm'))\nprint(rlm_query_batched(['a', 'b']))")
+    assert result.stdout == "child:task\n['child:a', 'child:b']\n"
+    assert sorted(seen) == [("a", None), ("b", None), ("task", "m")]
+    assert [c.response for c in result.rlm_calls] == ["child:task", "child:a", "child:b"]
 
 
 def test_helpers_without_a_handler_return_error_strings(make_env):

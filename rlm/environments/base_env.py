@@ -139,10 +139,10 @@ def user_options(cls: type) -> str:
     return ", ".join(sorted(accepted_init_kwargs(cls) - _SUPPLIED_BY_RLM))
 
 
-def check_init_kwargs(cls: type, kwargs: dict[str, Any]) -> None:
+def check_init_kwargs(cls: type, kwargs: dict[str, Any], also: set[str] | None = None) -> None:
     """Reject environment_kwargs that ``cls`` (and the classes its ``__init__`` passes
-    ``**kwargs`` on to) does not take; called when an RLM is constructed."""
-    accepted = accepted_init_kwargs(cls)
+    ``**kwargs`` on to) does not take, nor ``also`` names; called when an RLM is constructed."""
+    accepted = accepted_init_kwargs(cls) | (also or set())
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         options = ", ".join(sorted(accepted - _SUPPLIED_BY_RLM))

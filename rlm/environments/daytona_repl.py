@@ -131,7 +131,6 @@ class DaytonaREPL(SandboxREPL):
         timeout: float | None = None,
         **kwargs: Any,
     ):
-        self.check_kwargs(kwargs)
         if timeout is not None:
             kwargs["cell_timeout"] = rlms_alias(
                 "cell_timeout", kwargs.get("cell_timeout"), "timeout", timeout, None

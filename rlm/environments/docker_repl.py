@@ -44,7 +44,6 @@ custom tools (defined inside the container by the shared engine:
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import shutil
@@ -56,7 +55,14 @@ import time
 import uuid
 from typing import Any
 
-from rlm.environments.isolated import BOOTSTRAP, IsolatedREPL, WorkerError, describe_returncode
+from rlm.environments.isolated import (
+    BOOTSTRAP,
+    IsolatedREPL,
+    StderrTail,
+    WorkerError,
+    describe_returncode,
+    take_exact,
+)
 from rlm.environments.subprocess_repl import CLONE_NAMESPACE_FLAGS, SECCOMP_DENY
 from rlm.utils.exceptions import ConfigurationError, RLMError
 
@@ -449,9 +455,7 @@ class AttachChannel:
         self._header = b""
         self._kind = 1
         self._left = 0
-        self._tail: collections.deque[bytes] = collections.deque()
-        self._tail_size = 0
-        self._keep = stderr_keep
+        self._tail = StderrTail(stderr_keep)
 
     def _receive(self) -> memoryview:
         if self._recv_into is not None:
@@ -480,29 +484,18 @@ class AttachChannel:
             if self._kind == 1:
                 self._out += view[i : i + k]
             elif self._kind == 2:
-                self._keep_stderr(bytes(view[i : i + k]))
+                self._tail.add(bytes(view[i : i + k]))
             i += k
             self._left -= k
         return True
 
-    def _keep_stderr(self, chunk: bytes) -> None:
-        self._tail.append(chunk)
-        self._tail_size += len(chunk)
-        while self._tail_size > self._keep and len(self._tail) > 1:
-            self._tail_size -= len(self._tail.popleft())
-
     def stderr_tail(self) -> str:
-        return b"".join(self._tail)[-self._keep :].decode("utf-8", "replace")
+        return self._tail.text()
 
     def read_exact(self, n: int) -> bytes | None:
-        while len(self._out) < n:
-            if not self._fill():
-                if not self._out:
-                    return None
-                raise ConnectionError(f"worker channel closed after {len(self._out)} of {n} bytes")
-        data = bytes(self._out[:n])
-        del self._out[:n]
-        return data
+        while len(self._out) < n and self._fill():
+            pass
+        return take_exact(self._out, n, "the worker channel")
 
     def write(self, data: bytes) -> None:
         self._sock.sendall(data)
@@ -539,8 +532,9 @@ class DockerTransport:
 
     def __init__(
         self,
-        client: Any,
-        image: str,
+        client: Any = None,
+        image: str | None = None,
+        base_url: str | None = None,
         memory_mb: int | None = 2048,
         cpus: float | None = 1.0,
         pids_limit: int | None = 64,
@@ -552,6 +546,20 @@ class DockerTransport:
         pull: bool = True,
         pull_timeout: float = DEFAULT_PULL_TIMEOUT,
     ):
+        image = image or os.environ.get(IMAGE_ENV_VAR) or DEFAULT_IMAGE
+        if not isinstance(image, str) or not image.strip():
+            raise ConfigurationError(f"image must be a non-empty string, got {image!r}")
+        if host_config is not None and not isinstance(host_config, dict):
+            raise ConfigurationError(f"host_config must be a dict, got {host_config!r}")
+        if seccomp not in (True, False):
+            raise ConfigurationError(f"seccomp must be True or False, got {seccomp!r}")
+        if not (isinstance(pull_timeout, (int, float)) and pull_timeout > 0):
+            raise ConfigurationError(
+                f"pull_timeout must be a positive number, got {pull_timeout!r}"
+            )
+        if client is None:  # the engine at base_url (default: DOCKER_HOST, the context...)
+            client = docker_client(base_url)
+            remove_leftover_containers(client)
         self.client = client
         self.image = image
         self.limits = {
@@ -564,8 +572,8 @@ class DockerTransport:
         self.network = network
         self.seccomp = seccomp
         self.extra_host_config = dict(host_config or {})
-        self.pull = pull
-        self.pull_timeout = pull_timeout
+        self.pull = bool(pull)
+        self.pull_timeout = float(pull_timeout)
         self.container: str | None = None  # the name we gave it
         self.container_id: str | None = None
         self.channel: AttachChannel | None = None
@@ -801,7 +809,8 @@ class DockerREPL(IsolatedREPL):
     (1.0), ``pids_limit`` (64), ``workdir_mb`` (256), ``user`` ("65534:65534"),
     ``network`` ("none"), ``seccomp`` (True: our profile; False: the engine's default),
     ``pull`` (True: pull a missing image), ``pull_timeout`` (300 s), ``host_config``
-    (extra ``create_host_config`` arguments, applied over ours), plus ``cell_timeout``,
+    (extra ``create_host_config`` arguments, applied over ours): all but ``image`` are
+    :class:`DockerTransport`'s, passed through (keyword arguments). Plus ``cell_timeout``,
     ``max_output_chars``, ``setup_code``, ``start_timeout``.
     ``subcall_fn(prompt, model) -> RLMChatCompletion``, as in rlms, serves ``rlm_query``
     on the host instead of the LM handler. ``docker`` (the CLI command) and ``run_args``
@@ -809,29 +818,16 @@ class DockerREPL(IsolatedREPL):
     are accepted.
     """
 
+    TRANSPORT = DockerTransport
+
     def __init__(
         self,
         image: str | None = None,
-        base_url: str | None = None,
-        memory_mb: int | None = 2048,
-        cpus: float | None = 1.0,
-        pids_limit: int | None = 64,
-        workdir_mb: int = 256,
-        user: str = "65534:65534",
-        network: str = "none",
-        seccomp: bool = True,
-        pull: bool = True,
-        pull_timeout: float = DEFAULT_PULL_TIMEOUT,
-        host_config: dict[str, Any] | None = None,
         docker: str = "docker",
         run_args: list[str] | None = None,
-        subcall_fn: Any = None,
         **kwargs: Any,
     ):
-        self.check_kwargs(kwargs)
-        image = image or os.environ.get(IMAGE_ENV_VAR) or DEFAULT_IMAGE
-        if not isinstance(image, str) or not image.strip():
-            raise ConfigurationError(f"image must be a non-empty string, got {image!r}")
+        subcall_fn = kwargs.get("subcall_fn")
         if subcall_fn is not None and not callable(subcall_fn):
             raise ConfigurationError(f"subcall_fn must be callable, got {subcall_fn!r}")
         if docker != "docker":
@@ -845,56 +841,25 @@ class DockerREPL(IsolatedREPL):
                 "reached through the Docker SDK); pass host_config={...} (create_host_config "
                 "arguments) instead"
             )
-        if host_config is not None and not isinstance(host_config, dict):
-            raise ConfigurationError(f"host_config must be a dict, got {host_config!r}")
-        if seccomp not in (True, False):
-            raise ConfigurationError(f"seccomp must be True or False, got {seccomp!r}")
-        if not (isinstance(pull_timeout, (int, float)) and pull_timeout > 0):
-            raise ConfigurationError(
-                f"pull_timeout must be a positive number, got {pull_timeout!r}"
-            )
-        client = docker_client(base_url)
-        remove_leftover_containers(client)
-        self.image = image
-        self.subcall_fn = subcall_fn
         self.proxy_server = SubcallRelay(self)
         self.proxy_port: int | None = None
         self.temp_dir: str = tempfile.mkdtemp(prefix="rlm_docker_")
-        self._transport_args = dict(
-            client=client,
-            image=image,
-            memory_mb=memory_mb,
-            cpus=cpus,
-            pids_limit=pids_limit,
-            workdir_mb=workdir_mb,
-            user=user,
-            network=network,
-            seccomp=seccomp,
-            host_config=host_config,
-            pull=bool(pull),
-            pull_timeout=float(pull_timeout),
-        )
-        try:
-            super().__init__(**kwargs)
+        try:  # the transport (DockerTransport) checks the other options, then the engine
+            super().__init__(image=image, **kwargs)
         except BaseException:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             raise
 
-    def _make_transport(self) -> DockerTransport:
-        return DockerTransport(**self._transport_args)
+    @property
+    def image(self) -> str:
+        """The image the container runs (``$RLM_DOCKER_IMAGE`` or python:3.11-slim by default)."""
+        return self.transport.image  # type: ignore[attr-defined]
 
     @property
     def container_id(self) -> str | None:
         """The id of the container the worker runs in now (None once cleaned up)."""
         transport = getattr(self, "transport", None)
         return None if transport is None else transport.container_id
-
-    def setup(self) -> None:
-        # The RLM's own callback is served through the LM handler (the same call, as in
-        # LocalREPL); a user's subcall_fn is called on the host for each rlm_query.
-        routed = getattr(self.subcall_fn, "rlm_routed_via_handler", False)
-        self._channel.subcall_fn = None if routed else self.subcall_fn
-        super().setup()
 
     def cleanup(self) -> None:
         try:

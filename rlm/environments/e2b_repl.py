@@ -81,7 +81,6 @@ class E2BREPL(SandboxREPL):
         timeout: int | None = None,
         **kwargs: Any,
     ):
-        self.check_kwargs(kwargs)
         lifetime = rlms_alias("lifetime", lifetime, "timeout", timeout, DEFAULT_LIFETIME)
         options = dict(template=template, lifetime=lifetime, network=network)
         super().__init__(sdk=sdk, transport_options=options, **kwargs)

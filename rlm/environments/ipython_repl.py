@@ -29,7 +29,6 @@ a ``RuntimeError`` ("Reentrant ...") instead of a deadlock.
 from __future__ import annotations
 
 import atexit
-import functools
 import json
 import sys
 import threading
@@ -41,12 +40,17 @@ from typing import Any
 
 from rlm.datatypes import REPLResult
 from rlm.environments import repl_core
-from rlm.environments.base_env import BaseEnv
+from rlm.environments.base_env import BaseEnv, accepted_init_kwargs
 from rlm.environments.isolated import DEFAULT_START_TIMEOUT
-from rlm.environments.local_repl import DEFAULT_CELL_TIMEOUT, LocalREPL
+from rlm.environments.local_repl import (
+    DEFAULT_CELL_TIMEOUT,
+    LocalREPL,
+    ReplHost,
+    user_subcall_fn,
+)
 from rlm.environments.repl_core import DEFAULT_MAX_OUTPUT_CHARS
 from rlm.environments.subprocess_repl import SubprocessREPL
-from rlm.environments.worker import IPythonCells
+from rlm.environments.worker import IPythonCells, interruptible_sleep
 from rlm.utils.exceptions import ConfigurationError
 
 #: Accepted spellings of the two modes -> rlms' names (what ``kernel_mode`` reports).
@@ -57,9 +61,6 @@ _MODES = {
     "kernel": "subprocess",
 }
 MODES = ("in_process", "subprocess")
-
-#: Longest slice of a sleep: how late a cell that sleeps past its limit is stopped.
-SLEEP_SLICE_SECONDS = 0.05
 
 _REENTRANT = (
     "Reentrant execute_code on the same IPythonREPL is not supported: {where} called "
@@ -77,28 +78,6 @@ def _require_ipython() -> None:
         ) from exc
 
 
-def interruptible_sleep(real: Callable[[float], None]) -> Callable[[Any], None]:
-    """``time.sleep`` in slices of at most 50 ms, so that a cell stopped at its time limit
-    (by an asynchronous exception, which Python delivers only between bytecodes) stops
-    within one slice instead of when the whole sleep is over. Same arguments and errors."""
-
-    @functools.wraps(real)
-    def sleep(seconds: Any) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            return real(seconds)  # the real one raises TypeError, or accepts __float__ types
-        if not seconds > SLEEP_SLICE_SECONDS:  # short, negative (ValueError) or NaN
-            return real(seconds)
-        deadline = time.monotonic() + seconds
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            real(min(left, SLEEP_SLICE_SECONDS))
-
-    sleep._rlm_interruptible = True  # type: ignore[attr-defined]
-    return sleep
-
-
 class _TimeModule(types.ModuleType):
     """What ``import time`` gives in-process cells: the real module with an interruptible
     ``sleep`` (only the REPL's code sees it; the rest of the process keeps ``time.sleep``)."""
@@ -114,34 +93,8 @@ class _TimeModule(types.ModuleType):
         return dir(time)
 
 
-#: Run once in each kernel worker: the worker process is ours, so ``time.sleep`` is
-#: replaced process-wide there; leaves no names in the namespace.
-_KERNEL_PRELUDE = f"""
-def _rlm_prelude():
-    import functools, time
-    if getattr(time.sleep, "_rlm_interruptible", False):
-        return
-    real, slice_ = time.sleep, {SLEEP_SLICE_SECONDS!r}
-
-    @functools.wraps(real)
-    def sleep(seconds):
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            return real(seconds)
-        if not seconds > slice_:
-            return real(seconds)
-        deadline = time.monotonic() + seconds
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            real(min(left, slice_))
-
-    sleep._rlm_interruptible = True
-    time.sleep = sleep
-_rlm_prelude()
-del _rlm_prelude
-get_ipython
-"""
+#: Run once in each kernel worker: fails unless the worker has IPython (it reports why).
+_KERNEL_PROBE = "get_ipython"
 
 
 def _disabled_input(*_args: Any, **_kwargs: Any) -> str:
@@ -222,17 +175,15 @@ class IPythonKernelREPL(SubprocessREPL):
 
     _WORKER_INIT = {"ipython": True}
 
-    def __init__(self, subcall_fn: Any = None, **kwargs: Any):
-        self._subcall_fn = subcall_fn
+    def __init__(self, **kwargs: Any):
         self.serving_threads: set[int] = set()
         self._serving_lock = threading.Lock()
         super().__init__(**kwargs)
 
     def _start_worker(self) -> None:
         super()._start_worker()
-        self._channel.subcall_fn = self._subcall_fn
         wait = self.start_timeout
-        message = self._request({"type": "exec", "code": _KERNEL_PRELUDE, "timeout": wait}, wait)
+        message = self._request({"type": "exec", "code": _KERNEL_PROBE, "timeout": wait}, wait)
         problem = "no answer" if message is None else message.get("error")
         if problem is not None:
             self.transport.stop()
@@ -308,6 +259,23 @@ def _check_json(payload: Any, what: str) -> None:
         ) from exc
 
 
+#: What IPythonREPL hands its engine from its own arguments (ReplHost's options; the
+#: context, setup_code and subcall_fn it handles itself).
+_ENGINE_OPTIONS = frozenset(
+    accepted_init_kwargs(ReplHost) - {"context_payload", "setup_code", "subcall_fn"}
+)
+
+
+def _engine_attribute(name: str, doc: str) -> property:
+    """A read-only attribute of the engine, as IPythonREPL's own."""
+
+    def get(self: IPythonREPL) -> Any:
+        return getattr(self.engine, name)
+
+    get.__doc__ = doc
+    return property(get)
+
+
 class IPythonREPL(BaseEnv):
     """A REPL whose cells are IPython syntax, in this process or in a worker (see the
     module docstring). ``IPythonREPL(kernel_mode="subprocess")`` is the kernel mode.
@@ -349,6 +317,9 @@ class IPythonREPL(BaseEnv):
         mode: str | None = None,
         **kernel_options: Any,
     ):
+        # The engine takes ReplHost's options: those of this call, bar the ones kept here.
+        self._options = {k: v for k, v in locals().items() if k in _ENGINE_OPTIONS}
+        self._options["cell_timeout"] = _normalise_cell_timeout(cell_timeout)
         self.kernel_mode = _resolve_mode(kernel_mode, mode)
         _check_timeouts(startup_timeout, subcall_timeout)
         if self.kernel_mode == "in_process" and kernel_options:
@@ -358,23 +329,8 @@ class IPythonREPL(BaseEnv):
         )
         self.startup_timeout = startup_timeout
         self.subcall_timeout = subcall_timeout
-        self._options = dict(
-            lm_handler_address=lm_handler_address,
-            persistent=persistent,
-            depth=depth,
-            custom_tools=custom_tools,
-            custom_sub_tools=custom_sub_tools,
-            compaction=compaction,
-            max_concurrent_subcalls=max_concurrent_subcalls,
-            cell_timeout=_normalise_cell_timeout(cell_timeout),
-            max_output_chars=max_output_chars,
-        )
         self._kernel_options = kernel_options
-        # A callable the RLM marks as served by the LM handler (our route for rlm_query)
-        # is not needed: the helpers reach the handler by address.
-        if subcall_fn is not None and getattr(subcall_fn, "rlm_routed_via_handler", False):
-            subcall_fn = None
-        self.subcall_fn = subcall_fn
+        self.subcall_fn = user_subcall_fn(subcall_fn)
         self._engine: Any = None
         self._lock = threading.RLock()  # one cell at a time; add_context is atomic
         self._caller_threads: set[int] = set()  # threads inside execute_code
@@ -458,20 +414,13 @@ class IPythonREPL(BaseEnv):
     def cell_timeout(self, value: float | None) -> None:
         self.engine.cell_timeout = _normalise_cell_timeout(value)
 
-    @property
-    def lm_handler_address(self) -> tuple[str, int] | None:
-        """The (host, port) of the handler the model helpers call; None without one."""
-        return self.engine.lm_handler_address
-
-    @property
-    def custom_tools(self) -> dict[str, Any]:
-        """The custom tools given to this REPL, by name."""
-        return self.engine.custom_tools
-
-    @property
-    def custom_sub_tools(self) -> dict[str, Any]:
-        """The custom tools handed on to child runs, by name."""
-        return self.engine.custom_sub_tools
+    lm_handler_address = _engine_attribute(
+        "lm_handler_address", "The (host, port) of the handler the model helpers call."
+    )
+    custom_tools = _engine_attribute("custom_tools", "The custom tools given to this REPL.")
+    custom_sub_tools = _engine_attribute(
+        "custom_sub_tools", "The custom tools handed on to child runs."
+    )
 
     @property
     def _shell(self) -> Any:

@@ -33,6 +33,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,12 +43,11 @@ from rlm.comms.frames import FrameTooLargeError, decode_payload, encode_frame, r
 from rlm.datatypes import REPLResult
 from rlm.environments.base_env import (
     IsolatedEnv,
+    accepted_init_kwargs,
     check_init_kwargs,
     parse_custom_tools,
-    validate_custom_tools,
 )
-from rlm.environments.local_repl import DEFAULT_CELL_TIMEOUT, _Channel, _make_helpers
-from rlm.environments.repl_core import DEFAULT_MAX_OUTPUT_CHARS
+from rlm.environments.local_repl import ReplHost, _make_helpers
 from rlm.utils.exceptions import ConfigurationError, ProtocolError
 
 _HERE = Path(__file__).resolve().parent
@@ -149,6 +149,24 @@ class Transport(Protocol):
     def isolation(self) -> dict[str, Any]: ...
 
 
+class StderrTail:
+    """The last ``keep`` bytes of a worker's stderr, for error messages."""
+
+    def __init__(self, keep: int = 8192):
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._keep = keep
+
+    def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        while self._size > self._keep and len(self._chunks) > 1:
+            self._size -= len(self._chunks.popleft())
+
+    def text(self) -> str:
+        return b"".join(self._chunks)[-self._keep :].decode("utf-8", "replace")
+
+
 class ProcessChannel:
     """A channel over a child process's stdin/stdout pipes; keeps the tail of its stderr."""
 
@@ -156,9 +174,7 @@ class ProcessChannel:
         self.proc = proc
         self._in = proc.stdout
         self._out = proc.stdin
-        self._tail: collections.deque[bytes] = collections.deque()
-        self._tail_size = 0
-        self._keep = stderr_keep
+        self._tail = StderrTail(stderr_keep)
         if proc.stderr is not None:
             threading.Thread(target=self._drain, name="rlm-worker-stderr", daemon=True).start()
 
@@ -169,15 +185,12 @@ class ProcessChannel:
                 chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
                 if not chunk:
                     break
-                self._tail.append(chunk)
-                self._tail_size += len(chunk)
-                while self._tail_size > self._keep and len(self._tail) > 1:
-                    self._tail_size -= len(self._tail.popleft())
+                self._tail.add(chunk)
         except (OSError, ValueError):
             pass
 
     def stderr_tail(self) -> str:
-        return b"".join(self._tail)[-self._keep :].decode("utf-8", "replace")
+        return self._tail.text()
 
     def read_exact(self, n: int) -> bytes | bytearray | None:
         return frames.stream_read_exact(self._in, n)
@@ -192,6 +205,19 @@ class ProcessChannel:
                 stream.close()
             except (OSError, ValueError):
                 pass
+
+
+def take_exact(buf: bytearray, n: int, what: str) -> bytes | None:
+    """Remove and return the first ``n`` bytes of ``buf``, a channel's buffer at the end of
+    its stream or holding ``n`` bytes: None for an empty one (a clean end), else a
+    ``ConnectionError`` saying that ``what`` ended mid-frame."""
+    if len(buf) < n:
+        if not buf:
+            return None
+        raise ConnectionError(f"{what} ended after {len(buf)} of {n} bytes")
+    data = bytes(buf[:n])
+    del buf[:n]
+    return data
 
 
 def describe_returncode(code: int | None) -> str | None:
@@ -234,59 +260,120 @@ class ProcessTransport:
 
 
 # ---------------------------------------------------------------------------
+# Cell results
+# ---------------------------------------------------------------------------
+
+
+def _unanswered_cell(dead: str | None, limit: float | None) -> str:
+    """The error of a cell the worker never answered: it died, or it hung past the limit."""
+    if dead is not None or limit is None:
+        cause = dead or "it closed the channel"
+        return f"WorkerDied: the worker stopped while running this cell: {cause}."
+    return (
+        f"TimeoutError: the cell ran longer than its limit of {limit:g} s and the "
+        "worker did not stop it (it was blocked outside Python); the worker was killed."
+    )
+
+
+def _failed_cell(error: str, note: str, pending: list[Any], start: float) -> REPLResult:
+    """The result of a cell that has no result from the worker: ``error``, then ``note``."""
+    return REPLResult(
+        stdout="",
+        stderr=f"{error}\n" + (f"{note}\n" if note else ""),
+        locals={},
+        execution_time=time.perf_counter() - start,
+        rlm_calls=list(pending),
+        final_answer=None,
+        error=error,
+    )
+
+
+def _cell_result(
+    message: dict[str, Any],
+    note: str,
+    pending: list[Any],
+    limit: float | None,
+    restart: Callable[[], str],
+) -> REPLResult:
+    """A checked ``result`` frame as the cell's result (``note`` first in its stderr). A cell
+    the worker could not stop (``abandoned``) gets the worker killed: ``restart()``."""
+    stderr = message.get("stderr") or ""
+    error = message.get("error")
+    if note:
+        stderr = note + "\n" + stderr
+    abandoned = message.get("abandoned") is True
+    if abandoned:
+        # The cell did not stop at its limit (it caught the interruption, or sits in
+        # native code): a thread would go on burning CPU in the worker. Kill it.
+        if str(error).startswith("Interrupted"):
+            error = "Interrupted: the cell did not stop when cancelled; the worker was killed."
+        else:
+            error = (
+                f"TimeoutError: the cell ran longer than its limit of {limit or 0:g} s and "
+                "did not stop (it caught the interruption or was blocked outside Python); "
+                "the worker was killed."
+            )
+        stderr += f"{error}\n{restart()}\n"
+    result = REPLResult(
+        stdout=message.get("stdout") or "",
+        stderr=stderr,
+        locals={} if abandoned else (message.get("locals") or {}),
+        execution_time=float(message.get("execution_time") or 0.0),
+        rlm_calls=list(pending),
+        final_answer=message.get("final_answer"),
+        error=error,
+    )
+    kind = message.get("final_kind")  # which protocol gave final_answer (see repl_core)
+    result.final_kind = kind if kind in ("FINAL_VAR", "answer", "FINAL") else None
+    return result
+
+
+# ---------------------------------------------------------------------------
 # The driver
 # ---------------------------------------------------------------------------
 
 
-class IsolatedREPL(IsolatedEnv):
+class IsolatedREPL(ReplHost, IsolatedEnv):
     """A REPL whose namespace lives in a worker process reached through a transport.
 
-    Subclasses implement ``_make_transport()``; their ``__init__`` takes their own
-    options and passes ``**kwargs`` on to this one (which is how options are checked).
+    Subclasses set ``TRANSPORT`` (or implement ``_make_transport()``); the keyword options
+    of the transport's ``__init__`` are options of the REPL too, passed through. Their own
+    ``__init__`` takes their other options and passes ``**kwargs`` on to this one (which is
+    how options are checked).
     """
 
-    supports_cell_timeout = True
-    supports_persistence = True
-    supports_compaction = True
     #: Extra fields of the worker's ``init`` message (e.g. ``{"ipython": True}``).
     _WORKER_INIT: dict[str, Any] = {}
+    #: What the default ``_make_transport()`` builds, from the options its ``__init__``
+    #: declares (less those in ``_TRANSPORT_SUPPLIED``, which the REPL fills in).
+    TRANSPORT: Any = None
+    _TRANSPORT_SUPPLIED = frozenset({"client", "sdk"})
+
+    @classmethod
+    def transport_options(cls) -> set[str]:
+        """The options of ``TRANSPORT`` that users pass to this REPL."""
+        if cls.TRANSPORT is None:
+            return set()
+        return accepted_init_kwargs(cls.TRANSPORT) - cls._TRANSPORT_SUPPLIED
 
     @classmethod
     def check_kwargs(cls, kwargs: dict[str, Any]) -> None:
         """Reject environment_kwargs this environment does not take (at RLM construction)."""
-        check_init_kwargs(cls, kwargs)
+        check_init_kwargs(cls, kwargs, also=cls.transport_options())
 
-    def __init__(
-        self,
-        lm_handler_address: tuple[str, int] | None = None,
-        context_payload: Any = None,
-        setup_code: str | None = None,
-        persistent: bool = False,
-        depth: int = 1,
-        custom_tools: dict[str, Any] | None = None,
-        custom_sub_tools: dict[str, Any] | None = None,
-        compaction: bool = False,
-        max_concurrent_subcalls: int = 4,
-        cell_timeout: float | None = DEFAULT_CELL_TIMEOUT,
-        max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
-        start_timeout: float = DEFAULT_START_TIMEOUT,
-    ):
-        super().__init__(
-            persistent=persistent, depth=depth, max_concurrent_subcalls=max_concurrent_subcalls
-        )
-        validate_custom_tools(custom_tools)
-        for name, value in (("cell_timeout", cell_timeout), ("start_timeout", start_timeout)):
+    def __init__(self, *, start_timeout: float = DEFAULT_START_TIMEOUT, **kwargs: Any):
+        for name, value in (
+            ("cell_timeout", kwargs.get("cell_timeout")),
+            ("start_timeout", start_timeout),
+        ):
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
-        self.custom_tools = dict(custom_tools or {})
-        self.custom_sub_tools = (
-            dict(custom_sub_tools) if custom_sub_tools is not None else self.custom_tools
-        )
-        self.compaction = compaction
-        self.cell_timeout = cell_timeout
-        self.max_output_chars = max_output_chars
         self.start_timeout = start_timeout
-        self._channel = _Channel(lm_handler_address, depth, max_concurrent_subcalls)
+        options = self.transport_options()
+        self._transport_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in options}
+        super().__init__(**kwargs)
+
+    def _open(self) -> None:
         self._helpers = _make_helpers(self._channel)
         self._tools = {t.name: t for t in parse_custom_tools(self.custom_tools)}
         self._contexts: dict[int, Any] = {}
@@ -297,30 +384,20 @@ class IsolatedREPL(IsolatedEnv):
         self._state_lock = threading.Lock()
         self._waiting: dict[int, list[Any]] = {}  # request id -> [event, message]
         self._pool = ThreadPoolExecutor(
-            max_workers=max(4, max_concurrent_subcalls) + 2, thread_name_prefix="rlm-isolated"
+            max_workers=max(4, self.max_concurrent_subcalls) + 2, thread_name_prefix="rlm-isolated"
         )
         self._chan: Channel | None = None
         self._dead: str | None = None  # why the current worker stopped, once it has
         self._ready = threading.Event()
-        self._closed = False
         self.restarts = 0
         self.transport: Transport = self._make_transport()
-        try:
-            self.setup()
-            if context_payload is not None:
-                self.load_context(context_payload)
-            if setup_code:
-                result = self.execute_code(setup_code)
-                if result.error:
-                    raise ConfigurationError(f"setup_code failed: {result.error}")
-        except BaseException:
-            self.cleanup()
-            raise
 
     # -- to implement ------------------------------------------------------------------
 
     def _make_transport(self) -> Transport:
-        raise NotImplementedError
+        if self.TRANSPORT is None:
+            raise NotImplementedError(f"{type(self).__name__} names no TRANSPORT")
+        return self.TRANSPORT(**self._transport_kwargs)
 
     # -- worker lifecycle ------------------------------------------------------------------
 
@@ -328,10 +405,6 @@ class IsolatedREPL(IsolatedEnv):
     def isolation(self) -> dict[str, Any]:
         """Which protection layers are active (names -> True/False or a value)."""
         return dict(self.transport.isolation)
-
-    @property
-    def lm_handler_address(self) -> tuple[str, int] | None:
-        return self._channel.address
 
     def setup(self) -> None:
         """Start the worker and give it its tools (contexts are sent by ``load_context``)."""
@@ -536,22 +609,11 @@ class IsolatedREPL(IsolatedEnv):
             self._compaction_entries.append(entry)
             self._send({"type": "compaction_entry", "value": entry})
 
-    def update_handler_address(self, address: tuple[str, int]) -> None:
-        self._channel.address = tuple(address)
-
     # -- execution ----------------------------------------------------------------------------
 
     def execute_code(self, code: str, timeout: float | None = None) -> REPLResult:
         """Run one cell in the worker. ``timeout`` (seconds) overrides ``cell_timeout``."""
-        if self._closed:
-            raise RuntimeError(f"This {type(self).__name__} was cleaned up; create a new one")
-        limit = self.cell_timeout if timeout is None else timeout
-        if self.cell_timeout is not None and timeout is not None:
-            limit = min(timeout, self.cell_timeout)
-        if limit is not None:
-            limit = max(0.0, float(limit))
-        self._channel.pending = pending = []
-        self._channel.timeout = limit
+        limit, pending = self._begin_cell(timeout)
         start = time.perf_counter()
         note = ""
         if self._dead is not None:
@@ -559,65 +621,15 @@ class IsolatedREPL(IsolatedEnv):
         wait = None if limit is None else limit + HOST_GRACE_SECONDS
         message = self._request({"type": "exec", "code": code, "timeout": limit}, wait)
         if message is None:
-            if self._dead is not None or limit is None:
-                cause = self._dead or "it closed the channel"
-                error = f"WorkerDied: the worker stopped while running this cell: {cause}."
-            else:
-                error = (
-                    f"TimeoutError: the cell ran longer than its limit of {limit:g} s and the "
-                    "worker did not stop it (it was blocked outside Python); the worker was killed."
-                )
+            error = _unanswered_cell(self._dead, limit)
             note = (note + "\n" if note else "") + self._restart()
-            return REPLResult(
-                stdout="",
-                stderr=f"{error}\n{note}\n",
-                locals={},
-                execution_time=time.perf_counter() - start,
-                rlm_calls=list(pending),
-                final_answer=None,
-                error=error,
-            )
+            return _failed_cell(error, note, pending, start)
         if "malformed" in message:
             error = (
                 f"WorkerProtocolError: the worker sent a malformed result ({message['malformed']})"
             )
-            return REPLResult(
-                stdout="",
-                stderr=f"{error}\n" + (f"{note}\n" if note else ""),
-                locals={},
-                execution_time=time.perf_counter() - start,
-                rlm_calls=list(pending),
-                final_answer=None,
-                error=error,
-            )
-        stderr = message.get("stderr") or ""
-        error = message.get("error")
-        if note:
-            stderr = note + "\n" + stderr
-        if message.get("abandoned") is True:
-            # The cell did not stop at its limit (it caught the interruption, or sits in
-            # native code): a thread would go on burning CPU in the worker. Kill it.
-            if str(error).startswith("Interrupted"):
-                error = "Interrupted: the cell did not stop when cancelled; the worker was killed."
-            else:
-                error = (
-                    f"TimeoutError: the cell ran longer than its limit of {limit or 0:g} s and "
-                    "did not stop (it caught the interruption or was blocked outside Python); "
-                    "the worker was killed."
-                )
-            stderr += f"{error}\n{self._restart()}\n"
-        result = REPLResult(
-            stdout=message.get("stdout") or "",
-            stderr=stderr,
-            locals={} if message.get("abandoned") is True else (message.get("locals") or {}),
-            execution_time=float(message.get("execution_time") or 0.0),
-            rlm_calls=list(pending),
-            final_answer=message.get("final_answer"),
-            error=error,
-        )
-        kind = message.get("final_kind")  # which protocol gave final_answer (see repl_core)
-        result.final_kind = kind if kind in ("FINAL_VAR", "answer", "FINAL") else None
-        return result
+            return _failed_cell(error, note, pending, start)
+        return _cell_result(message, note, pending, limit, self._restart)
 
     def resolve_final_var(self, name: str) -> str | None:
         if self._closed or self._dead is not None:

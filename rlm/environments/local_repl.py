@@ -35,8 +35,10 @@ from typing import Any
 from rlm.comms.protocol import LMRequest, send_lm_request, send_lm_request_batched
 from rlm.datatypes import REPLResult, RLMChatCompletion
 from rlm.environments.base_env import (
+    BaseEnv,
     NonIsolatedEnv,
     accepted_init_kwargs,
+    check_init_kwargs,
     extract_tool_value,
     user_options,
     validate_custom_tools,
@@ -67,6 +69,58 @@ class _Channel:
         self.max_concurrent = max(1, max_concurrent)
 
 
+def user_subcall_fn(fn: Any) -> Any:
+    """The ``subcall_fn`` a REPL calls for ``rlm_query``: the user's, or None for the RLM's own
+    callback, which the LM handler serves with the same result (so the model's helpers hold
+    nothing that reaches the RLM)."""
+    return None if getattr(fn, "rlm_routed_via_handler", False) is True else fn
+
+
+def _prompt_list(prompts: Any, helper: str) -> list[Any] | str:
+    """The prompts of a batched helper as a list, or its ``Error:`` text for anything that
+    is not a list of prompts (a single string included)."""
+    if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
+        return f"Error: {helper} expects a list of prompts, got {type(prompts).__name__}"
+    return list(prompts)
+
+
+def _batch_answers(responses: list[Any], pending: list[RLMChatCompletion]) -> list[str]:
+    """One answer per response of a batch (rlms' text for a failed slot); the completions
+    go to ``pending``."""
+    out = []
+    for response in responses:
+        if response.success and response.chat_completion is not None:
+            pending.append(response.chat_completion)
+            out.append(response.chat_completion.response)
+        else:
+            error = str(response.error)
+            if not error.startswith(BATCH_SLOT_FAILED):
+                error = BATCH_SLOT_FAILED + error
+            out.append(f"Error: {error}")
+    return out
+
+
+def _rlm_call(ch: _Channel, prompt: Any, model: str | None) -> tuple[str, RLMChatCompletion | None]:
+    """One child run: the user's ``subcall_fn`` when there is one, else the handler's."""
+    if ch.subcall_fn is not None:
+        try:
+            completion = ch.subcall_fn(prompt, model)
+            answer = completion.response  # a malformed result fails this item only
+        except Exception as exc:
+            return f"Error: RLM query failed - {exc}", None
+        return answer, completion
+    if ch.address is None:
+        return NO_HANDLER, None
+    response = send_lm_request(
+        ch.address,
+        LMRequest(prompt=prompt, model=model, depth=ch.depth, kind="rlm"),
+        timeout=ch.timeout,
+    )
+    if not response.success or response.chat_completion is None:
+        return f"Error: {response.error}", None
+    return response.chat_completion.response, response.chat_completion
+
+
 def _make_helpers(ch: _Channel) -> dict[str, Any]:
     """The REPL's sub-call functions, as closures over ``ch`` only."""
 
@@ -85,67 +139,34 @@ def _make_helpers(ch: _Channel) -> dict[str, Any]:
 
     def llm_query_batched(prompts: list[Any], model: str | None = None) -> list[str]:
         """Ask many questions concurrently; answers come back in the same order."""
-        if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
-            return [
-                f"Error: llm_query_batched expects a list of prompts, got {type(prompts).__name__}"
-            ]
-        prompts = list(prompts)
+        batch = _prompt_list(prompts, "llm_query_batched")
+        if isinstance(batch, str):
+            return [batch]
         pending = ch.pending
         if ch.address is None:
-            return [NO_HANDLER] * len(prompts)
+            return [NO_HANDLER] * len(batch)
         responses = send_lm_request_batched(
-            ch.address, prompts, model=model, depth=ch.depth, timeout=ch.timeout
+            ch.address, batch, model=model, depth=ch.depth, timeout=ch.timeout
         )
-        out = []
-        for response in responses:
-            if response.success and response.chat_completion is not None:
-                pending.append(response.chat_completion)
-                out.append(response.chat_completion.response)
-            else:
-                error = str(response.error)
-                if not error.startswith(BATCH_SLOT_FAILED):
-                    error = BATCH_SLOT_FAILED + error
-                out.append(f"Error: {error}")
-        return out
-
-    def rlm_call(prompt: Any, model: str | None) -> tuple[str, RLMChatCompletion | None]:
-        if ch.subcall_fn is not None:
-            try:
-                completion = ch.subcall_fn(prompt, model)
-                answer = completion.response  # a malformed result fails this item only
-            except Exception as exc:
-                return f"Error: RLM query failed - {exc}", None
-            return answer, completion
-        if ch.address is None:
-            return NO_HANDLER, None
-        response = send_lm_request(
-            ch.address,
-            LMRequest(prompt=prompt, model=model, depth=ch.depth, kind="rlm"),
-            timeout=ch.timeout,
-        )
-        if not response.success or response.chat_completion is None:
-            return f"Error: {response.error}", None
-        return response.chat_completion.response, response.chat_completion
+        return _batch_answers(responses, pending)
 
     def rlm_query(prompt: Any, model: str | None = None) -> str:
         """Hand a sub-task to a child RLM with its own REPL (a plain model call at the depth cap)."""
         pending = ch.pending
-        answer, completion = rlm_call(prompt, model)
+        answer, completion = _rlm_call(ch, prompt, model)
         if completion is not None:
             pending.append(completion)
         return answer
 
     def rlm_query_batched(prompts: list[Any], model: str | None = None) -> list[str]:
         """Run several child RLMs in parallel; answers come back in the same order."""
-        if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
-            return [
-                f"Error: rlm_query_batched expects a list of prompts, got {type(prompts).__name__}"
-            ]
-        prompts = list(prompts)
+        batch = _prompt_list(prompts, "rlm_query_batched")
+        if isinstance(batch, str):
+            return [batch]
         pending = ch.pending
-        workers = min(ch.max_concurrent, max(1, len(prompts)))
+        workers = min(ch.max_concurrent, max(1, len(batch)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rlm-subcall") as pool:
-            results = list(pool.map(lambda p: rlm_call(p, model), prompts))
+            results = list(pool.map(lambda p: _rlm_call(ch, p, model), batch))
         pending.extend(c for _, c in results if c is not None)
         return [answer for answer, _ in results]
 
@@ -198,12 +219,106 @@ class _Variables(MutableMapping):
         return repr(self.copy())
 
 
-class LocalREPL(NonIsolatedEnv):
-    """A persistent Python namespace in this process (see the module docstring)."""
+class ReplHost(BaseEnv):
+    """What :class:`LocalREPL` and :class:`~rlm.environments.isolated.IsolatedREPL` share:
+    the options the RLM passes (in rlms' order), the channel the model helpers call the LM
+    handler through, each cell's time limit, and the construction sequence (``_open()``,
+    ``setup()``, the context, ``setup_code``; ``cleanup()`` if any of it fails).
+
+    Subclasses implement ``_open()`` (what ``setup()`` needs) and say with
+    ``_STRICT_SETUP_CODE`` whether a failing ``setup_code`` raises ``ConfigurationError``
+    (LocalREPL, as rlms, carries on).
+    """
 
     supports_cell_timeout = True
     supports_persistence = True
     supports_compaction = True
+    _STRICT_SETUP_CODE = True
+
+    @classmethod
+    def check_kwargs(cls, kwargs: dict[str, Any]) -> None:
+        """Reject environment_kwargs this environment does not take (at RLM construction)."""
+        check_init_kwargs(cls, kwargs)
+
+    def __init__(
+        self,
+        lm_handler_address: tuple[str, int] | None = None,
+        context_payload: Any = None,
+        setup_code: str | None = None,
+        persistent: bool = False,
+        depth: int = 1,
+        subcall_fn: Any = None,
+        custom_tools: dict[str, Any] | None = None,
+        custom_sub_tools: dict[str, Any] | None = None,
+        compaction: bool = False,
+        max_concurrent_subcalls: int = 4,
+        cell_timeout: float | None = DEFAULT_CELL_TIMEOUT,
+        max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
+        **kwargs: Any,
+    ):
+        self.check_kwargs(kwargs)  # raises (LocalREPL: warns)
+        super().__init__(
+            persistent=persistent,
+            depth=depth,
+            max_concurrent_subcalls=max_concurrent_subcalls,
+            **kwargs,  # what check_kwargs let through (LocalREPL: ignored, kept as in rlms)
+        )
+        validate_custom_tools(custom_tools)
+        self.custom_tools = dict(custom_tools or {})
+        self.custom_sub_tools = (
+            dict(custom_sub_tools) if custom_sub_tools is not None else self.custom_tools
+        )
+        self.compaction = compaction
+        self.cell_timeout = cell_timeout
+        self.max_output_chars = max_output_chars
+        self._channel = _Channel(lm_handler_address, depth, max_concurrent_subcalls)
+        #: rlms' callback for ``rlm_query`` (None: the LM handler serves child runs).
+        self.subcall_fn = self._channel.subcall_fn = user_subcall_fn(subcall_fn)
+        self._closed = False
+        self._open()
+        try:
+            self.setup()
+            if context_payload is not None:
+                self.load_context(context_payload)
+            if setup_code:
+                result = self.execute_code(setup_code)
+                if self._STRICT_SETUP_CODE and result.error:
+                    raise ConfigurationError(f"setup_code failed: {result.error}")
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _open(self) -> None:
+        """Acquire what ``setup()`` needs (a directory, a transport); ``cleanup()`` frees it."""
+
+    @property
+    def lm_handler_address(self) -> tuple[str, int] | None:
+        """The (host, port) of the handler the model helpers call; None without one."""
+        return self._channel.address
+
+    def update_handler_address(self, address: tuple[str, int]) -> None:
+        """Point the model helpers at the handler of the next completion."""
+        self._channel.address = tuple(address)
+
+    def _begin_cell(self, timeout: float | None) -> tuple[float | None, list[RLMChatCompletion]]:
+        """Start a cell: its time limit (``timeout`` capped by ``cell_timeout``; None: none)
+        and the list its sub-calls' completions go to."""
+        if self._closed:
+            raise RuntimeError(f"This {type(self).__name__} was cleaned up; create a new one")
+        limit = self.cell_timeout if timeout is None else timeout
+        if self.cell_timeout is not None and timeout is not None:
+            limit = min(timeout, self.cell_timeout)
+        if limit is not None:
+            limit = max(0.0, float(limit))
+        self._channel.pending = pending = []
+        self._channel.timeout = limit
+        return limit, pending
+
+
+class LocalREPL(ReplHost, NonIsolatedEnv):
+    """A persistent Python namespace in this process (see the module docstring)."""
+
+    _STRICT_SETUP_CODE = False  # rlms: a failing setup_code is the cell's error, not a raise
 
     @classmethod
     def check_kwargs(cls, kwargs: dict[str, Any]) -> None:
@@ -223,58 +338,12 @@ class LocalREPL(NonIsolatedEnv):
                 stacklevel=3,
             )
 
-    def __init__(
-        self,
-        lm_handler_address: tuple[str, int] | None = None,
-        context_payload: Any = None,
-        setup_code: str | None = None,
-        persistent: bool = False,
-        depth: int = 1,
-        subcall_fn: Any = None,
-        custom_tools: dict[str, Any] | None = None,
-        custom_sub_tools: dict[str, Any] | None = None,
-        compaction: bool = False,
-        max_concurrent_subcalls: int = 4,
-        cell_timeout: float | None = DEFAULT_CELL_TIMEOUT,
-        max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
-        **kwargs: Any,
-    ):
-        self.check_kwargs(kwargs)
-        super().__init__(
-            persistent=persistent,
-            depth=depth,
-            max_concurrent_subcalls=max_concurrent_subcalls,
-            **kwargs,  # ignored (warned about above); kept in self.kwargs, as in rlms
-        )
-        validate_custom_tools(custom_tools)
-        self.custom_tools = dict(custom_tools or {})
-        self.custom_sub_tools = (
-            dict(custom_sub_tools) if custom_sub_tools is not None else self.custom_tools
-        )
-        self.compaction = compaction
-        self.cell_timeout = cell_timeout
-        self.max_output_chars = max_output_chars
-        self._channel = _Channel(lm_handler_address, depth, max_concurrent_subcalls)
-        # The RLM's own callback is served through the handler (same result), so that the
-        # model's helpers hold nothing that reaches the RLM; a user's subcall_fn is called.
-        if getattr(subcall_fn, "rlm_routed_via_handler", False) is True:
-            subcall_fn = None
-        self._channel.subcall_fn = subcall_fn
+    # -- construction -------------------------------------------------------------
+
+    def _open(self) -> None:
         self._context_count = 0
         self._history_count = 0
         self._temp_dir: str = tempfile.mkdtemp(prefix="rlm_repl_")
-        self._closed = False
-        try:
-            self.setup()
-        except BaseException:
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
-            raise
-        if context_payload is not None:
-            self.load_context(context_payload)
-        if setup_code:
-            self.execute_code(setup_code)
-
-    # -- construction -------------------------------------------------------------
 
     def setup(self) -> None:
         """Create the namespace and its helpers (the constructor calls it)."""
@@ -291,11 +360,6 @@ class LocalREPL(NonIsolatedEnv):
         if self.compaction:
             self._compaction_history: list[Any] = []
             self._core.set_fixed("history", self._compaction_history)
-
-    @property
-    def lm_handler_address(self) -> tuple[str, int] | None:
-        """The (host, port) of the handler the model helpers call; None without one."""
-        return self._channel.address
 
     @property
     def globals(self) -> dict[str, Any]:
@@ -354,21 +418,11 @@ class LocalREPL(NonIsolatedEnv):
         if self.compaction:
             self._compaction_history.append(copy.deepcopy(entry))
 
-    def update_handler_address(self, address: tuple[str, int]) -> None:
-        """Point the model helpers at the handler of the next completion."""
-        self._channel.address = tuple(address)
-
     # -- execution ----------------------------------------------------------------------
 
     def execute_code(self, code: str, timeout: float | None = None) -> REPLResult:
         """Run one cell. ``timeout`` (seconds) overrides ``cell_timeout`` for this cell."""
-        if self._closed:
-            raise RuntimeError("This LocalREPL was cleaned up; create a new one")
-        limit = self.cell_timeout if timeout is None else timeout
-        if self.cell_timeout is not None and timeout is not None:
-            limit = min(timeout, self.cell_timeout)
-        self._channel.pending = pending = []
-        self._channel.timeout = limit
+        limit, pending = self._begin_cell(timeout)
         outcome = self._core.run_cell(code, limit)
         result = REPLResult(
             stdout=outcome.stdout,
@@ -397,6 +451,8 @@ class LocalREPL(NonIsolatedEnv):
         if self._closed:
             return
         self._closed = True
-        self._core.ns.clear()
-        self._core.fixed.clear()
+        core = getattr(self, "_core", None)  # None when setup() failed
+        if core is not None:
+            core.ns.clear()
+            core.fixed.clear()
         shutil.rmtree(self._temp_dir, ignore_errors=True)

@@ -100,7 +100,6 @@ class ModalREPL(SandboxREPL):
         timeout: int | None = None,
         **kwargs: Any,
     ):
-        self.check_kwargs(kwargs)
         lifetime = rlms_alias("lifetime", lifetime, "timeout", timeout, DEFAULT_LIFETIME)
         options = dict(
             image=image, app_name=app_name, lifetime=lifetime, network=network, cpu=cpu,

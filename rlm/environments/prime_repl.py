@@ -110,7 +110,6 @@ class PrimeREPL(SandboxREPL):
         network_access: bool | None = None,
         **kwargs: Any,
     ):
-        self.check_kwargs(kwargs)
         options = dict(
             image=rlms_alias("image", image, "docker_image", docker_image, DEFAULT_IMAGE),
             lifetime_minutes=rlms_alias(

@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from rlm.environments.isolated import BOOTSTRAP, IsolatedREPL
+from rlm.environments.isolated import BOOTSTRAP, IsolatedREPL, take_exact
 from rlm.utils.exceptions import ConfigurationError
 
 #: Prepended to BOOTSTRAP where stdout carries text only: the host writes base64 lines,
@@ -142,13 +142,7 @@ class PushChannel:
     def read_exact(self, n: int) -> bytes | None:
         with self._cond:
             self._cond.wait_for(lambda: len(self._buf) >= n or self._ended)
-            if len(self._buf) < n:
-                if not self._buf:
-                    return None
-                raise ConnectionError(f"sandbox stream ended after {len(self._buf)} of {n} bytes")
-            out = bytes(self._buf[:n])
-            del self._buf[:n]
-            return out
+            return take_exact(self._buf, n, "the sandbox stream")
 
     def write(self, data: bytes) -> None:
         if self._ended:
@@ -305,6 +299,7 @@ class SandboxREPL(IsolatedREPL):
     def __init__(
         self, sdk: Any = None, transport_options: dict[str, Any] | None = None, **kwargs: Any
     ):
+        self.check_kwargs(kwargs)  # before the SDK and the credentials are looked for
         if sdk is None:
             if not getattr(self, "_explicit_credentials", False):  # e.g. daytona's api_key=
                 require_credentials(self.SERVICE, *self.CREDENTIALS, files=self.CREDENTIAL_FILES)

@@ -566,14 +566,15 @@ class SubprocessTransport(ProcessTransport):
             )
         if seccomp not in (None, True, False):
             raise ConfigurationError(f"seccomp must be None, True or False, got {seccomp!r}")
-        for label, value in (
-            ("memory_mb", memory_mb),
-            ("cpu_seconds", cpu_seconds),
-            ("max_file_mb", max_file_mb),
-            ("max_processes", max_processes),
-            ("max_open_files", max_open_files),
-            ("workdir_mb", workdir_mb),
-        ):
+        self.limits = {
+            "memory_mb": memory_mb,
+            "cpu_seconds": cpu_seconds,
+            "max_file_mb": max_file_mb,
+            "max_processes": max_processes,
+            "max_open_files": max_open_files,
+            "workdir_mb": workdir_mb,
+        }
+        for label, value in self.limits.items():
             if value is not None and not (
                 isinstance(value, int) and not isinstance(value, bool) and value > 0
             ):
@@ -584,14 +585,6 @@ class SubprocessTransport(ProcessTransport):
             raise ConfigurationError(f"workdir_mb must be a positive integer, got {workdir_mb!r}")
         self.python = os.path.realpath(python or sys.executable)
         self.network = network
-        self.limits = {
-            "memory_mb": memory_mb,
-            "cpu_seconds": cpu_seconds,
-            "max_file_mb": max_file_mb,
-            "max_processes": max_processes,
-            "max_open_files": max_open_files,
-            "workdir_mb": workdir_mb,
-        }
         self.tool = self._pick_sandbox(sandbox, self.python)
         self.base_dir = tempfile.mkdtemp(prefix="rlm_subprocess_")
         self.cgroup: _Cgroup | None = None
@@ -1010,41 +1003,12 @@ class SubprocessREPL(IsolatedREPL):
     each process), ``cpu_seconds`` (3600, per process), ``max_file_mb`` (1024),
     ``max_processes`` (64, the whole sandbox; None = no cap, with a warning),
     ``max_open_files`` (256), ``workdir_mb`` (1024, the tmpfs work dir); None turns a
-    limit off. And the common ones: ``cell_timeout``, ``max_output_chars``,
+    limit off: :class:`SubprocessTransport`'s options, passed through (keyword
+    arguments). And the common ones: ``cell_timeout``, ``max_output_chars``,
     ``setup_code``, ``start_timeout``.
     """
 
-    def __init__(
-        self,
-        python: str | None = None,
-        sandbox: str = "auto",
-        seccomp: bool | None = None,
-        network: bool = False,
-        memory_mb: int | None = 4096,
-        cpu_seconds: int | None = 3600,
-        max_file_mb: int | None = 1024,
-        max_processes: int | None = 64,
-        max_open_files: int | None = 256,
-        workdir_mb: int = 1024,
-        **kwargs: Any,
-    ):
-        self.check_kwargs(kwargs)
-        self._transport_args = dict(
-            python=python,
-            sandbox=sandbox,
-            seccomp=seccomp,
-            network=network,
-            memory_mb=memory_mb,
-            cpu_seconds=cpu_seconds,
-            max_file_mb=max_file_mb,
-            max_processes=max_processes,
-            max_open_files=max_open_files,
-            workdir_mb=workdir_mb,
-        )
-        super().__init__(**kwargs)
-
-    def _make_transport(self) -> SubprocessTransport:
-        return SubprocessTransport(**self._transport_args)
+    TRANSPORT = SubprocessTransport
 
     @property
     def workdir(self) -> str:

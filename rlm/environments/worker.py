@@ -35,11 +35,14 @@ and ``call`` ``{id, op, args, kwargs}`` where ``op`` is ``llm_query``,
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import queue
 import sys
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 try:  # inside a sandbox: shipped next to this file
@@ -53,6 +56,9 @@ MAX_FRAME_BYTES = rlm_frames.MAX_FRAME_BYTES
 #: The host reads at most this much per frame (rlm.environments.isolated.MAX_WORKER_FRAME_BYTES).
 MAX_SEND_BYTES = 128 * 1024 * 1024
 SUMMARY_CHARS = 200
+#: Longest slice of a sleep in IPython cells: how late a cell that sleeps past its limit
+#: is stopped (see :func:`interruptible_sleep`).
+SLEEP_SLICE_SECONDS = 0.05
 
 
 class Channel:
@@ -92,6 +98,30 @@ def summarize(value: Any) -> Any:
     if callable(value):
         return f"<{type(value).__name__} {getattr(value, '__name__', '?')}>"
     return f"<{type(value).__module__}.{type(value).__name__} object>"
+
+
+def interruptible_sleep(real: Callable[[float], None]) -> Callable[[Any], None]:
+    """``time.sleep`` in slices of at most :data:`SLEEP_SLICE_SECONDS`, so that a cell
+    stopped at its time limit (by an asynchronous exception, which Python delivers only
+    between bytecodes) stops within one slice instead of when the whole sleep is over.
+    Same arguments and errors. IPython cells get it: in-process through their ``import
+    time``, in a worker process-wide (the process is ours)."""
+
+    @functools.wraps(real)
+    def sleep(seconds: Any) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            return real(seconds)  # the real one raises TypeError, or accepts __float__ types
+        if not seconds > SLEEP_SLICE_SECONDS:  # short, negative (ValueError) or NaN
+            return real(seconds)
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            real(min(left, SLEEP_SLICE_SECONDS))
+
+    sleep._rlm_interruptible = True  # type: ignore[attr-defined]
+    return sleep
 
 
 def _cell_still_running() -> bool:
@@ -299,6 +329,8 @@ class Worker:
         if message.get("ipython"):
             try:
                 self.ipython = IPythonCells.load(core, os.path.join(os.getcwd(), ".ipython"))
+                if not getattr(time.sleep, "_rlm_interruptible", False):
+                    time.sleep = interruptible_sleep(time.sleep)
             except Exception as exc:  # reported by every cell (the host probes at start)
                 self.ipython_error = (
                     f"IPython is not available in the worker: {type(exc).__name__}: {exc}"
