@@ -25,6 +25,28 @@ def scripted_handler():
         handler.stop()
 
 
+@pytest.fixture
+def docker():
+    """``docker(**kwargs)`` makes a DockerREPL (the test image unless ``image`` is given);
+    every one is cleaned up at the end, whatever happens. Skips (or fails, under
+    RLM_REQUIRE_DOCKER=1) without an engine or image."""
+    from rlm.environments.docker_repl import DockerREPL
+    from tests.test_environments import DOCKER_IMAGE, require
+
+    require("docker")
+    made: list[DockerREPL] = []
+
+    def make(**kwargs) -> DockerREPL:
+        kwargs.setdefault("image", DOCKER_IMAGE)
+        env = DockerREPL(**kwargs)
+        made.append(env)
+        return env
+
+    yield make
+    for env in made:
+        env.cleanup()
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Say plainly what did not run: every skip reason with its count and test names."""
     skipped = terminalreporter.stats.get("skipped", [])

@@ -28,24 +28,7 @@ from rlm.environments.docker_repl import (
 )
 from rlm.environments.repl_core import code_tool_source
 from rlm.utils.exceptions import ConfigurationError
-from tests.test_environments import DOCKER_IMAGE, require
-
-
-@pytest.fixture
-def docker():
-    """Skip (or fail, under RLM_REQUIRE_DOCKER=1) without an engine; clean up what was made."""
-    require("docker")
-    made: list[DockerREPL] = []
-
-    def make(**kwargs) -> DockerREPL:
-        kwargs.setdefault("image", DOCKER_IMAGE)
-        env = DockerREPL(**kwargs)
-        made.append(env)
-        return env
-
-    yield make
-    for env in made:
-        env.cleanup()
+from tests.test_environments import DOCKER_IMAGE
 
 
 def child(text: str, model: str | None = None) -> RLMChatCompletion:

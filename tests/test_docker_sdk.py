@@ -38,23 +38,6 @@ from tests.test_environments import DOCKER_IMAGE, require
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def docker():
-    """Make DockerREPLs that are cleaned up at the end, whatever happens."""
-    require("docker")
-    made: list[DockerREPL] = []
-
-    def make(**kwargs) -> DockerREPL:
-        kwargs.setdefault("image", DOCKER_IMAGE)
-        env = DockerREPL(**kwargs)
-        made.append(env)
-        return env
-
-    yield make
-    for env in made:
-        env.cleanup()
-
-
 def gone(container_id: str, client=None) -> bool:
     client = client or docker_client()
     return not any(
