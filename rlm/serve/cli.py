@@ -7,16 +7,22 @@ import os
 import sys
 from typing import Any
 
-from rlm.batch.cli import add_rlm_options, rlm_config
+from rlm.cli_common import add_command, add_rlm_options, rlm_config
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """serve the RLM as an OpenAI-compatible chat-completions API
+
+    Serve an RLM over HTTP: GET /v1/models, POST /v1/chat/completions (stream: true for
+    SSE) and the runs API (/v1/rlm/runs). Binds 127.0.0.1 by default; any other address
+    needs --api-key. Needs rlm[server].
+    """
     from rlm.serve.runner import _require_server_extra, check_bind, serve_forever
 
     _require_server_extra()
     api_key = args.api_key or os.environ.get("RLM_SERVE_API_KEY") or None
     check_bind(args.host, api_key)
-    from rlm.serve.app import ServeConfig, create_app
+    from rlm.serve.app import LIMIT_KEYS, ServeConfig, create_app
 
     config = ServeConfig(
         rlm=rlm_config(args),
@@ -24,11 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
         api_key=api_key,
         max_concurrent=args.max_concurrent,
         max_queue=args.max_queue,
-        max_iterations=args.cap_iterations,
-        max_budget=args.cap_budget,
-        max_timeout=args.cap_timeout,
-        max_tokens=args.cap_tokens,
         environments=list(args.allow_environment or []),
+        # the maxima a request may ask for: --cap-iterations is max_iterations, ...
+        **{key: getattr(args, key.replace("max_", "cap_")) for key in LIMIT_KEYS},
     )
     app = create_app(config)  # checks the RLM settings before binding
     print(
@@ -41,13 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def build_serve(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "serve",
-        help="serve the RLM as an OpenAI-compatible chat-completions API",
-        description="Serve an RLM over HTTP: GET /v1/models, POST /v1/chat/completions "
-        "(stream: true for SSE) and the runs API (/v1/rlm/runs). Binds 127.0.0.1 by default; "
-        "any other address needs --api-key. Needs rlm[server].",
-    )
+    parser = add_command(subparsers, "serve", _serve)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument(
@@ -70,4 +68,3 @@ def build_serve(subparsers: Any) -> None:
     )
     parser.add_argument("--log-level", default="info", help="uvicorn's log level")
     add_rlm_options(parser)
-    parser.set_defaults(handler=_serve)

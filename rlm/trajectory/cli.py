@@ -6,16 +6,26 @@ import argparse
 import sys
 from typing import Any
 
+from rlm.cli_common import add_command, read_context
+
 
 def _replay(args: argparse.Namespace) -> int:
+    """re-run a recorded trajectory offline and compare it with the log
+
+    Re-execute the code blocks of a trajectory log in a fresh environment, answering every
+    model call from the recording (no provider is called), and report the first block
+    whose output differs. Exit status 0 when the replay matches, 1 when it diverges.
+    WARNING: replay EXECUTES THE CODE WRITTEN IN THE LOG FILE, and anyone who could edit
+    the file chose that code. By default it runs isolated: in the recorded environment when
+    that is isolated and available here, otherwise in 'subprocess'. Only --environment
+    local runs it in this process.
+    """
     from rlm.trajectory import ReplayError, load_trajectory
     from rlm.utils.text import truncate_end
 
     trajectory = load_trajectory(args.log, run=args.run)
     if args.context:
-        from rlm.cli import _read_context  # the same reading as `rlm run`, so contexts match
-
-        context: Any = _read_context(args)
+        context: Any = read_context(args.context)  # as `rlm run` reads it, so contexts match
     elif args.no_context:
         context = None
     else:
@@ -45,17 +55,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def build_replay(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "replay",
-        help="re-run a recorded trajectory offline and compare it with the log",
-        description="Re-execute the code blocks of a trajectory log in a fresh environment, "
-        "answering every model call from the recording (no provider is called), and report "
-        "the first block whose output differs. Exit status 0 when the replay matches, 1 when "
-        "it diverges. WARNING: replay EXECUTES THE CODE WRITTEN IN THE LOG FILE, and anyone "
-        "who could edit the file chose that code. By default it runs isolated: in the "
-        "recorded environment when that is isolated and available here, otherwise in "
-        "'subprocess'. Only --environment local runs it in this process.",
-    )
+    parser = add_command(subparsers, "replay", _replay)
     parser.add_argument("log", metavar="LOG", help="a trajectory log (.jsonl)")
     parser.add_argument(
         "-c",
@@ -77,4 +77,3 @@ def build_replay(subparsers: Any) -> None:
         "and available, else subprocess; 'local' runs it in this process, unisolated)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the result")
-    parser.set_defaults(handler=_replay)

@@ -142,6 +142,13 @@ def _write_whole(lines: IO[str], destination: str, source: str, format: str) -> 
 
 
 def _export(args: argparse.Namespace) -> int:
+    """rewrite a trajectory log in rlms' format (or the compact one)
+
+    Rewrite a trajectory log, written in either format, in the format asked for: 'rlms'
+    (the default logger's, which the public rlms package reads: every iteration line holds
+    its whole prompt) or 'compact' (RLMLogger(format='compact'): each line holds only the
+    messages its prompt adds).
+    """
     records = export_log(args.source, args.destination, args.format)
     if args.destination != "-":
         print(
@@ -151,14 +158,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def build_export(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "export",
-        help="rewrite a trajectory log in rlms' format (or the compact one)",
-        description="Rewrite a trajectory log, written in either format, in the format "
-        "asked for: 'rlms' (the default logger's, which the public rlms package reads: "
-        "every iteration line holds its whole prompt) or 'compact' (RLMLogger("
-        "format='compact'): each line holds only the messages its prompt adds).",
-    )
+    from rlm.cli_common import add_command
+
+    parser = add_command(subparsers, "export", _export)
     parser.add_argument("source", metavar="IN", help="a trajectory log (.jsonl), either format")
     parser.add_argument("destination", metavar="OUT", help="the file to write ('-': stdout)")
     parser.add_argument(
@@ -167,4 +169,3 @@ def build_export(subparsers: Any) -> None:
         default="rlms",
         help="the format to write (default: rlms)",
     )
-    parser.set_defaults(handler=_export)
