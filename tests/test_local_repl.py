@@ -783,7 +783,7 @@ def test_a_logger_with_a_relative_log_dir_writes_there_whatever_the_cwd(tmp_path
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     os.chdir(elsewhere)  # as a local REPL cell of another run does while it runs
-    logger._append(logger.log_file_path, {"type": "probe"})
+    logger._append(logger.log_file_path, json.dumps({"type": "probe"}) + "\n")  # one line
     written = list((tmp_path / "logs").glob("*.jsonl"))
     assert len(written) == 1 and json.loads(written[0].read_text()) == {"type": "probe"}
     assert not (elsewhere / "logs").exists()
