@@ -160,6 +160,9 @@ class BaseLM(metaclass=_LMMeta):
     is_local: bool = False
     #: The model's context window in tokens, when the client knows it (else a table is used).
     context_window: int | None = None
+    #: True for clients whose ``_generate`` and ``_stream`` take ``stop`` (a list of stop
+    #: sequences for that call, added to the client's own): see :func:`with_stop`.
+    accepts_stop: bool = False
 
     def __init__(
         self,
@@ -237,22 +240,30 @@ class BaseLM(metaclass=_LMMeta):
         """Whether this client implements ``_stream`` (root tokens as they arrive)."""
         return cls._stream is not BaseLM._stream
 
-    def generate(self, prompt: Any, model: str | None = None) -> Generation:
-        """One model call: the text and the usage of answering ``prompt`` (a string, messages, or anything :func:`to_messages` accepts), with ``model`` overriding the client's model name; counted in the usage totals."""
+    def generate(
+        self, prompt: Any, model: str | None = None, stop: list[str] | None = None
+    ) -> Generation:
+        """One model call: the text and the usage of answering ``prompt`` (a string, messages, or anything :func:`to_messages` accepts), with ``model`` overriding the client's model name; counted in the usage totals. ``stop``: stop sequences for this call, sent when the client takes them (``accepts_stop``), else ignored."""
+        extra = {"stop": list(stop)} if stop and self.accepts_stop else {}
         with ProviderErrors(model or self.model_name):
-            generation = self._priced(self._generate(to_messages(prompt), model))
+            generation = self._priced(self._generate(to_messages(prompt), model, **extra))
         self._record(generation)
         return generation
 
     def generate_stream(
-        self, prompt: Any, on_token: OnToken, model: str | None = None
+        self,
+        prompt: Any,
+        on_token: OnToken,
+        model: str | None = None,
+        stop: list[str] | None = None,
     ) -> Generation:
         """``generate`` streamed through ``on_token`` (the same Generation at the end);
         a client that cannot stream answers in one piece, without calling ``on_token``."""
         if not type(self).supports_streaming():
-            return self.generate(prompt, model)
+            return self.generate(prompt, model, stop)
+        extra = {"stop": list(stop)} if stop and self.accepts_stop else {}
         with ProviderErrors(model or self.model_name):
-            generation = self._priced(self._stream(to_messages(prompt), model, on_token))
+            generation = self._priced(self._stream(to_messages(prompt), model, on_token, **extra))
         self._record(generation)
         return generation
 
@@ -447,15 +458,27 @@ def _legacy_generation(client: Any, text: str) -> Generation:
     )
 
 
-def call_client(client: Any, prompt: Any, on_token: OnToken | None = None) -> Generation:
+def with_stop(sampling: dict[str, Any], stop: list[str] | None) -> dict[str, Any]:
+    """``sampling`` with ``stop`` added to its own ``stop`` (a string or a list), for one
+    call; ``sampling`` itself when ``stop`` is empty."""
+    if not stop:
+        return sampling
+    own = sampling.get("stop")
+    own = [own] if isinstance(own, str) else list(own or [])
+    return {**sampling, "stop": own + [s for s in stop if s not in own]}
+
+
+def call_client(
+    client: Any, prompt: Any, on_token: OnToken | None = None, stop: list[str] | None = None
+) -> Generation:
     """One call on any client: new-style clients report their own usage; for the others
     (0.1.x-style subclasses, duck-typed objects) the text comes from ``completion()``
     and the usage from ``get_last_usage()``. With ``on_token``, a client that streams is
     streamed."""
     if reports_usage_per_call(client):
         if on_token is not None:
-            return client.generate_stream(prompt, on_token)
-        return client.generate(prompt)
+            return client.generate_stream(prompt, on_token, **({"stop": stop} if stop else {}))
+        return client.generate(prompt, **({"stop": stop} if stop else {}))
     return _legacy_generation(client, client.completion(prompt))
 
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlm.clients.base_lm import BaseLM, Generation, Messages
+from rlm.clients.base_lm import BaseLM, Generation, Messages, with_stop
 from rlm.utils.exceptions import ConfigurationError, RLMError
 
 _INSTALL_HINT = (
@@ -293,6 +293,7 @@ class LlamaCppClient(BaseLM):
     """
 
     is_local = True
+    accepts_stop = True
 
     def __init__(
         self,
@@ -359,14 +360,24 @@ class LlamaCppClient(BaseLM):
             self._loaded = load_llama(self.model_path, self.n_ctx, self.n_threads)
         return self._loaded
 
-    def _generate(self, messages: Messages, model: str | None = None) -> Generation:
-        return self._complete(messages, model)
+    def _generate(
+        self, messages: Messages, model: str | None = None, stop: list[str] | None = None
+    ) -> Generation:
+        return self._complete(messages, model, stop=stop)
 
-    def _stream(self, messages: Messages, model: str | None, on_token: Any) -> Generation:
+    def _stream(
+        self, messages: Messages, model: str | None, on_token: Any, stop: list[str] | None = None
+    ) -> Generation:
         """``_generate`` with ``stream=True``: each piece of text goes to ``on_token``."""
-        return self._complete(messages, model, on_token)
+        return self._complete(messages, model, on_token, stop)
 
-    def _complete(self, messages: Messages, model: str | None, on_token: Any = None) -> Generation:
+    def _complete(
+        self,
+        messages: Messages,
+        model: str | None,
+        on_token: Any = None,
+        stop: list[str] | None = None,
+    ) -> Generation:
         loaded = self._model()
         name = model or self.model_name
         plain = _plain_messages(messages)
@@ -376,7 +387,7 @@ class LlamaCppClient(BaseLM):
             loaded.rearm()
             loaded.owner = self
             try:
-                response = self._run_native(loaded, plain, on_token)
+                response = self._run_native(loaded, plain, on_token, stop)
             except ValueError as exc:
                 match = _CONTEXT_RE.search(str(exc))
                 if match or "context window" in str(exc):
@@ -398,23 +409,26 @@ class LlamaCppClient(BaseLM):
         )
 
     def _run_native(
-        self, loaded: _LoadedModel, messages: list[dict[str, str]], on_token: Any = None
+        self,
+        loaded: _LoadedModel,
+        messages: list[dict[str, str]],
+        on_token: Any = None,
+        stop: list[str] | None = None,
     ) -> Any:
         """``create_chat_completion`` in a helper thread that this one waits for, so the
         wait can be interrupted: on the call's timeout or on Ctrl-C the native call is
         stopped and joined before this returns or raises. Holds ``loaded.lock``."""
         box: dict[str, Any] = {}
+        sampling = with_stop(self.sampling_args, stop)
 
         def call() -> None:
             try:
                 if on_token is None:
                     box["response"] = loaded.llama.create_chat_completion(
-                        messages=messages, **self.sampling_args
+                        messages=messages, **sampling
                     )
                 else:
-                    box["response"] = _streamed(
-                        loaded.llama, messages, self.sampling_args, on_token
-                    )
+                    box["response"] = _streamed(loaded.llama, messages, sampling, on_token)
             except BaseException as exc:  # re-raised in the caller's thread
                 box["error"] = exc
 

@@ -28,6 +28,7 @@ from rlm.clients.base_lm import (
     check_sdk_options,
     missing_api_key,
     require_model_name,
+    with_stop,
 )
 
 # API keys from the environment at import, named as in rlms (a fallback: the environment
@@ -194,18 +195,26 @@ class OpenAIClient(BaseLM):
     def async_client(self, value: Any) -> None:
         self._async_override = value
 
-    def _sampling(self, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    #: ``stop`` per call (not sent to reasoning models, which refuse it).
+    accepts_stop = True
+
+    def _sampling(
+        self, model: str, stop: list[str] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(request arguments, extra_body) from ``sampling_args``, as described above."""
-        args = {k: v for k, v in self.sampling_args.items() if v is not None}
+        sampling = with_stop(self.sampling_args, None if is_reasoning_model(model) else stop)
+        args = {k: v for k, v in sampling.items() if v is not None}
         extra_body = dict(args.pop("extra_body", None) or {})
         if "max_tokens" in args and (self.is_official_endpoint() or is_reasoning_model(model)):
             args.setdefault("max_completion_tokens", args.pop("max_tokens"))
             args.pop("max_tokens", None)
         return args, extra_body
 
-    def _request(self, messages: Messages, model: str | None) -> dict[str, Any]:
+    def _request(
+        self, messages: Messages, model: str | None, stop: list[str] | None = None
+    ) -> dict[str, Any]:
         model = model or self.model_name
-        sampling, extra_body = self._sampling(model)
+        sampling, extra_body = self._sampling(model, stop)
         args: dict[str, Any] = {"model": model, "messages": messages, **sampling}
         if (self.base_url or "").rstrip("/") == DEFAULT_PRIME_INTELLECT_BASE_URL.rstrip("/"):
             extra_body = {"usage": {"include": True}, **extra_body}
@@ -237,8 +246,10 @@ class OpenAIClient(BaseLM):
             cost=cost,
         )
 
-    def _generate(self, messages: Messages, model: str | None = None) -> Generation:
-        args = self._request(messages, model)
+    def _generate(
+        self, messages: Messages, model: str | None = None, stop: list[str] | None = None
+    ) -> Generation:
+        args = self._request(messages, model, stop)
         response = self._sync_client().chat.completions.create(**args)
         return self._parse(response, args["model"])
 
@@ -247,10 +258,12 @@ class OpenAIClient(BaseLM):
         response = await self._async_client().chat.completions.create(**args)
         return self._parse(response, args["model"])
 
-    def _stream(self, messages: Messages, model: str | None, on_token: Any) -> Generation:
+    def _stream(
+        self, messages: Messages, model: str | None, on_token: Any, stop: list[str] | None = None
+    ) -> Generation:
         """``_generate`` as server-sent events: each content delta goes to ``on_token``;
         the usage comes from the final chunk (``stream_options.include_usage``)."""
-        args = self._request(messages, model)
+        args = self._request(messages, model, stop)
         args["stream"] = True
         args.setdefault("stream_options", {"include_usage": True})
         pieces: list[str] = []
@@ -259,7 +272,7 @@ class OpenAIClient(BaseLM):
             chunks = self._sync_client().chat.completions.create(**args)
         except (openai.BadRequestError, openai.UnprocessableEntityError):
             # A server that refuses to stream (or its stream_options) answers in one piece.
-            return self._generate(messages, model)
+            return self._generate(messages, model, stop)
         for chunk in chunks:
             if getattr(chunk, "usage", None) is not None:
                 usage = chunk.usage

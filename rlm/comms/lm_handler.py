@@ -336,7 +336,12 @@ class LMHandler(SocketServer):
         )
 
     def _call(
-        self, prompt: Any, model: str | None, depth: int, on_token: Any = None
+        self,
+        prompt: Any,
+        model: str | None,
+        depth: int,
+        on_token: Any = None,
+        stop: list[str] | None = None,
     ) -> RLMChatCompletion:
         client = self.get_client(model, depth)
         limiter = self.limiter
@@ -344,7 +349,7 @@ class LMHandler(SocketServer):
             limiter.acquire()
         try:
             start = time.perf_counter()
-            generation = call_client(client, prompt, on_token=on_token)
+            generation = call_client(client, prompt, on_token=on_token, stop=stop)
         finally:
             if limiter is not None:
                 limiter.release()
@@ -446,11 +451,17 @@ class LMHandler(SocketServer):
         return self._call(prompt, model, 0).response
 
     def completion_record(
-        self, prompt: Any, model: str | None = None, depth: int = 0, on_token: Any = None
+        self,
+        prompt: Any,
+        model: str | None = None,
+        depth: int = 0,
+        on_token: Any = None,
+        stop: list[str] | None = None,
     ) -> RLMChatCompletion:
         """Like ``completion`` but returns the full record (text, usage, timing); with
-        ``on_token``, a client that streams calls it with each piece of text."""
-        return self._call(prompt, model, depth, on_token)
+        ``on_token``, a client that streams calls it with each piece of text; ``stop``:
+        stop sequences for this call, for a client that takes them."""
+        return self._call(prompt, model, depth, on_token, stop)
 
     def get_usage_summary(self) -> UsageSummary:
         """Usage of every call this handler served (root and sub-calls)."""
