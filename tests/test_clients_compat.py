@@ -187,7 +187,7 @@ def test_default_api_key_constants_exist_where_rlms_defines_them(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setattr(openai_module, "DEFAULT_OPENAI_API_KEY", "sk-from-constant")
     client = get_client("openai", {"model_name": "gpt-4o-mini"})
-    assert client._client_args["api_key"] == "sk-from-constant"
+    assert client._clients.args["api_key"] == "sk-from-constant"
 
 
 def test_context_limit_constants_of_rlms():

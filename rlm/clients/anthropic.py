@@ -12,11 +12,8 @@ write costs more than a plain input token. Retries (429 with ``Retry-After``,
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
-import os
-import threading
 from typing import Any
 
 import anthropic
@@ -26,10 +23,12 @@ from rlm.clients.base_lm import (
     BaseLM,
     Generation,
     Messages,
-    api_key_from,
-    check_sdk_options,
-    missing_api_key,
+    SDKClientAttribute,
+    SDKClients,
+    content_text,
     require_model_name,
+    required_setting,
+    setting_from,
 )
 
 #: Anthropic requires max_tokens; used when neither max_tokens nor sampling_args sets it
@@ -39,21 +38,11 @@ _CACHE = {"type": "ephemeral"}
 _CREATE_PARAMS = frozenset(inspect.signature(anthropic.resources.Messages.create).parameters)
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content
-        )
-    return str(content)
-
-
 def _blocks(content: Any) -> list[dict[str, Any]]:
     """Message content as a list of content blocks (so a cache marker can be attached)."""
     if isinstance(content, list) and all(isinstance(p, dict) and "type" in p for p in content):
         return [dict(p) for p in content]
-    return [{"type": "text", "text": _text(content)}]
+    return [{"type": "text", "text": content_text(content)}]
 
 
 def to_anthropic(messages: Messages, cache: bool) -> tuple[list[dict[str, Any]], list[dict]]:
@@ -64,7 +53,7 @@ def to_anthropic(messages: Messages, cache: bool) -> tuple[list[dict[str, Any]],
         role = message.get("role")
         content = message.get("content", "")
         if role in ("system", "developer"):
-            system.append({"type": "text", "text": _text(content)})
+            system.append({"type": "text", "text": content_text(content)})
         else:
             turns.append(
                 {"role": "assistant" if role == "assistant" else "user", "content": content}
@@ -98,76 +87,29 @@ class AnthropicClient(BaseLM):
         **client_kwargs: Any,
     ):
         model_name = require_model_name("AnthropicClient", model_name, "claude-sonnet-4-5")
-        super().__init__(
-            model_name=model_name,
-            timeout=timeout,
-            sampling_args=sampling_args,
-            prices=prices,
-            price_provider=price_provider,
-        )
-        api_key = api_key_from(api_key, "ANTHROPIC_API_KEY")
-        if not api_key:
-            raise missing_api_key("Anthropic", "ANTHROPIC_API_KEY")
-        check_sdk_options(
-            "Anthropic",
-            client_kwargs,
-            anthropic.Anthropic,
-            "model_name, api_key, base_url, timeout, max_retries, sampling_args, max_tokens, "
-            "prompt_caching and prices",
-        )
-        self.base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL")
+        super().__init__(model_name, timeout, sampling_args, prices, price_provider)
+        api_key = required_setting(api_key, "Anthropic", "ANTHROPIC_API_KEY")
+        self.base_url = setting_from(base_url, "ANTHROPIC_BASE_URL")
         self.max_tokens = max_tokens
         self.prompt_caching = prompt_caching
-        self._client_args: dict[str, Any] = {
-            "api_key": api_key,
-            "base_url": self.base_url,
-            "timeout": timeout,
-            "max_retries": max_retries,
-            **client_kwargs,
-        }
         # The SDK classes are looked up now, so a patch of rlm.clients.anthropic.anthropic
         # active at construction is the one this client uses.
-        self._sdk = (anthropic.Anthropic, anthropic.AsyncAnthropic)
-        self._async_override: Any = None
-        self._sync: anthropic.Anthropic | None = None
-        self._async: dict[int | None, anthropic.AsyncAnthropic] = {}  # one per event loop
-        self._lock = threading.Lock()
+        self._clients = SDKClients(
+            "Anthropic",
+            "model_name, api_key, base_url, timeout, max_retries, sampling_args, max_tokens, "
+            "prompt_caching and prices",
+            (anthropic.Anthropic, anthropic.AsyncAnthropic),
+            client_kwargs,
+            api_key=api_key,
+            base_url=self.base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
 
-    def _sync_client(self) -> anthropic.Anthropic:
-        with self._lock:
-            if self._sync is None:
-                self._sync = self._sdk[0](**self._client_args)
-            return self._sync
-
-    def _async_client(self) -> anthropic.AsyncAnthropic:
-        try:
-            loop_id: int | None = id(asyncio.get_running_loop())
-        except RuntimeError:
-            loop_id = None
-        with self._lock:
-            client = self._async_override or self._async.get(loop_id)
-            if client is None:
-                client = self._async[loop_id] = self._sdk[1](**self._client_args)
-            return client
-
-    # rlms' attribute names: the SDK clients, built on first use here.
-    @property
-    def client(self) -> anthropic.Anthropic:
-        """The ``anthropic.Anthropic`` client the calls go through (assignable)."""
-        return self._sync_client()
-
-    @client.setter
-    def client(self, value: Any) -> None:
-        self._sync = value
-
-    @property
-    def async_client(self) -> anthropic.AsyncAnthropic:
-        """The ``anthropic.AsyncAnthropic`` client of the running event loop (assignable)."""
-        return self._async_client()
-
-    @async_client.setter
-    def async_client(self, value: Any) -> None:
-        self._async_override = value
+    # rlms' attribute names: the SDK clients (``anthropic.Anthropic``,
+    # ``anthropic.AsyncAnthropic``), built on first use here.
+    client = SDKClientAttribute(asynchronous=False)
+    async_client = SDKClientAttribute(asynchronous=True)
 
     def _request(self, messages: Messages, model: str | None) -> dict[str, Any]:
         system, turns = to_anthropic(messages, cache=self.prompt_caching)
@@ -206,11 +148,11 @@ class AnthropicClient(BaseLM):
 
     def _generate(self, messages: Messages, model: str | None = None) -> Generation:
         args = self._request(messages, model)
-        return self._parse(self._sync_client().messages.create(**args), args["model"])
+        return self._parse(self._clients.get_sync().messages.create(**args), args["model"])
 
     async def _agenerate(self, messages: Messages, model: str | None = None) -> Generation:
         args = self._request(messages, model)
-        return self._parse(await self._async_client().messages.create(**args), args["model"])
+        return self._parse(await self._clients.get_async().messages.create(**args), args["model"])
 
     def _stream(self, messages: Messages, model: str | None, on_token: Any) -> Generation:
         """``_generate`` as server-sent events (``messages.stream``): each text delta goes
@@ -219,7 +161,7 @@ class AnthropicClient(BaseLM):
         args = self._request(messages, model)
         with contextlib.ExitStack() as stack:
             try:
-                stream = stack.enter_context(self._sync_client().messages.stream(**args))
+                stream = stack.enter_context(self._clients.get_sync().messages.stream(**args))
             except (anthropic.BadRequestError, anthropic.UnprocessableEntityError):
                 # A server that refuses to stream answers in one piece.
                 return self._generate(messages, model)
@@ -230,7 +172,4 @@ class AnthropicClient(BaseLM):
         return self._parse(final, args["model"])
 
     def close(self) -> None:
-        if self._sync is not None:
-            self._sync.close()
-            self._sync = None
-        self._async.clear()
+        self._clients.close()

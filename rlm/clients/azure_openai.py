@@ -13,9 +13,8 @@ from typing import Any
 
 import openai  # module-level, as in rlms: rlm.clients.azure_openai.openai can be patched
 
-from rlm.clients.base_lm import DEFAULT_TIMEOUT
+from rlm.clients.base_lm import DEFAULT_TIMEOUT, missing_setting, required_setting, setting_from
 from rlm.clients.openai import OpenAIClient
-from rlm.utils.exceptions import ConfigurationError
 
 #: The key from the environment at import, named as in rlms (the environment is read again
 #: when a client is built).
@@ -39,25 +38,29 @@ class AzureOpenAIClient(OpenAIClient):
         price_provider: str | None = "azure",
         **client_kwargs: Any,
     ):
-        azure_endpoint = azure_endpoint or os.environ.get("AZURE_OPENAI_ENDPOINT")
-        if not azure_endpoint:
-            raise ConfigurationError(
-                "No endpoint for the Azure OpenAI client: pass backend_kwargs={'azure_endpoint': "
-                "'https://NAME.openai.azure.com'} or set the AZURE_OPENAI_ENDPOINT environment "
-                "variable"
-            )
-        api_version = api_version or os.environ.get("OPENAI_API_VERSION")
-        if not api_version:
-            raise ConfigurationError(
-                "No API version for the Azure OpenAI client: pass backend_kwargs={'api_version': "
-                "'2024-10-21'} or set the OPENAI_API_VERSION environment variable"
-            )
+        azure_endpoint = required_setting(
+            azure_endpoint,
+            "Azure OpenAI",
+            "AZURE_OPENAI_ENDPOINT",
+            what="endpoint",
+            option="azure_endpoint",
+            example="'https://NAME.openai.azure.com'",
+        )
+        api_version = required_setting(
+            api_version,
+            "Azure OpenAI",
+            "OPENAI_API_VERSION",
+            what="API version",
+            option="api_version",
+            example="'2024-10-21'",
+        )
         token_auth = "azure_ad_token" in client_kwargs or "azure_ad_token_provider" in client_kwargs
-        api_key = api_key or os.environ.get("AZURE_OPENAI_API_KEY") or DEFAULT_AZURE_OPENAI_API_KEY
+        api_key = setting_from(
+            api_key, "AZURE_OPENAI_API_KEY", default=DEFAULT_AZURE_OPENAI_API_KEY
+        )
         if not api_key and not token_auth:
-            raise ConfigurationError(
-                "No API key for the Azure OpenAI client: pass backend_kwargs={'api_key': ...} "
-                "(or azure_ad_token_provider) or set the AZURE_OPENAI_API_KEY environment variable"
+            raise missing_setting(
+                "Azure OpenAI", "AZURE_OPENAI_API_KEY", alternative=" (or azure_ad_token_provider)"
             )
         super().__init__(
             api_key=api_key or "azure-ad",
@@ -71,11 +74,12 @@ class AzureOpenAIClient(OpenAIClient):
             price_provider=price_provider,
             **client_kwargs,
         )
+        sdk_args = self._clients.args
         if token_auth and not api_key:
-            self._client_args.pop("api_key")
-        self._client_args.pop("base_url")
-        self._client_args["azure_endpoint"] = azure_endpoint
-        self._client_args["api_version"] = api_version
+            sdk_args.pop("api_key")
+        sdk_args.pop("base_url")
+        sdk_args["azure_endpoint"] = azure_endpoint
+        sdk_args["api_version"] = api_version
         self.base_url = azure_endpoint
 
     @staticmethod

@@ -37,6 +37,15 @@ Messages = list[dict[str, Any]]
 OnToken = Callable[[str], Any]
 
 
+#: The usage fields of a :class:`Generation` and their names in :class:`ModelUsageSummary`.
+_SUMMARY_FIELDS = {
+    "input_tokens": "total_input_tokens",
+    "output_tokens": "total_output_tokens",
+    "cached_tokens": "total_cached_tokens",
+    "cost": "total_cost",
+}
+
+
 @dataclass
 class Generation:
     """One model call: its text and what it cost."""
@@ -52,13 +61,15 @@ class Generation:
 
     def usage(self) -> ModelUsageSummary:
         """This call's tokens and cost as a one-call :class:`ModelUsageSummary`."""
-        return ModelUsageSummary(
-            total_calls=1,
-            total_input_tokens=self.input_tokens,
-            total_output_tokens=self.output_tokens,
-            total_cost=self.cost,
-            total_cached_tokens=self.cached_tokens,
-        )
+        counts = {total: getattr(self, name) for name, total in _SUMMARY_FIELDS.items()}
+        return ModelUsageSummary(total_calls=1, **counts)
+
+    @classmethod
+    def from_usage(cls, text: str, model: str, usage: ModelUsageSummary) -> Generation:
+        """The Generation of ``text`` with the tokens and cost of ``usage`` (the inverse of
+        :meth:`usage`)."""
+        counts = {name: getattr(usage, total) for name, total in _SUMMARY_FIELDS.items()}
+        return cls(text=text, model=model, **counts)
 
 
 def to_messages(prompt: Any) -> Messages:
@@ -87,6 +98,18 @@ def to_messages(prompt: Any) -> Messages:
     except Exception:
         content = repr(prompt)
     return [{"role": "user", "content": content}]
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's ``content``: a string, or a list of parts (dicts with
+    ``text``, or anything else, as ``str``) joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content
+        )
+    return str(content)
 
 
 def estimate_message_tokens(messages: Messages) -> int:
@@ -448,14 +471,7 @@ def _legacy_generation(client: Any, text: str) -> Generation:
     name = str(getattr(client, "model_name", None) or "unknown")
     if not isinstance(usage, ModelUsageSummary):
         return Generation(text=text, model=name)
-    return Generation(
-        text=text,
-        model=name,
-        input_tokens=usage.total_input_tokens,
-        output_tokens=usage.total_output_tokens,
-        cached_tokens=usage.total_cached_tokens,
-        cost=usage.total_cost,
-    )
+    return Generation.from_usage(text, name, usage)
 
 
 def with_stop(sampling: dict[str, Any], stop: list[str] | None) -> dict[str, Any]:
@@ -503,33 +519,58 @@ def reports_usage_per_call(client: Any) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def require_model_name(client: str, model_name: str | None, example: str) -> str:
-    """``model_name``, or a ConfigurationError showing an example."""
+def require_model_name(client: str, model_name: str | None, example: str, meaning: str = "") -> str:
+    """``model_name``, or a ConfigurationError showing an example (``meaning``: what the
+    name is, for the message)."""
     if not model_name:
         raise ConfigurationError(
-            f"{client} needs model_name (e.g. backend_kwargs={{'model_name': {example!r}}})"
+            f"{client} needs model_name{meaning} (e.g. backend_kwargs={{'model_name': {example!r}}})"
         )
     return model_name
 
 
-def api_key_from(api_key: str | None, *env_vars: str) -> str | None:
-    """The explicit key, else the first of ``env_vars`` that is set, else None."""
-    if api_key:
-        return api_key
+def setting_from(value: str | None, *env_vars: str, default: str | None = None) -> str | None:
+    """The explicit value, else the first of ``env_vars`` that is set, else ``default``."""
+    if value:
+        return value
     for var in env_vars:
-        value = os.environ.get(var)
-        if value:
-            return value
-    return None
+        found = os.environ.get(var)
+        if found:
+            return found
+    return default
 
 
-def missing_api_key(client: str, *env_vars: str) -> ConfigurationError:
-    """The error for a client constructed without any key."""
+def missing_setting(
+    client: str,
+    *env_vars: str,
+    what: str = "API key",
+    option: str = "api_key",
+    example: str = "...",
+    alternative: str = "",
+) -> ConfigurationError:
+    """The error for a client constructed without a setting it needs (by default its key):
+    it names the ``backend_kwargs`` option (``alternative``: another way to give it) and
+    the environment variables read."""
     names = " (or ".join(env_vars) + ")" * (len(env_vars) - 1)
     return ConfigurationError(
-        f"No API key for the {client} client: pass backend_kwargs={{'api_key': ...}} or set "
-        f"the {names} environment variable"
+        f"No {what} for the {client} client: pass backend_kwargs={{{option!r}: {example}}}"
+        f"{alternative} or set the {names} environment variable"
     )
+
+
+def required_setting(
+    value: str | None,
+    client: str,
+    *env_vars: str,
+    default: str | None = None,
+    **message: str,
+) -> str:
+    """:func:`setting_from`, or the :func:`missing_setting` error (``message``: its
+    ``what``, ``option`` and ``example``) when nothing gives the setting."""
+    found = setting_from(value, *env_vars, default=default)
+    if not found:
+        raise missing_setting(client, *env_vars, **message)
+    return found
 
 
 #: Names that belong in ``sampling_args`` (a common mistake is to put them in backend_kwargs).
@@ -571,3 +612,110 @@ def check_sdk_options(client: str, options: dict[str, Any], sdk: Any, own: str) 
             f"Unknown backend_kwargs for the {client} client: {unknown}. Besides {own}, it "
             f"accepts the options of {sdk.__module__.split('.')[0]}.{sdk.__name__}: {public}"
         )
+
+
+# ---------------------------------------------------------------------------
+# SDK clients and streamed answers, shared by the provider clients
+# ---------------------------------------------------------------------------
+
+
+class SDKClients:
+    """A provider SDK's clients, built on first use from one set of arguments (``args``):
+    one sync client, and one async client per event loop (an SDK's async client belongs to
+    the loop it first ran on). ``factories`` are the (sync, async) SDK classes, looked up
+    when the client is constructed, so a patch of the SDK active then is the one used.
+    ``client`` and ``async_client`` (:class:`SDKClientAttribute`) read and replace them."""
+
+    def __init__(
+        self,
+        client: str,
+        own: str,
+        factories: tuple[Any, Any],
+        options: dict[str, Any],
+        **args: Any,
+    ) -> None:
+        check_sdk_options(client, options, factories[0], own)
+        self.factories = factories
+        self.args: dict[str, Any] = {**args, **options}
+        self.sync: Any = None
+        self.async_override: Any = None  # an async client the user assigned
+        self._async: dict[int | None, Any] = {}
+        self._lock = threading.Lock()
+
+    def get_sync(self) -> Any:
+        if self.sync is None:
+            with self._lock:
+                if self.sync is None:
+                    self.sync = self.factories[0](**self.args)
+        return self.sync
+
+    def get_async(self) -> Any:
+        try:
+            loop_id: int | None = id(asyncio.get_running_loop())
+        except RuntimeError:
+            loop_id = None
+        with self._lock:
+            client = self.async_override or self._async.get(loop_id)
+            if client is None:
+                client = self._async[loop_id] = self.factories[1](**self.args)
+        return client
+
+    def close(self) -> None:
+        sync, self.sync = self.sync, None
+        if sync is not None and hasattr(sync, "close"):
+            sync.close()
+        self._async.clear()
+
+
+class SDKClientAttribute:
+    """rlms' ``client`` / ``async_client`` attributes of a client that keeps its SDK
+    clients in ``_clients`` (:class:`SDKClients`): built on first read, assignable."""
+
+    def __init__(self, asynchronous: bool) -> None:
+        self.asynchronous = asynchronous
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        kind = "async client of the running event loop" if self.asynchronous else "client"
+        self.__doc__ = f"The SDK's {kind} the calls go through (assignable)."
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        clients: SDKClients = obj._clients
+        return clients.get_async() if self.asynchronous else clients.get_sync()
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        clients: SDKClients = obj._clients
+        if self.asynchronous:
+            clients.async_override = value
+        else:
+            clients.sync = value
+
+
+def relay_stream(
+    chunks: Any,
+    on_token: OnToken,
+    texts: Callable[[Any], Any],
+    usage: Callable[[Any], Any],
+    closing: Any = None,
+) -> tuple[str, Any]:
+    """Read a streamed answer: ``texts(chunk)`` are its pieces, each sent to ``on_token``
+    as it arrives; returns the whole text and the last non-None ``usage(chunk)``. The
+    stream (or ``closing``, the object that holds the response) is closed at the end, also
+    when ``on_token`` raises (a cancelled run)."""
+    pieces: list[str] = []
+    last = None
+    try:
+        for chunk in chunks:
+            found = usage(chunk)
+            if found is not None:
+                last = found
+            for text in texts(chunk):
+                if text:
+                    pieces.append(text)
+                    on_token(text)
+    finally:
+        close = getattr(chunks if closing is None else closing, "close", None)
+        if close is not None:
+            close()
+    return "".join(pieces), last

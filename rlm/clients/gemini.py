@@ -25,9 +25,10 @@ from rlm.clients.base_lm import (
     BaseLM,
     Generation,
     Messages,
-    api_key_from,
-    missing_api_key,
+    content_text,
+    relay_stream,
     require_model_name,
+    required_setting,
 )
 from rlm.utils.exceptions import ConfigurationError
 
@@ -40,23 +41,13 @@ DEFAULT_GEMINI_MODEL = "gemini-2.5-flash"
 _RENAMED = {"max_tokens": "max_output_tokens", "stop": "stop_sequences"}
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content
-        )
-    return str(content)
-
-
 def to_gemini(messages: Messages) -> tuple[str | None, list[types.Content]]:
     """(system instruction, contents) for ``generate_content``."""
     system: list[str] = []
     contents: list[types.Content] = []
     for message in messages:
         role = message.get("role")
-        text = _text(message.get("content", ""))
+        text = content_text(message.get("content", ""))
         if role in ("system", "developer"):
             system.append(text)
         else:
@@ -95,18 +86,10 @@ class GeminiClient(BaseLM):
                 f"Unknown sampling_args for Gemini: {unknown}. Accepted: max_tokens, stop and the "
                 f"fields of GenerateContentConfig: {sorted(types.GenerateContentConfig.model_fields)}"
             )
-        super().__init__(
-            model_name=model_name,
-            timeout=timeout,
-            sampling_args=sampling,
-            prices=prices,
-            price_provider=price_provider,
+        super().__init__(model_name, timeout, sampling, prices, price_provider)
+        api_key = required_setting(
+            api_key, "Gemini", "GEMINI_API_KEY", "GOOGLE_API_KEY", default=DEFAULT_GEMINI_API_KEY
         )
-        api_key = (
-            api_key_from(api_key, "GEMINI_API_KEY", "GOOGLE_API_KEY") or DEFAULT_GEMINI_API_KEY
-        )
-        if not api_key:
-            raise missing_api_key("Gemini", "GEMINI_API_KEY", "GOOGLE_API_KEY")
         self.base_url = base_url
         http_options = types.HttpOptions(
             base_url=base_url,
@@ -165,8 +148,6 @@ class GeminiClient(BaseLM):
         chunks = self.client.models.generate_content_stream(
             model=model, contents=contents, config=self._config(system)
         )
-        pieces: list[str] = []
-        usage = None
         try:
             first = next(chunks, None)  # the request is sent on the first read
         except genai_errors.ClientError as exc:
@@ -175,19 +156,14 @@ class GeminiClient(BaseLM):
             # A server that refuses to stream (or has no streaming endpoint: 404, 405)
             # answers in one piece.
             return self._generate(messages, model)
-        try:
-            for chunk in itertools.chain([first] if first is not None else [], chunks):
-                if chunk.usage_metadata is not None:
-                    usage = chunk.usage_metadata
-                text = chunk.text
-                if text:
-                    pieces.append(text)
-                    on_token(text)
-        finally:
-            close = getattr(chunks, "close", None)  # a generator: closing ends the response
-            if close is not None:
-                close()  # also when on_token raised (a cancelled run)
-        return self._generation("".join(pieces), usage, model)
+        text, usage = relay_stream(
+            itertools.chain([first] if first is not None else [], chunks),
+            on_token,
+            lambda chunk: [chunk.text],
+            lambda chunk: chunk.usage_metadata,
+            closing=chunks,  # a generator: closing it ends the response
+        )
+        return self._generation(text, usage, model)
 
     def close(self) -> None:
         self.client.close()

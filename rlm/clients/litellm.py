@@ -22,8 +22,15 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm  # noqa: E402
 
-from rlm.clients.base_lm import DEFAULT_TIMEOUT, BaseLM, Generation, Messages  # noqa: E402
-from rlm.clients.openai import _usage_numbers  # noqa: E402
+from rlm.clients.base_lm import (  # noqa: E402
+    DEFAULT_TIMEOUT,
+    BaseLM,
+    Generation,
+    Messages,
+    relay_stream,
+    require_model_name,
+)
+from rlm.clients.openai import delta_texts, message_text, streaming, usage_generation  # noqa: E402
 from rlm.utils.exceptions import ConfigurationError  # noqa: E402
 
 
@@ -41,15 +48,14 @@ def _provider_cost(response: Any) -> float | None:
 def _generation(text: str, model: str, reported: Any) -> Generation:
     """``text`` with the usage and LiteLLM's cost of ``reported`` (a response, or a
     stream's usage chunk; None: nothing reported)."""
-    input_tokens, output_tokens, cached, _ = _usage_numbers(getattr(reported, "usage", None))
-    return Generation(
-        text=text,
-        model=model,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cached_tokens=cached,
-        cost=_provider_cost(reported) if reported is not None else None,
-    )
+    generation = usage_generation(text, model, getattr(reported, "usage", None))
+    generation.cost = _provider_cost(reported) if reported is not None else None
+    return generation
+
+
+def _usage_chunk(chunk: Any) -> Any:
+    """``chunk`` when it carries the usage (and LiteLLM's cost), else None."""
+    return chunk if getattr(chunk, "usage", None) is not None else None
 
 
 class LiteLLMClient(BaseLM):
@@ -68,20 +74,16 @@ class LiteLLMClient(BaseLM):
         price_provider: str | None = None,
         **completion_kwargs: Any,
     ):
-        if not model_name:
-            raise ConfigurationError(
-                "LiteLLMClient needs model_name, LiteLLM's provider/model string "
-                "(e.g. backend_kwargs={'model_name': 'anthropic/claude-sonnet-4-5'})"
-            )
-        provider, _, bare = model_name.partition("/")
-        super().__init__(
-            model_name=model_name,
-            timeout=timeout,
-            sampling_args=sampling_args,
-            prices=prices,
-            # Table fallback: the provider prefix of the model name ("anthropic/...").
-            price_provider=price_provider or (provider if bare else None),
+        model_name = require_model_name(
+            "LiteLLMClient",
+            model_name,
+            "anthropic/claude-sonnet-4-5",
+            meaning=", LiteLLM's provider/model string",
         )
+        # Table fallback: the provider prefix of the model name ("anthropic/...").
+        provider, _, bare = model_name.partition("/")
+        price_provider = price_provider or (provider if bare else None)
+        super().__init__(model_name, timeout, sampling_args, prices, price_provider)
         api_base = api_base or base_url
         keys_set = bool(litellm.validate_environment(model_name).get("keys_in_environment", True))
         if not api_key and not api_base and not keys_set:
@@ -111,9 +113,7 @@ class LiteLLMClient(BaseLM):
         }
 
     def _parse(self, response: Any, model: str) -> Generation:
-        choice = response.choices[0] if response.choices else None
-        text = (choice.message.content if choice is not None else None) or ""
-        return _generation(text, model, response)
+        return _generation(message_text(response), model, response)
 
     def _generate(self, messages: Messages, model: str | None = None) -> Generation:
         args = self._request(messages, model)
@@ -132,34 +132,17 @@ class LiteLLMClient(BaseLM):
         non-streamed response does. When the provider sent no usage, LiteLLM fills that
         chunk with its own token estimate; that is not reported (the usage stays 0, the
         cost unknown), as the OpenAI client does for a stream without usage."""
-        args = self._request(messages, model)
-        args["stream"] = True
-        args.setdefault("stream_options", {"include_usage": True})
+        args = streaming(self._request(messages, model))
         try:
             chunks = litellm.completion(**args)
         except (litellm.BadRequestError, litellm.UnprocessableEntityError):
             # A server (or a LiteLLM provider) that refuses to stream answers in one piece.
             return self._generate(messages, model)
-        pieces: list[str] = []
-        last = None  # the chunk with the usage
-        try:
-            for chunk in chunks:
-                if getattr(chunk, "usage", None) is not None:
-                    last = chunk
-                for choice in getattr(chunk, "choices", None) or []:
-                    delta = getattr(choice, "delta", None)
-                    text = getattr(delta, "content", None) if delta is not None else None
-                    if text:
-                        pieces.append(text)
-                        on_token(text)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()  # the response, also when on_token raised (a cancelled run)
+        text, last = relay_stream(chunks, on_token, delta_texts, _usage_chunk)
         received = getattr(chunks, "chunks", None)  # what the provider sent, as LiteLLM kept it
         if received is not None and not any(getattr(c, "usage", None) for c in received):
             last = None  # a usage chunk, if any, is LiteLLM's estimate, not the provider's count
-        return _generation("".join(pieces), args["model"], last)
+        return _generation(text, args["model"], last)
 
     def knows_price(self) -> bool:
         """LiteLLM prices the models in its bundled map itself; else the shared price book."""

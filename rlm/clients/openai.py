@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import threading
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -24,10 +24,11 @@ from rlm.clients.base_lm import (
     BaseLM,
     Generation,
     Messages,
-    api_key_from,
-    check_sdk_options,
-    missing_api_key,
+    SDKClientAttribute,
+    SDKClients,
+    relay_stream,
     require_model_name,
+    required_setting,
     with_stop,
 )
 
@@ -65,19 +66,47 @@ def _default_key(base_url: str | None) -> str | None:
     return None
 
 
-def _usage_numbers(usage: Any) -> tuple[int, int, int, float | None]:
-    """(input, output, cached, cost) from an OpenAI-style usage object (any may be missing)."""
+def usage_generation(text: str, model: str, usage: Any) -> Generation:
+    """The Generation of ``text`` with the counts and cost of an OpenAI-style usage object
+    (any of them may be missing; ``usage`` None: nothing reported)."""
     if usage is None:
-        return 0, 0, 0, None
-    input_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-    output_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        return Generation(text=text, model=model)
     details = getattr(usage, "prompt_tokens_details", None)
-    cached = int(getattr(details, "cached_tokens", 0) or 0) if details is not None else 0
     cost = getattr(usage, "cost", None)
     if cost is None:
-        extra = getattr(usage, "model_extra", None) or {}
-        cost = extra.get("cost")
-    return input_tokens, output_tokens, cached, (float(cost) if cost is not None else None)
+        cost = (getattr(usage, "model_extra", None) or {}).get("cost")
+    return Generation(
+        text=text,
+        model=model,
+        input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        cached_tokens=int(getattr(details, "cached_tokens", 0) or 0) if details is not None else 0,
+        cost=float(cost) if cost is not None else None,
+    )
+
+
+def message_text(response: Any) -> str:
+    """The text of a ``chat.completion`` response's first choice ("" without one)."""
+    choice = response.choices[0] if response.choices else None
+    return (choice.message.content if choice is not None else None) or ""
+
+
+def streaming(args: dict[str, Any]) -> dict[str, Any]:
+    """Chat-completion request arguments made a stream that ends with a usage chunk."""
+    args["stream"] = True
+    args.setdefault("stream_options", {"include_usage": True})
+    return args
+
+
+def delta_texts(chunk: Any) -> Iterator[str | None]:
+    """The content deltas of one streamed ``chat.completion.chunk``."""
+    for choice in getattr(chunk, "choices", None) or []:
+        delta = getattr(choice, "delta", None)
+        yield getattr(delta, "content", None) if delta is not None else None
+
+
+def _usage_of(chunk: Any) -> Any:
+    return getattr(chunk, "usage", None)
 
 
 class OpenAIClient(BaseLM):
@@ -106,44 +135,32 @@ class OpenAIClient(BaseLM):
         **client_kwargs: Any,
     ):
         model_name = require_model_name("OpenAIClient", model_name, "gpt-4o-mini")
-        super().__init__(
-            model_name=model_name,
-            timeout=timeout,
-            sampling_args=sampling_args,
-            prices=prices,
-            price_provider=price_provider,
-        )
-        api_key = api_key_from(api_key, api_key_env) or _default_key(base_url)
-        if not api_key:
-            if base_url is None:
-                raise missing_api_key("OpenAI", api_key_env)
-            api_key = "EMPTY"  # local OpenAI-compatible servers accept any key
-        # The SDK classes are looked up now, so a patch of rlm.clients.openai.openai
-        # active at construction is the one this client uses.
-        self._sdk = (self._sdk_class(asynchronous=False), self._sdk_class(asynchronous=True))
-        check_sdk_options(
+        super().__init__(model_name, timeout, sampling_args, prices, price_provider)
+        api_key = required_setting(
+            api_key,
             "OpenAI",
-            client_kwargs,
-            self._sdk[0],
-            "model_name, api_key, base_url, timeout, max_retries, sampling_args, "
-            "prompt_cache_key, auto_prompt_cache_key, prices and price_provider",
+            api_key_env,
+            # Local OpenAI-compatible servers (any base_url) accept any key.
+            default=_default_key(base_url) or (None if base_url is None else "EMPTY"),
         )
         self.base_url = base_url
         self.prompt_cache_key = prompt_cache_key
         # Derive a cache key for root-loop calls only on the official endpoint
         # (other OpenAI-compatible servers may refuse the unknown field).
         self.auto_prompt_cache_key = auto_prompt_cache_key
-        self._client_args: dict[str, Any] = {
-            "api_key": api_key,
-            "base_url": base_url,
-            "timeout": timeout,
-            "max_retries": max_retries,
-            **client_kwargs,
-        }
-        self._sync: Any = None
-        self._async: dict[int | None, Any] = {}  # one async client per event loop
-        self._async_override: Any = None  # an async client the user assigned
-        self._lock = threading.Lock()
+        # The SDK classes are looked up now, so a patch of rlm.clients.openai.openai
+        # active at construction is the one this client uses.
+        self._clients = SDKClients(
+            "OpenAI",
+            "model_name, api_key, base_url, timeout, max_retries, sampling_args, "
+            "prompt_cache_key, auto_prompt_cache_key, prices and price_provider",
+            (self._sdk_class(asynchronous=False), self._sdk_class(asynchronous=True)),
+            client_kwargs,
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
 
     @staticmethod
     def _sdk_class(asynchronous: bool) -> Any:
@@ -155,45 +172,10 @@ class OpenAIClient(BaseLM):
         url = self.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         return (urlparse(url).hostname or "").lower() == OPENAI_API_HOST
 
-    # SDK clients are created on first use: constructing an RLM stays cheap.
-    def _sync_client(self) -> Any:
-        if self._sync is None:
-            with self._lock:
-                if self._sync is None:
-                    self._sync = self._sdk[0](**self._client_args)
-        return self._sync
-
-    def _async_client(self) -> Any:
-        import asyncio
-
-        try:
-            loop_id: int | None = id(asyncio.get_running_loop())
-        except RuntimeError:
-            loop_id = None
-        with self._lock:
-            client = self._async_override or self._async.get(loop_id)
-            if client is None:
-                client = self._async[loop_id] = self._sdk[1](**self._client_args)
-        return client
-
-    # rlms' attribute names: the SDK clients, built on first use here.
-    @property
-    def client(self) -> Any:
-        """The ``openai.OpenAI`` client the calls go through (assignable)."""
-        return self._sync_client()
-
-    @client.setter
-    def client(self, value: Any) -> None:
-        self._sync = value
-
-    @property
-    def async_client(self) -> Any:
-        """The ``openai.AsyncOpenAI`` client of the running event loop (assignable)."""
-        return self._async_client()
-
-    @async_client.setter
-    def async_client(self, value: Any) -> None:
-        self._async_override = value
+    # rlms' attribute names: the SDK clients (``openai.OpenAI``, ``openai.AsyncOpenAI``),
+    # created on first use, so constructing an RLM stays cheap.
+    client = SDKClientAttribute(asynchronous=False)
+    async_client = SDKClientAttribute(asynchronous=True)
 
     #: ``stop`` per call (not sent to reasoning models, which refuse it).
     accepts_stop = True
@@ -234,28 +216,18 @@ class OpenAIClient(BaseLM):
         return args
 
     def _parse(self, response: Any, model: str) -> Generation:
-        choice = response.choices[0] if response.choices else None
-        text = (choice.message.content if choice is not None else None) or ""
-        input_tokens, output_tokens, cached, cost = _usage_numbers(response.usage)
-        return Generation(
-            text=text,
-            model=model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cached_tokens=cached,
-            cost=cost,
-        )
+        return usage_generation(message_text(response), model, response.usage)
 
     def _generate(
         self, messages: Messages, model: str | None = None, stop: list[str] | None = None
     ) -> Generation:
         args = self._request(messages, model, stop)
-        response = self._sync_client().chat.completions.create(**args)
+        response = self._clients.get_sync().chat.completions.create(**args)
         return self._parse(response, args["model"])
 
     async def _agenerate(self, messages: Messages, model: str | None = None) -> Generation:
         args = self._request(messages, model)
-        response = await self._async_client().chat.completions.create(**args)
+        response = await self._clients.get_async().chat.completions.create(**args)
         return self._parse(response, args["model"])
 
     def _stream(
@@ -263,36 +235,14 @@ class OpenAIClient(BaseLM):
     ) -> Generation:
         """``_generate`` as server-sent events: each content delta goes to ``on_token``;
         the usage comes from the final chunk (``stream_options.include_usage``)."""
-        args = self._request(messages, model, stop)
-        args["stream"] = True
-        args.setdefault("stream_options", {"include_usage": True})
-        pieces: list[str] = []
-        usage = None
+        args = streaming(self._request(messages, model, stop))
         try:
-            chunks = self._sync_client().chat.completions.create(**args)
+            chunks = self._clients.get_sync().chat.completions.create(**args)
         except (openai.BadRequestError, openai.UnprocessableEntityError):
             # A server that refuses to stream (or its stream_options) answers in one piece.
             return self._generate(messages, model, stop)
-        for chunk in chunks:
-            if getattr(chunk, "usage", None) is not None:
-                usage = chunk.usage
-            for choice in getattr(chunk, "choices", None) or []:
-                text = getattr(choice.delta, "content", None) if choice.delta else None
-                if text:
-                    pieces.append(text)
-                    on_token(text)
-        input_tokens, output_tokens, cached, cost = _usage_numbers(usage)
-        return Generation(
-            text="".join(pieces),
-            model=args["model"],
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cached_tokens=cached,
-            cost=cost,
-        )
+        text, usage = relay_stream(chunks, on_token, delta_texts, _usage_of)
+        return usage_generation(text, args["model"], usage)
 
     def close(self) -> None:
-        if self._sync is not None and hasattr(self._sync, "close"):
-            self._sync.close()
-        self._sync = None
-        self._async.clear()
+        self._clients.close()

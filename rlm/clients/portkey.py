@@ -17,16 +17,14 @@ rlms passed (``api_key``, ``base_url``, ``timeout``), and the calls go to it.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import portkey_ai
 from portkey_ai import PORTKEY_GATEWAY_URL, AsyncPortkey, Portkey, createHeaders
 
-from rlm.clients.base_lm import DEFAULT_TIMEOUT
+from rlm.clients.base_lm import DEFAULT_TIMEOUT, required_setting, setting_from
 from rlm.clients.openai import OpenAIClient
 from rlm.clients.pricing import ANY_PROVIDER
-from rlm.utils.exceptions import ConfigurationError
 
 
 class PortkeyClient(OpenAIClient):
@@ -51,12 +49,7 @@ class PortkeyClient(OpenAIClient):
         price_provider: str | None = None,
         **client_kwargs: Any,
     ):
-        api_key = api_key or os.environ.get("PORTKEY_API_KEY")
-        if not api_key:
-            raise ConfigurationError(
-                "No API key for the Portkey client: pass backend_kwargs={'api_key': ...} or set "
-                "the PORTKEY_API_KEY environment variable"
-            )
+        api_key = required_setting(api_key, "Portkey", "PORTKEY_API_KEY")
         options = {
             "virtual_key": virtual_key,
             "provider": provider,
@@ -70,7 +63,7 @@ class PortkeyClient(OpenAIClient):
             # The provider's own key, when the gateway should forward one (no virtual key).
             api_key=provider_api_key or "portkey",
             model_name=model_name,
-            base_url=base_url or os.environ.get("PORTKEY_BASE_URL") or PORTKEY_GATEWAY_URL,
+            base_url=setting_from(base_url, "PORTKEY_BASE_URL", default=PORTKEY_GATEWAY_URL),
             timeout=timeout,
             max_retries=max_retries,
             sampling_args=sampling_args,
@@ -83,9 +76,9 @@ class PortkeyClient(OpenAIClient):
         )
         if Portkey is not portkey_ai.Portkey or AsyncPortkey is not portkey_ai.AsyncPortkey:
             # A replaced SDK (a test's patch): build the clients the way rlms did.
-            gateway = self._client_args["base_url"]
+            gateway = self._clients.args["base_url"]
             sync_cls, async_cls = Portkey, AsyncPortkey
-            self._sdk = (
+            self._clients.factories = (
                 lambda **_: sync_cls(api_key=api_key, base_url=gateway, timeout=timeout),
                 lambda **_: async_cls(api_key=api_key, base_url=gateway, timeout=timeout),
             )
