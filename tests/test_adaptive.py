@@ -14,6 +14,7 @@ from rlm.clients import get_client
 from rlm.clients.scripted import ScriptedLM
 from rlm.comms import adaptive
 from rlm.comms.adaptive import AdaptiveLimit, is_rate_limit, retry_after
+from rlm.comms.limiter import CallLimiter
 from rlm.core.comms_utils import send_lm_request_batched
 from rlm.core.lm_handler import LMHandler
 
@@ -221,3 +222,82 @@ def test_rate_limit_recognition():
     exc = Exception()
     exc.response = Resp()
     assert retry_after(exc) == 2.0
+
+
+# -- a slot handed to a waiter that gave up (rlm.comms.limiter.SlotWaiters, shared) ----------
+
+
+class _Slots:
+    """CallLimiter and AdaptiveLimit behind one acquire/release pair."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        if kind == "limiter":
+            self.limit = CallLimiter(1)
+        else:
+            self.limit = AdaptiveLimit(start=1, minimum=1, maximum=1)
+
+    async def acquire(self) -> None:
+        if self.kind == "limiter":
+            await self.limit.aacquire()
+        else:
+            await self.limit.acquire()
+
+    def release(self) -> None:
+        if self.kind == "limiter":
+            self.limit.release()
+        else:
+            self.limit.release(None, ok=True)
+
+    @property
+    def active(self) -> int:
+        return self.limit._active
+
+
+@pytest.mark.parametrize("kind", ["limiter", "adaptive"])
+@pytest.mark.parametrize("delivered", [False, True], ids=["in-transit", "delivered"])
+def test_a_cancelled_waiter_passes_its_slot_to_the_next(kind, delivered):
+    slots = _Slots(kind)
+
+    async def go():
+        await slots.acquire()
+        first = asyncio.create_task(slots.acquire())
+        second = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0)  # both are queued, first come first served
+        slots.release()  # the slot is sent to ``first``...
+        if delivered:
+            await asyncio.sleep(0)  # ...and reaches it (its future completes)...
+        first.cancel()  # ...but ``first`` gives up before it runs again
+        await asyncio.wait_for(second, timeout=30)  # the slot went on to ``second``
+        assert first.cancelled()
+        assert slots.active == 1
+        slots.release()
+        assert slots.active == 0
+        await asyncio.wait_for(slots.acquire(), timeout=30)  # free, not leaked
+        assert slots.active == 1
+
+    asyncio.run(go())
+
+
+def test_call_limiter_serves_threads_and_tasks_from_one_queue():
+    limiter = CallLimiter(1)
+    limiter.acquire()
+    got = threading.Event()
+
+    def in_thread() -> None:
+        with limiter:
+            got.set()
+
+    async def go():
+        task = asyncio.create_task(limiter.aacquire())
+        await asyncio.sleep(0)  # the task waits first
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        limiter.release()  # to the task, not the thread
+        await asyncio.wait_for(task, timeout=30)
+        assert not got.is_set()
+        limiter.release()  # now the thread's turn
+        await asyncio.to_thread(thread.join, 30)
+        assert got.is_set() and limiter._active == 0
+
+    asyncio.run(go())

@@ -23,12 +23,12 @@ The provider SDK's own retries run first: the OpenAI client retries a 429
 
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 import time
-from collections import deque
 from typing import Any
+
+from rlm.comms.limiter import SlotWaiters
 
 #: Calls in flight when a provider is first seen.
 START = 64
@@ -71,7 +71,7 @@ class AdaptiveLimit:
         self._last_rate_limit = 0.0
         self._active = 0
         self._lock = threading.Lock()
-        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        self._waiters = SlotWaiters(self._lock, lambda: self.release(None, ok=False))
         #: Counters for tests, benchmarks and diagnostics.
         self.peak = 0
         self.rate_limited = 0
@@ -98,30 +98,18 @@ class AdaptiveLimit:
 
     async def acquire(self) -> float:
         """Wait for a slot; returns the monotonic start time to pass to :meth:`release`."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if self._active < self.limit and not self._waiters:
-                return self._take()
-            future: asyncio.Future[None] = loop.create_future()
-            self._waiters.append((loop, future))
-        try:
-            await future
-        except asyncio.CancelledError:
-            with self._lock:
-                try:
-                    self._waiters.remove((loop, future))
-                    handed = False
-                except ValueError:
-                    handed = future.done() and not future.cancelled()
-            if handed:
-                self.release(None, ok=False)
-            raise
+        await self._waiters.wait_async(self._take_free)
         return time.monotonic()
 
-    def _take(self) -> float:
+    def _take_free(self) -> bool:
+        if self._active < self.limit and not self._waiters:
+            self._take()
+            return True
+        return False
+
+    def _take(self) -> None:
         self._active += 1
         self.peak = max(self.peak, self._active)
-        return time.monotonic()
 
     def release(self, started: float | None, ok: bool = True, rate_limited: bool = False) -> None:
         """Give a slot back. ``ok``: the call succeeded (additive increase);
@@ -148,18 +136,8 @@ class AdaptiveLimit:
             self._wake()
 
     def _wake(self) -> None:
-        while self._waiters and self._active < self.limit:
-            loop, future = self._waiters.popleft()
-            if future.cancelled() or loop.is_closed():
-                continue
-            self._take()
-            loop.call_soon_threadsafe(self._hand_over, future)
-
-    def _hand_over(self, future: asyncio.Future[None]) -> None:
-        if future.cancelled():
-            self.release(None, ok=False)  # the waiter gave up after the slot was sent
-        else:
-            future.set_result(None)
+        while self._active < self.limit and self._waiters.hand_over():
+            self._take()  # the slot handed over
 
 
 def is_rate_limit(exc: BaseException) -> bool:
