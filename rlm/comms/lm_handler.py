@@ -27,7 +27,6 @@ Bounded against whatever can reach the socket:
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import socket
 import socketserver
@@ -249,12 +248,7 @@ class LMHandler(SocketServer):
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        spare, self._spare_fd = self._spare_fd, None
-        if spare is not None:
-            try:
-                os.close(spare)
-            except OSError:
-                pass
+        self._close_spare_fd()
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)

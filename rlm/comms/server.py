@@ -99,12 +99,7 @@ class SocketServer:
         """Out of descriptors: free the spare one, accept the waiting connection, answer it
         with an error and close it, then take the spare back. Without a spare (or when
         even that fails), back off briefly so the loop does not spin."""
-        spare, self._spare_fd = self._spare_fd, None
-        if spare is not None:
-            try:
-                os.close(spare)
-            except OSError:
-                pass
+        if self._close_spare_fd():
             try:
                 listener.settimeout(0)
                 try:
@@ -120,6 +115,17 @@ class SocketServer:
             if conn is not None:
                 return
         time.sleep(0.05)
+
+    def _close_spare_fd(self) -> bool:
+        """Close the spare descriptor (:func:`_open_spare_fd`); False when there was none."""
+        spare, self._spare_fd = self._spare_fd, None
+        if spare is None:
+            return False
+        try:
+            os.close(spare)
+        except OSError:
+            pass
+        return True
 
     def _serve_connection(self, conn: socket.socket) -> None:
         try:
