@@ -125,6 +125,50 @@ def test_a_mapped_error_pickles_as_the_rlm_class():
     assert str(copy) == str(info.value) and copy.status_code == 429
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        exc_mod.BudgetExceededError(0.5, 0.25, partial_answer="so far"),
+        exc_mod.TimeoutExceededError(12.0, 10.0, "so far"),
+        exc_mod.TokenLimitExceededError(1500, 1000, message="over"),
+        exc_mod.ErrorThresholdExceededError(3, 3, "NameError", "so far"),
+        exc_mod.CancellationError("so far"),
+        exc_mod.StructuredOutputError("{}", "missing 'answer'", 2),
+        exc_mod.ConfigurationError("bad option"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_every_rlm_error_pickles_with_its_message_and_attributes(error):
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert copy.args == error.args and str(copy) == str(error)
+    assert vars(copy) == vars(error)
+    assert copy.partial_answer == error.partial_answer
+
+
+def test_the_limit_errors_keep_rlms_constructors_and_messages():
+    budget = exc_mod.BudgetExceededError(1.5, 1.0)
+    assert str(budget) == "Budget exceeded: spent $1.500000 of $1.000000 budget"
+    assert (budget.spent, budget.budget, budget.partial_answer) == (1.5, 1.0, None)
+    assert exc_mod.BudgetExceededError(1, 2, "msg", "partial").partial_answer == "partial"
+    timeout = exc_mod.TimeoutExceededError(3.25, 2.0, "partial")
+    assert str(timeout) == "Timeout exceeded: 3.2s of 2.0s limit"
+    assert timeout.partial_answer == "partial"
+    tokens = exc_mod.TokenLimitExceededError(12345, 10000)
+    assert str(tokens) == "Token limit exceeded: 12,345 of 10,000 tokens"
+    errors = exc_mod.ErrorThresholdExceededError(5, 5, "boom")
+    assert str(errors) == "Error threshold exceeded: 5 consecutive errors (limit: 5)"
+    assert errors.last_error == "boom"
+    assert str(exc_mod.CancellationError()) == "Execution cancelled by user"
+    assert str(exc_mod.CancellationError(message="stop")) == "stop"
+    structured = exc_mod.StructuredOutputError("x", "not JSON")
+    assert structured.partial_answer == "x" and structured.attempts == 1
+    assert isinstance(structured, ValueError)
+    # Exceptions compare and hash by identity, and print as exceptions do.
+    assert budget != exc_mod.BudgetExceededError(1.5, 1.0) and hash(budget)
+    assert repr(tokens) == "TokenLimitExceededError('" + str(tokens) + "')"
+
+
 def test_other_errors_pass_unchanged():
     from rlm.clients.base_lm import map_provider_error
 

@@ -7,98 +7,97 @@ constructor signatures of the public ``rlms`` package and all carry
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import InitVar, dataclass
+from typing import Any, ClassVar
+
+
+def _restore(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    error = cls.__new__(cls)
+    error.args = args
+    return error
 
 
 class RLMError(Exception):
     """Root of every error this library raises on purpose."""
 
     partial_answer: str | None = None
+    #: The message of an error constructed without one (the dataclass errors below),
+    #: formatted with the error's attributes.
+    _template: ClassVar[str] = ""
+
+    def __post_init__(self, message: str | None) -> None:
+        super().__init__(message or self._template.format(**vars(self)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The message and the attributes, without calling __init__ again: the errors whose
+        # constructors take other arguments than the message pickle too.
+        return (_restore, (type(self), self.args), self.__dict__)
+
+
+# The errors that carry figures are dataclasses: their constructor is the fields in order
+# (rlms' signatures), ``message`` is the message (else ``_template``), and each field is
+# an attribute. eq=False and repr=False keep an exception's identity and repr.
 
 
 class LimitExceededError(RLMError):
     """A configured limit stopped the run."""
 
 
+@dataclass(eq=False, repr=False)
 class BudgetExceededError(LimitExceededError):
     """The run spent more than ``max_budget`` USD."""
 
-    def __init__(
-        self,
-        spent: float,
-        budget: float,
-        message: str | None = None,
-        partial_answer: str | None = None,
-    ):
-        self.spent = spent
-        self.budget = budget
-        self.partial_answer = partial_answer
-        super().__init__(message or f"Budget exceeded: spent ${spent:.6f} of ${budget:.6f} budget")
+    _template = "Budget exceeded: spent ${spent:.6f} of ${budget:.6f} budget"
+    spent: float
+    budget: float
+    message: InitVar[str | None] = None
+    partial_answer: str | None = None
 
 
+@dataclass(eq=False, repr=False)
 class TimeoutExceededError(LimitExceededError):
     """The run took longer than ``max_timeout`` seconds."""
 
-    def __init__(
-        self,
-        elapsed: float,
-        timeout: float,
-        partial_answer: str | None = None,
-        message: str | None = None,
-    ):
-        self.elapsed = elapsed
-        self.timeout = timeout
-        self.partial_answer = partial_answer
-        super().__init__(message or f"Timeout exceeded: {elapsed:.1f}s of {timeout:.1f}s limit")
+    _template = "Timeout exceeded: {elapsed:.1f}s of {timeout:.1f}s limit"
+    elapsed: float
+    timeout: float
+    partial_answer: str | None = None
+    message: InitVar[str | None] = None
 
 
+@dataclass(eq=False, repr=False)
 class TokenLimitExceededError(LimitExceededError):
     """The run used more than ``max_tokens`` input + output tokens."""
 
-    def __init__(
-        self,
-        tokens_used: int,
-        token_limit: int,
-        partial_answer: str | None = None,
-        message: str | None = None,
-    ):
-        self.tokens_used = tokens_used
-        self.token_limit = token_limit
-        self.partial_answer = partial_answer
-        super().__init__(
-            message or f"Token limit exceeded: {tokens_used:,} of {token_limit:,} tokens"
-        )
+    _template = "Token limit exceeded: {tokens_used:,} of {token_limit:,} tokens"
+    tokens_used: int
+    token_limit: int
+    partial_answer: str | None = None
+    message: InitVar[str | None] = None
 
 
+@dataclass(eq=False, repr=False)
 class ErrorThresholdExceededError(LimitExceededError):
     """``max_errors`` consecutive iterations ended with an error in their code."""
 
-    def __init__(
-        self,
-        error_count: int,
-        threshold: int,
-        last_error: str | None = None,
-        partial_answer: str | None = None,
-        message: str | None = None,
-    ):
-        self.error_count = error_count
-        self.threshold = threshold
-        self.last_error = last_error
-        self.partial_answer = partial_answer
-        super().__init__(
-            message
-            or f"Error threshold exceeded: {error_count} consecutive errors (limit: {threshold})"
-        )
+    _template = "Error threshold exceeded: {error_count} consecutive errors (limit: {threshold})"
+    error_count: int
+    threshold: int
+    last_error: str | None = None
+    partial_answer: str | None = None
+    message: InitVar[str | None] = None
 
 
+@dataclass(eq=False, repr=False)
 class CancellationError(RLMError):
     """The run was cancelled (Ctrl-C, or the awaiting task of ``acompletion`` was cancelled)."""
 
-    def __init__(self, partial_answer: str | None = None, message: str | None = None):
-        self.partial_answer = partial_answer
-        super().__init__(message or "Execution cancelled by user")
+    _template = "Execution cancelled by user"
+    partial_answer: str | None = None
+    message: InitVar[str | None] = None
 
 
+@dataclass(eq=False, repr=False)
 class StructuredOutputError(RLMError, ValueError):
     """The answer never matched ``response_format``: every try allowed by
     ``response_format_retries`` was rejected (or the answer forced after
@@ -109,21 +108,15 @@ class StructuredOutputError(RLMError, ValueError):
     many answers were rejected). A ``ValueError``, like a failed parse.
     """
 
-    def __init__(
-        self,
-        attempt: str,
-        validation_error: str,
-        attempts: int = 1,
-        message: str | None = None,
-    ):
-        self.attempt = attempt
-        self.validation_error = validation_error
-        self.attempts = attempts
-        self.partial_answer = attempt
-        super().__init__(message or f"the answer did not match response_format: {validation_error}")
+    _template = "the answer did not match response_format: {validation_error}"
+    attempt: str
+    validation_error: str
+    attempts: int = 1
+    message: InitVar[str | None] = None
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.attempt, self.validation_error, self.attempts, str(self)))
+    def __post_init__(self, message: str | None) -> None:
+        self.partial_answer = self.attempt
+        super().__post_init__(message)
 
 
 class ProtocolError(RLMError, ValueError):
