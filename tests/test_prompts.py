@@ -43,3 +43,19 @@ def test_default_prompt_is_unchanged_by_formatting():
     text = system_text(RLM_SYSTEM_PROMPT)
     assert "{custom_tools_section}" not in text
     assert text == RLM_SYSTEM_PROMPT.replace("{custom_tools_section}", "")
+
+
+def test_the_small_model_prompt_is_filled_like_the_default():
+    from rlm.utils.prompts import SMALL_MODEL_SYSTEM_PROMPT
+
+    text = system_text(SMALL_MODEL_SYSTEM_PROMPT, TOOLS)
+    assert "{custom_tools_section}" not in text and "lookup" in text
+    assert 'llm_query_batched(["Question: ...\\nText:\\n" + chunk' in text  # kept as written
+    assert len(SMALL_MODEL_SYSTEM_PROMPT) < len(RLM_SYSTEM_PROMPT)
+
+
+def test_after_compaction_mentions_history_only_when_the_repl_has_it():
+    from rlm.utils.prompts import build_after_compaction_prompt
+
+    assert "`history`" in build_after_compaction_prompt(1)["content"]
+    assert "`history`" not in build_after_compaction_prompt(2, history=False)["content"]

@@ -33,6 +33,7 @@ _CHILD_ARGUMENTS = (
     *("compaction_threshold_pct", "max_concurrent_subcalls", "on_subcall_start"),
     *("on_subcall_complete", "on_iteration_start", "on_iteration_complete", "orchestrator"),
     *("user_prologue", "max_concurrent_lm_calls", "depth_models", "context_window"),
+    *("small_model", "stop_at_block_end", "feedback", "verify_answer", "sub_window_tokens"),
 )
 
 
@@ -73,6 +74,11 @@ class RLMConfig:
     max_concurrent_lm_calls: int | None = None
     depth_models: dict[int, str] = field(default_factory=dict)
     context_window: int | None = None
+    small_model: bool | None = None
+    stop_at_block_end: bool | None = None
+    feedback: bool | None = None
+    verify_answer: bool = False
+    sub_window_tokens: int | None = None
 
     @classmethod
     def from_arguments(cls, environment: Any = "local", **args: Any) -> RLMConfig:
@@ -91,9 +97,13 @@ class RLMConfig:
         validate_custom_tools(args["custom_tools"])
         validate_custom_tools(args["custom_sub_tools"])
         backend_kwargs, other_backends, other_kwargs = _backends(args)
-        window = args["context_window"]
-        if window is not None and (not isinstance(window, int) or window < 1):
-            raise ConfigurationError("context_window must be a positive number of tokens")
+        for name in ("context_window", "sub_window_tokens"):
+            window = args[name]
+            if window is not None and (not isinstance(window, int) or window < 1):
+                raise ConfigurationError(f"{name} must be a positive number of tokens")
+        for name in ("small_model", "stop_at_block_end", "feedback", "verify_answer"):
+            if args[name] not in (None, True, False):
+                raise ConfigurationError(f"{name} must be True, False or None, got {args[name]!r}")
         if args["custom_sub_tools"] is None:
             args["custom_sub_tools"] = args["custom_tools"]
         args.update(

@@ -7,7 +7,9 @@ and returns the answer the model submits, as an :class:`RLMChatCompletion`.
 The configuration is a frozen :class:`~rlm.core.config.RLMConfig`, the limits are the
 ledger (:mod:`rlm.core.ledger`); the entry points (``completion``, ``stream``...) are in
 :mod:`rlm.api.calls`, recursion (``rlm_query``, child RLMs) in :mod:`rlm.recursion.children`
-and client construction in :mod:`rlm.clients.cache`, each a base class of :class:`RLM`.
+client construction in :mod:`rlm.clients.cache` and the root model's turns (stopping at
+the end of a block, feedback, the answer check) in :mod:`rlm.utils.turns`, each a base
+class of :class:`RLM`.
 """
 
 from __future__ import annotations
@@ -46,19 +48,17 @@ from rlm.utils.parsing import find_code_blocks, find_final_answer, format_iterat
 from rlm.utils.prompts import (
     COMPACTION_NOTE,
     RLM_SYSTEM_PROMPT,
+    SMALL_MODEL_SYSTEM_PROMPT,
     build_final_answer_prompt,
     build_rlm_system_prompt,
     build_user_prompt,
 )
 from rlm.utils.rlm_utils import collect_secrets, register_secrets
 from rlm.utils.structured import StructuredAnswer
+from rlm.utils.turns import Guide, Turns
 
 #: Names rlms-era code imports or patches here (looked up here at call time).
 __all__ = ["RLM", "RLMConfig", "get_client", "get_environment"]
-
-
-#: How often a wait for the root model wakes to check cancellation and the deadline (s).
-_ROOT_WAIT_SLICE = 0.25
 
 
 #: rlms-era name of the run state (tests and tools import it from here).
@@ -144,6 +144,24 @@ _RLM_DOC = """A Recursive Language Model: a drop-in ``completion()`` for prompts
         model: ``"provider/model"`` shorthand for ``backend`` plus ``model_name``
             (LiteLLM's convention, e.g. ``"anthropic/claude-sonnet-4-5"``), default
             ``None``; ours.
+        small_model: run the loop for a small model, default ``None``: yes for the
+            embedded ``llama_cpp`` backend and for model names of at most 4B parameters
+            (``"...-1.5b-..."``). A small model gets a shorter system prompt (unless
+            ``custom_system_prompt`` is set) and, when its client knows its window,
+            REPL output cut to half the window in characters and compaction before the
+            window fills; ``stop_at_block_end`` and ``feedback`` follow it. Ours.
+        stop_at_block_end: end each root response at the end of its first complete
+            ```` ```repl ```` block (a stop sequence where the client takes one, else a
+            cut), so the model sees real output before it goes on; default ``None``
+            (``small_model``). Off, every block of a response runs, as in rlms. Ours.
+        feedback: notes in the REPL output the model reads: a search that matched
+            nothing, an ``llm_query`` prompt without any of the context; default
+            ``None`` (``small_model``). Ours.
+        verify_answer: send a final answer that is in neither the context nor any
+            output back to the model once before accepting it, default ``False``. Ours.
+        sub_window_tokens: the sub-model's window in tokens; a sub-call whose prompt
+            does not fit gets an ``Error:`` answer instead of being sent. Default
+            ``None``: the client's own window (``n_ctx`` for llama.cpp), else no limit.
 
     Raises:
         ConfigurationError: (a ``ValueError``) an unknown environment, an option it
@@ -165,6 +183,7 @@ class RLM(
     EnvironmentBinding,
     Recursion,
     Compaction,
+    Turns,
     CompletionAPI,
 ):
     __doc__ = _RLM_DOC  # the arguments, documented above
@@ -216,6 +235,11 @@ class RLM(
         depth_models: dict[int, str] | None = None,
         context_window: int | None = None,
         model: str | None = None,
+        small_model: bool | None = None,
+        stop_at_block_end: bool | None = None,
+        feedback: bool | None = None,
+        verify_answer: bool = False,
+        sub_window_tokens: int | None = None,
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "model")}
         if model is not None:  # "provider/model" shorthand (LiteLLM's convention); ours
@@ -270,7 +294,9 @@ class RLM(
             handler.attach_to(parent)  # one usage tree, one concurrency cap
         for client in others:
             handler.register_client(client.model_name, client)
-        handler.guard = lambda request: ledger.refusal(run)
+        handler.guard = lambda request: (
+            ledger.refusal(run) or self._sub_window_refusal(run, request)
+        )
         # The child's depth is decided here, from this run, never from the request.
         handler.subcall_fn = lambda prompt, model, _depth: self._subcall(prompt, model, _run=run)
         if run.listening:
@@ -281,9 +307,14 @@ class RLM(
     # rlms-era seam: the refusal texts now live in the ledger.
     _refusal = staticmethod(ledger.refusal)
 
-    def _setup_prompt(self, prompt: Any, root_prompt: str | None = None) -> list[dict[str, Any]]:
+    def _setup_prompt(
+        self, prompt: Any, root_prompt: str | None = None, small: bool = False
+    ) -> list[dict[str, Any]]:
+        system = self.system_prompt
+        if small and system == RLM_SYSTEM_PROMPT:
+            system = SMALL_MODEL_SYSTEM_PROMPT
         messages = build_rlm_system_prompt(
-            system_prompt=self.system_prompt,
+            system_prompt=system,
             query_metadata=QueryMetadata(prompt),
             custom_tools=self.custom_tools,
             root_prompt=root_prompt,
@@ -298,50 +329,12 @@ class RLM(
             messages.append({"role": "user", "content": self.user_prologue})
         return messages
 
-    def _ask_root(self, run: Run, handler: LMHandler, messages: list[dict[str, Any]]) -> str:
-        """One root-model call (streamed when a subscriber wants tokens), abandoned if it
-        outlives ``max_timeout`` (TimeoutExceededError) or the run is cancelled meanwhile."""
-        box: dict[str, Any] = {}
-        done = threading.Event()
-        on_token = run.on_token()
-
-        def call() -> None:
-            try:
-                record = handler.completion_record(messages, on_token=on_token)
-                box["text"] = self._measured(run, messages, record)
-            except BaseException as exc:  # re-raised in the caller's thread
-                box["error"] = exc
-            finally:
-                done.set()
-
-        threading.Thread(target=call, name="rlm-root-call", daemon=True).start()
-        while not done.wait(
-            _ROOT_WAIT_SLICE
-            if run.deadline is None
-            else max(0.0, min(_ROOT_WAIT_SLICE, run.remaining() or 0.0))
-        ):
-            # Raises once past the deadline or cancelled; otherwise keep waiting.
-            ledger.check_time(run, "while waiting for the root model")
-        if "error" in box:
-            raise box["error"]
-        return box["text"]
-
-    @staticmethod
-    def _measured(run: Run, messages: list[dict[str, Any]], record: RLMChatCompletion) -> str:
-        """Remember how big the provider says the history is (prompt + answer), for compaction."""
-        usage = record.usage_summary
-        run.last_root_usage = usage
-        if usage.total_input_tokens > 0:
-            run.measured_tokens = usage.total_input_tokens + usage.total_output_tokens
-            run.measured_messages = len(messages) + 1  # the answer becomes the next message
-        return record.response
-
     def _run_iteration(
         self, run: Run, handler: LMHandler, env: BaseEnv, messages: list[dict[str, Any]]
     ) -> RLMIteration:
         start = time.perf_counter()
         prompt_snapshot = list(messages)
-        response = self._ask_root(run, handler, prompt_snapshot)
+        response = self._ask_turn(run, handler, prompt_snapshot)
         if response.strip():
             run.best_partial = response
         blocks: list[CodeBlock] = []
@@ -382,6 +375,7 @@ class RLM(
             result = self._fallback_completion(prompt, run)
             return result if structured is None else _structured_result(structured, result)
         handler = self._make_handler(run)
+        run.guide = self._guide(prompt, root_prompt)
         handler.start()
         env: BaseEnv | None = None
         result: RLMChatCompletion | None = None
@@ -392,7 +386,7 @@ class RLM(
         try:
             env = run.env = self._environment(prompt, handler, run)
             self._emit_started(run, prompt, env)
-            messages = self._setup_prompt(prompt, root_prompt)
+            messages = self._setup_prompt(prompt, root_prompt, small=run.guide.small)
             if structured is not None:
                 system = messages[0]
                 messages[0] = {
@@ -442,12 +436,13 @@ class RLM(
         history_count = env.get_history_count() if env_supports(env, "persistence") else 0
         setup_length = len(messages)
         compactions = 0
+        guide = run.guide = run.guide or Guide()
         for number in range(1, self.max_iterations + 1):
             run.iteration = number
             ledger.check_time(run, f"before iteration {number}")
-            if self.compaction and number > 1:
+            if (self.compaction or guide.compact) and number > 1:
                 messages, compactions = self._maybe_compact(
-                    run, handler, env, messages, setup_length, compactions
+                    run, handler, env, messages, setup_length, compactions, guide.reserve
                 )
             run.emit(ev.IterationStarted)
             messages.append(
@@ -471,17 +466,23 @@ class RLM(
                 iteration_time=iteration.iteration_time or 0.0,
             )
             ledger.check_after_iteration(run, iteration, number, handler)
-            rejection: dict[str, str] | None = None
-            if iteration.final_answer is not None and structured is not None:
-                # Raises StructuredOutputError once no try is left.
-                parsed, data, rejection = structured.judge(iteration.final_answer)
+            answer, rejection = iteration.final_answer, None
+            if answer is not None and structured is None:
+                rejection = self._unverified(run, iteration)  # verify_answer, once
                 if rejection is None:
-                    text = structured.response_text(iteration.final_answer, data)
+                    return self._finish(run, handler, env, messages, prompt, answer)
+            elif answer is not None:
+                # Raises StructuredOutputError once no try is left.
+                parsed, data, rejection = structured.judge(answer)
+                if rejection is None:
+                    text = structured.response_text(answer, data)
                     result = self._finish(run, handler, env, messages, prompt, text)
                     return _with_parsed(result, parsed)
-            elif iteration.final_answer is not None:
-                return self._finish(run, handler, env, messages, prompt, iteration.final_answer)
-            new_messages = format_iteration(iteration)
+            if guide.output_chars is None:
+                new_messages = format_iteration(iteration)
+            else:
+                new_messages = format_iteration(iteration, guide.output_chars)
+            self._add_feedback(run, iteration, new_messages)
             if rejection is not None:
                 new_messages = [*new_messages, rejection]
             messages.extend(new_messages)

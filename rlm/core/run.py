@@ -104,6 +104,8 @@ class Run:
         self.measured_tokens: int | None = None
         self.measured_messages = 0
         self.last_root_usage: Any = None
+        #: What this run does beyond rlms' loop (rlm.utils.turns.Guide), set at its start.
+        self.guide: Any = None
         self.warned: set[str] = set()
         self.children: set[Run] = set()
         self.children_lock = threading.Lock()

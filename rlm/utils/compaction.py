@@ -34,13 +34,15 @@ class Compaction:
         messages: list[dict[str, Any]],
         setup_length: int,
         compactions: int,
+        reserve: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Summarise and restart the history once it fills ``compaction_threshold_pct`` of the window."""
+        """Summarise and restart the history once it fills ``compaction_threshold_pct`` of the
+        window, ``reserve`` tokens (what one more iteration may add) counted in."""
         window = context_window_for(self.client, self.context_window)
         threshold = int(self.compaction_threshold_pct * window)
         tokens = self._history_tokens(run, messages)
         run.emit(ev.CompactionStatus, tokens=tokens, threshold=threshold, window=window)
-        if tokens < threshold:
+        if tokens + reserve < threshold:
             return messages, compactions
         compactions += 1
         summary = self._ask_root(run, handler, [*messages, build_compaction_prompt()])
@@ -53,6 +55,6 @@ class Compaction:
         restarted = [
             *messages[:setup_length],
             {"role": "assistant", "content": summary},
-            build_after_compaction_prompt(compactions),
+            build_after_compaction_prompt(compactions, history=bool(self.compaction)),
         ]
         return restarted, compactions

@@ -2,7 +2,9 @@
 
 Written to be followed by small local models (Qwen2.5-Coder-1.5B) as well as
 frontier ones: short sentences, every REPL name described once, one worked
-example, and the question repeated every turn.
+example, and the question repeated every turn. :data:`SMALL_MODEL_SYSTEM_PROMPT`
+is the shorter one a small model gets (``RLM(small_model=...)``): about 500
+tokens, so an 8k window keeps room for the history.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from rlm.datatypes import QueryMetadata
 
 __all__ = [
     "RLM_SYSTEM_PROMPT",
+    "SMALL_MODEL_SYSTEM_PROMPT",
     "ORCHESTRATOR_ADDENDUM",
     "USER_PROMPT",
     "QueryMetadata",
@@ -63,6 +66,42 @@ answer["ready"] = True
 ```
 You can also write FINAL(your final answer) on its own line, outside any code block."""
 
+SMALL_MODEL_SYSTEM_PROMPT = """You answer a question about a long text. The text is in the Python variable `context`. You cannot see it: you only see what your code prints.
+
+Write Python code in a block that starts with ```repl and ends with ```. Write one block, then stop: the REPL runs it and the next message shows you its real output. Never write the output yourself.
+
+In the REPL:
+- `context`: the text (a string; sometimes a list or a dict).
+- `llm_query(prompt)`: asks a language model and returns its answer as a string. It cannot see `context` or your variables: put the text it must read inside the prompt.
+- `llm_query_batched(prompts)`: asks many prompts at once; the answers come back in the same order.
+- `answer`: to submit the final answer, set answer["content"] = "..." and then answer["ready"] = True.{custom_tools_section}
+
+How to work:
+1. Look at the context first:
+```repl
+print(len(context))
+print(context[:500])
+```
+2. To find a fact, search for a lowercase keyword from the question, ignoring case, and print the matching lines:
+```repl
+hits = [line for line in context.splitlines() if "keyword" in line.lower()]
+print(len(hits))
+print(hits[:10])
+```
+If nothing matches, try another or a shorter keyword.
+3. To read long parts, split them into chunks and ask about each chunk, with the chunk inside the prompt:
+```repl
+chunks = [context[i:i + 6000] for i in range(0, len(context), 6000)]
+replies = llm_query_batched(["Question: ...\\nText:\\n" + chunk for chunk in chunks])
+print(replies)
+```
+4. When the output shows the answer, submit it:
+```repl
+answer["content"] = "the answer"
+answer["ready"] = True
+```
+Answer only from what the output shows."""
+
 ORCHESTRATOR_ADDENDUM = (
     "You are the orchestrator: keep your own messages short, let code and sub-calls do the "
     "reading, and build the answer from their results."
@@ -97,10 +136,12 @@ def _fill_system_prompt(system_prompt: str, section: str) -> str:
     ``}}`` stand for literal braces and ``{custom_tools_section}`` marks where the
     tools go. A prompt that is not a valid template (a bare ``{x}``, JSON
     examples), on which rlms raised, is used as written. Ours (the default)
-    has no escaped braces. Without the marker, the section is appended.
+    (and the small-model one) have no escaped braces. Without the marker, the section is
+    appended.
     """
     marker = "{custom_tools_section}"
-    if system_prompt != RLM_SYSTEM_PROMPT and ("{" in system_prompt or "}" in system_prompt):
+    ours = system_prompt in (RLM_SYSTEM_PROMPT, SMALL_MODEL_SYSTEM_PROMPT)
+    if not ours and ("{" in system_prompt or "}" in system_prompt):
         try:
             text = system_prompt.format(custom_tools_section=section)
         except (KeyError, IndexError, ValueError, AttributeError):
@@ -247,14 +288,16 @@ def build_compaction_prompt() -> dict[str, str]:
     }
 
 
-def build_after_compaction_prompt(count: int) -> dict[str, str]:
-    """Opens the restarted history, after the summary."""
+def build_after_compaction_prompt(count: int, history: bool = True) -> dict[str, str]:
+    """Opens the restarted history, after the summary (``history``: the REPL has the
+    ``history`` variable, as with ``compaction=True``)."""
     times = "once" if count == 1 else f"{count} times"
+    record = " and `history` holds the full record" if history else ""
     return {
         "role": "user",
         "content": (
             f"The conversation was shortened {times}; the summary above is where you are. "
-            "Your REPL variables are all still defined (SHOW_VARS() lists them) and `history` "
-            "holds the full record. Continue with the next step; do not redo finished work."
+            f"Your REPL variables are all still defined (SHOW_VARS() lists them){record}. "
+            "Continue with the next step; do not redo finished work."
         ),
     }

@@ -1,0 +1,233 @@
+"""One turn of the root model, and what the loop tells it afterwards.
+
+:class:`Turns` is a base class of :class:`rlm.core.rlm.RLM`:
+
+* ``_ask_root``: one root-model call, abandoned at ``max_timeout`` or on cancellation;
+* ``_ask_turn``: the iteration's call; with ``stop_at_block_end`` the response ends at
+  the end of its first complete ```repl block (a stop sequence where the client takes
+  one, and a cut in every case);
+* ``_sub_window_refusal``: the handler's refusal of a sub-call too large for the
+  sub-model's window;
+* ``_add_feedback``: notes appended to the REPL output the model reads (a search that
+  matched nothing, an ``llm_query`` prompt without the context);
+* ``_unverified``: with ``verify_answer``, an answer found nowhere goes back once.
+
+What applies to a run is decided once, when its clients are known (:meth:`Turns._guide`):
+``None`` options follow :func:`rlm.utils.is_small_model`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rlm.clients.base_lm import to_messages
+from rlm.core import ledger
+from rlm.core.run import Run
+from rlm.datatypes import RLMChatCompletion, RLMIteration
+from rlm.utils.feedback import (
+    BLOCK_END_STOP,
+    TextIndex,
+    close_open_fence,
+    context_free_note,
+    cut_after_first_block,
+    grounded,
+    is_small_model,
+    search_miss_note,
+    text_of,
+    unverified_answer_prompt,
+    window_refusal,
+    wrong_fence_note,
+)
+from rlm.utils.token_utils import CHARS_PER_TOKEN, count_tokens
+
+if TYPE_CHECKING:
+    from rlm.comms.lm_handler import LMHandler
+    from rlm.comms.protocol import LMRequest
+
+#: How often a wait for the root model wakes to check cancellation and the deadline (s).
+_ROOT_WAIT_SLICE = 0.25
+#: Tokens planned for one root answer when ``max_tokens`` is not set (for compaction).
+_ANSWER_TOKENS = 512
+
+
+@dataclass
+class Guide:
+    """What one run does beyond rlms' loop (all off: rlms' behaviour)."""
+
+    small: bool = False
+    stop: bool = False
+    feedback: bool = False
+    verify: bool = False
+    #: Characters of each block's output shown to the model (None: the default 20,000).
+    output_chars: int | None = None
+    #: Compact the history even without ``compaction=True`` (a small model, known window).
+    compact: bool = False
+    #: Tokens one more iteration may add, kept free when compaction decides (known window).
+    reserve: int = 0
+    index: TextIndex | None = None
+    verified: bool = False
+
+
+class Turns:
+    """The root model's turns: see the module docstring."""
+
+    if TYPE_CHECKING:  # the RLM's configuration attributes (rlm.core.config)
+
+        def __getattr__(self, name: str) -> Any: ...
+
+    def _guide(self, prompt: Any, root_prompt: str | None = None) -> Guide:
+        """What applies to a run on ``prompt``, decided now that the clients are built."""
+        client = self.client
+        small = self.small_model
+        if small is None:
+            small = is_small_model(self.backend, client)
+        own = getattr(client, "context_window", None)
+        window = self.context_window or (own if isinstance(own, int) and own > 0 else None)
+        guide = Guide(
+            small=small,
+            stop=small if self.stop_at_block_end is None else self.stop_at_block_end,
+            feedback=small if self.feedback is None else self.feedback,
+            verify=bool(self.verify_answer),
+        )
+        if small and window is not None:
+            # A small window: short outputs, and the history compacted before it overflows.
+            guide.output_chars = max(2_000, window // 2)
+            guide.compact = True
+        if window is not None:
+            answer = (getattr(client, "sampling_args", None) or {}).get("max_tokens")
+            output = min((guide.output_chars or 20_000) // CHARS_PER_TOKEN, window // 4)
+            guide.reserve = (answer if isinstance(answer, int) else _ANSWER_TOKENS) + output + 64
+        if guide.feedback or guide.verify:
+            guide.index = TextIndex(prompt, root_prompt)
+        return guide
+
+    # -- root calls -------------------------------------------------------------
+
+    def _ask_root(
+        self,
+        run: Run,
+        handler: LMHandler,
+        messages: list[dict[str, Any]],
+        stop: list[str] | None = None,
+    ) -> str:
+        """One root-model call (streamed when a subscriber wants tokens), abandoned if it
+        outlives ``max_timeout`` (TimeoutExceededError) or the run is cancelled meanwhile."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        on_token = run.on_token()
+
+        def call() -> None:
+            try:
+                if stop:
+                    record = handler.completion_record(messages, on_token=on_token, stop=stop)
+                else:  # as rlms-era handlers are called
+                    record = handler.completion_record(messages, on_token=on_token)
+                box["text"] = self._measured(run, messages, record)
+            except BaseException as exc:  # re-raised in the caller's thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name="rlm-root-call", daemon=True).start()
+        while not done.wait(
+            _ROOT_WAIT_SLICE
+            if run.deadline is None
+            else max(0.0, min(_ROOT_WAIT_SLICE, run.remaining() or 0.0))
+        ):
+            # Raises once past the deadline or cancelled; otherwise keep waiting.
+            ledger.check_time(run, "while waiting for the root model")
+        if "error" in box:
+            raise box["error"]
+        return box["text"]
+
+    @staticmethod
+    def _measured(run: Run, messages: list[dict[str, Any]], record: RLMChatCompletion) -> str:
+        """Remember how big the provider says the history is (prompt + answer), for compaction."""
+        usage = record.usage_summary
+        run.last_root_usage = usage
+        if usage.total_input_tokens > 0:
+            run.measured_tokens = usage.total_input_tokens + usage.total_output_tokens
+            run.measured_messages = len(messages) + 1  # the answer becomes the next message
+        return record.response
+
+    def _ask_turn(self, run: Run, handler: LMHandler, messages: list[dict[str, Any]]) -> str:
+        """The iteration's root call: with ``stop_at_block_end``, ended at its first block."""
+        guide = run.guide
+        if guide is None or not guide.stop:
+            return self._ask_root(run, handler, messages)
+        text = self._ask_root(run, handler, messages, stop=[BLOCK_END_STOP])
+        if getattr(handler.get_client(None, 0), "accepts_stop", False):
+            text = close_open_fence(text)  # the stop sequence took the closing fence
+        return cut_after_first_block(text)
+
+    # -- sub-calls --------------------------------------------------------------
+
+    def _sub_window_refusal(self, run: Run, request: LMRequest) -> str | None:
+        """Why a plain sub-call must not go out: its prompt (estimated) does not fit the
+        window of the model that would answer it (``sub_window_tokens``, else the client's
+        own; a client that does not know its window has no limit)."""
+        if request.kind == "rlm" and self.depth + 1 < self.max_depth:
+            return None  # a child RLM, with its own REPL: the prompt becomes its context
+        handler = run.handler
+        if handler is None or request.prompt is None:
+            return None
+        window = self.sub_window_tokens
+        if window is None:
+            client = handler.get_client(request.model, request.depth)
+            own = getattr(client, "context_window", None)
+            window = own if isinstance(own, int) and own > 0 else None
+        if window is None:
+            return None
+        return window_refusal(count_tokens(to_messages(request.prompt)), window)
+
+    # -- after the blocks ran ---------------------------------------------------
+
+    def _add_feedback(
+        self, run: Run, iteration: RLMIteration, new_messages: list[dict[str, Any]]
+    ) -> None:
+        """Append the notes of ``iteration``'s blocks to its REPL-output message, and
+        remember their output as evidence (for later checks)."""
+        guide = run.guide
+        if guide is None or guide.index is None:
+            return
+        notes: list[str] = []
+        blocks = iteration.code_blocks
+        for number, block in enumerate(blocks, start=1):
+            result = block.result
+            found = []
+            if guide.feedback:
+                found.append(
+                    search_miss_note(block.code, result.stdout, getattr(result, "error", None))
+                )
+                prompts = [text_of(call.prompt) for call in result.rlm_calls]
+                found.append(context_free_note(prompts, guide.index))
+            label = f"(block {number}) " if len(blocks) > 1 else ""
+            notes.extend(label + note for note in found if note)
+            guide.index.add([result.stdout, *(c.response for c in result.rlm_calls)])
+        if guide.feedback and not blocks and iteration.final_answer is None:
+            note = wrong_fence_note(iteration.response)
+            if note is not None:
+                new_messages.append({"role": "user", "content": note})
+        if notes and len(new_messages) > 1:
+            last = new_messages[-1]
+            new_messages[-1] = {**last, "content": last["content"] + "\n\n" + "\n".join(notes)}
+
+    def _unverified(self, run: Run, iteration: RLMIteration) -> dict[str, str] | None:
+        """With ``verify_answer``: the message sending ``iteration``'s final answer back,
+        once, when nothing the run saw holds it (the block that set it excluded)."""
+        guide = run.guide
+        answer = iteration.final_answer
+        if guide is None or not guide.verify or guide.verified or answer is None:
+            return None
+        assert guide.index is not None
+        guide.verified = True
+        blocks = list(iteration.code_blocks)
+        if blocks and blocks[-1].result.final_answer is not None:
+            blocks = blocks[:-1]  # its own output (print(answer)) proves nothing
+        seen = [b.result.stdout for b in blocks]
+        seen += [c.response for b in iteration.code_blocks for c in b.result.rlm_calls]
+        if grounded(answer, guide.index, seen):
+            return None
+        return unverified_answer_prompt(answer)
