@@ -289,6 +289,7 @@ SEARCH = "hits = [l for l in context.splitlines() if 'Zephyr' in l.lower()]\npri
         ("import re\nprint(re.search('zephyr', context))", "None\n"),
         ("import re\nprint(re.findall('zephyr', context))", "[]\n"),
         ("hits = [l for l in lines if 'zephyr' in l]\nprint('Matches:', len(hits))", "Matches: 0"),
+        ("for line in context.splitlines():\n    if 'zephyr' in line:\n        print(line)", ""),
     ],
 )
 def test_an_empty_search_result_gets_a_note(code, stdout):
@@ -304,6 +305,7 @@ def test_an_empty_search_result_gets_a_note(code, stdout):
         ("hits = [l for l in ls if 'a' in l]\nprint(hits)", "['a line']\n", None),
         ("print(context.find('a'))", "-1\n", "NameError: context"),  # failed: its own error
         ("hits = [l for l in ls if 'a' in l]", "", None),  # printed nothing
+        ("for l in ls:\n    if 'a' in l:\n        n += 1", "", None),  # prints no hits
         ("x = [n for n in ns if n > 3]\nprint(x)", "[]\n", None),  # a filter, not a search
         ("print(context.find('a'))\nprint(context[:50])", "-1\nsome text of the context", None),
     ],
@@ -315,6 +317,12 @@ def test_other_outputs_get_no_note(code, stdout, error):
 def test_a_keyword_with_capitals_against_lowercased_text_is_named():
     note = feedback.search_miss_note(SEARCH, "0 []\n")
     assert "'Zephyr' has capital letters" in note and "write 'zephyr'" in note
+
+
+def test_capitals_against_lowercased_text_are_named_whatever_the_output():
+    code = "n = sum(1 for l in context.splitlines() if 'Zephyr' in l.lower())\nprint('lines', 40)"
+    note = feedback.search_miss_note(code, "lines 40\n")
+    assert note.startswith("Note: 'Zephyr' has capital letters") and "matched nothing" not in note
 
 
 def test_an_already_case_insensitive_search_gets_other_advice():
@@ -375,6 +383,13 @@ def test_text_index_finds_pieces_of_the_context_however_they_are_cased():
     assert asked.holds("What is the access code for warehouse Zephyr? " + LOG[-60:])
     index.add(["an answer from a sub-call about the harbour and its cranes"])
     assert index.holds("Combine: an answer from a sub-call about the harbour and its cranes")
+
+
+def test_a_context_too_large_to_index_gets_no_note_and_no_check(monkeypatch):
+    monkeypatch.setattr(feedback, "MAX_INDEX_CHARS", 100)
+    index = feedback.TextIndex(LOG)
+    assert index.holds("What is the access code for the blue depot in the north?")
+    assert index.too_large and feedback.grounded("9999", index)
 
 
 def test_text_index_reads_lists_and_dicts():

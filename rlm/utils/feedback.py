@@ -141,14 +141,41 @@ def _searches(tree: ast.AST) -> tuple[list[str], list[str]]:
     return keywords, never
 
 
+def _prints_in_filter(tree: ast.AST) -> bool:
+    """Whether ``tree`` prints from inside an ``if`` that tests ``in`` within a loop (a
+    search whose hits are printed one by one: no output means no hit)."""
+    for loop in ast.walk(tree):
+        if not isinstance(loop, (ast.For, ast.While)):
+            continue
+        for node in ast.walk(loop):
+            tests_in = isinstance(node, ast.If) and any(
+                isinstance(c, ast.Compare) and any(isinstance(o, ast.In) for o in c.ops)
+                for c in ast.walk(node.test)
+            )
+            if tests_in and any(
+                isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id == "print"
+                for statement in node.body
+                for c in ast.walk(statement)
+            ):
+                return True
+    return False
+
+
+def _matched_nothing(tree: ast.AST, stdout: str) -> bool:
+    """Whether the output says the search found nothing: every printed line empty (at
+    most six), or no output at all from a search that prints its hits one by one."""
+    lines = [line.strip() for line in (stdout or "").splitlines() if line.strip()]
+    if not lines:
+        return _prints_in_filter(tree)
+    return len(lines) <= 6 and all(_EMPTY_LINE.fullmatch(line) for line in lines)
+
+
 def search_miss_note(code: str, stdout: str, error: str | None = None) -> str | None:
-    """A note for a block that searched and printed only empty results (``[]``, ``0``,
-    ``-1``, ``None``...), else None. Conservative: the code must search (see
-    :func:`_searches`), it must not have failed, and every printed line must be empty."""
-    if error or not stdout or not stdout.strip():
-        return None
-    lines = [line.strip() for line in stdout.strip().splitlines() if line.strip()]
-    if len(lines) > 6 or not all(_EMPTY_LINE.fullmatch(line) for line in lines):
+    """A note for a block that searched and found nothing (it printed only empty results,
+    ``[]``, ``0``, ``-1``, ``None``..., or nothing from a loop that prints its hits), or
+    that compares a keyword with capitals against lowercased text; else None.
+    Conservative: the code must search (see :func:`_searches`) and must not have failed."""
+    if error:
         return None
     try:
         tree = ast.parse(code)
@@ -157,25 +184,28 @@ def search_miss_note(code: str, stdout: str, error: str | None = None) -> str | 
     keywords, never = _searches(tree)
     if not keywords:
         return None
-    word = next((k for k in keywords if k.strip()), "keyword").strip()
-    short = word.lower()[:40]
-    if _IGNORING_CASE.search(code) and not never:
-        return (
-            "Note: the search matched nothing. Try a shorter keyword or another word from "
-            "the question, or print a sample of the context (print(context[:1000])) to see "
-            "how it is written."
-        )
-    note = (
-        "Note: the search matched nothing. Matching is exact, so spelling and case must "
-        f"agree. Try a case-insensitive search, e.g. [line for line in context.splitlines() "
-        f"if {short!r} in line.lower()], or a shorter keyword."
-    )
+    notes = []
+    if _matched_nothing(tree, stdout):
+        word = next((k for k in keywords if k.strip()), "keyword").strip().lower()[:40]
+        if _IGNORING_CASE.search(code) and not never:
+            notes.append(
+                "Note: the search matched nothing. Try a shorter keyword or another word from "
+                "the question, or print a sample of the context (print(context[:1000])) to "
+                "see how it is written."
+            )
+        else:
+            notes.append(
+                "Note: the search matched nothing. Matching is exact, so spelling and case "
+                "must agree. Try a case-insensitive search, e.g. [line for line in "
+                f"context.splitlines() if {word!r} in line.lower()], or a shorter keyword."
+            )
     if never:
-        note += (
-            f" {never[0][:40]!r} has capital letters but is compared with lowercased text "
-            f"(.lower()), so it can never match: write {never[0].lower()[:40]!r}."
+        notes.append(
+            f"{'' if notes else 'Note: '}{never[0][:40]!r} has capital letters but is compared "
+            f"with lowercased text (.lower()), so it can never match: write "
+            f"{never[0].lower()[:40]!r}."
         )
-    return note
+    return " ".join(notes) or None
 
 
 # ---------------------------------------------------------------------------
@@ -187,11 +217,18 @@ SEGMENT_CHARS = 32
 SEGMENTS = 12
 #: Outputs remembered as evidence (sub-call answers, REPL output), newest kept.
 MAX_EVIDENCE_CHARS = 2_000_000
+#: A context longer than this is not indexed: nothing can be told about it, so
+#: :meth:`TextIndex.holds` and :func:`grounded` say yes (no note, no check).
+MAX_INDEX_CHARS = 64_000_000
+
+
+_SPACES = re.compile(r"\s+")
 
 
 def normalise_text(text: str) -> str:
-    """Lowercase, whitespace runs as one space: what :class:`TextIndex` compares."""
-    return " ".join(text.lower().split())
+    """Lowercase, whitespace runs as one space: what :class:`TextIndex` compares (one
+    regular-expression pass, so a large context costs two copies of itself, not a word list)."""
+    return _SPACES.sub(" ", text.lower()).strip()
 
 
 def _leaves(value: Any, depth: int = 0) -> Iterator[str]:
@@ -231,11 +268,14 @@ class TextIndex:
         self._haystack: str | None = None
         self._evidence: list[str] = []
         self._evidence_chars = 0
+        self.too_large = False
 
     @property
     def haystack(self) -> str:
         if self._haystack is None:
-            self._haystack = normalise_text(text_of(self._context))
+            text = text_of(self._context)
+            self.too_large = len(text) > MAX_INDEX_CHARS
+            self._haystack = "" if self.too_large else normalise_text(text)
             self._context = None
         return self._haystack
 
@@ -257,6 +297,8 @@ class TextIndex:
         """Whether some segment of ``text`` occurs in the context, in the evidence or in
         ``extra`` (normalised texts). At most :data:`SEGMENTS` substring tests."""
         norm = normalise_text(text)
+        if self.haystack == "" and self.too_large:
+            return True
         if len(norm) <= SEGMENT_CHARS:
             return bool(norm) and norm not in self._question and self._found(norm, extra)
         last = len(norm) - SEGMENT_CHARS
@@ -266,12 +308,11 @@ class TextIndex:
         pieces = (norm[s : s + SEGMENT_CHARS] for s in starts)
         return any(p not in self._question and self._found(p, extra) for p in pieces)
 
-    def words(self, extra: Iterable[str] = ()) -> set[str]:
-        """The words (``\\w+``) of the context, the evidence and ``extra``."""
-        found = set(re.findall(r"\w+", self.haystack))
-        for text in (*self._evidence, *extra):
-            found.update(re.findall(r"\w+", text))
-        return found
+    def has_word(self, word: str, extra: Iterable[str] = ()) -> bool:
+        """Whether ``word`` (lowercase) stands as a whole word in the context, the evidence
+        or ``extra``: one regular-expression search of each."""
+        pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)")
+        return any(pattern.search(t) for t in (self.haystack, *self._evidence, *extra))
 
 
 def _preview(text: str, limit: int = 80) -> str:
@@ -309,17 +350,16 @@ def grounded(answer: str, index: TextIndex, extra: Iterable[str] = ()) -> bool:
     neither (``yes``, ``B``) cannot be judged and counts as found."""
     norm = normalise_text(answer)
     extra = [normalise_text(e) for e in extra if e]
-    if not norm or index._found(norm, extra):
+    if not norm or index._found(norm, extra) or index.too_large:
         return True
-    tokens = re.findall(r"\w+", norm)
+    tokens = list(dict.fromkeys(re.findall(r"\w+", norm)))[:24]
     numbers = [t for t in tokens if any(ch.isdigit() for ch in t)]
     words = [t for t in tokens if not any(ch.isdigit() for ch in t) and len(t) >= 4]
     if not numbers and not words:
         return True
-    vocabulary = index.words(extra)
-    if any(n not in vocabulary for n in numbers):
+    if not all(index.has_word(n, extra) for n in numbers):
         return False
-    return not words or 2 * sum(w in vocabulary for w in words) >= len(words)
+    return not words or 2 * sum(index.has_word(w, extra) for w in words) >= len(words)
 
 
 def unverified_answer_prompt(answer: str) -> dict[str, str]:
