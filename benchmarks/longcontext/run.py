@@ -33,7 +33,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.longcontext import arms, oracle, report, tasks  # noqa: E402
-from benchmarks.longcontext.server import ServerError, Tokens, llama_server  # noqa: E402
+from benchmarks.longcontext.server import Tokens  # noqa: E402
+from rlm.local_server import LlamaServerError, llama_server  # noqa: E402
 
 DEFAULT_WINDOW = 8192  # the embedded model's n_ctx (rlm/clients/llama_cpp.py)
 CALIBRATION_CHARS = 16000  # the sample a tokenizer measures characters per token on
@@ -270,7 +271,11 @@ def model_for(args: argparse.Namespace, out: Path, start: bool) -> Iterator[arms
     from rlm.clients.llama_cpp import model_name_from_path
 
     with llama_server(
-        path, out / "llama-server.log", args.window, args.threads, args.server_arg
+        path,
+        args.window,
+        args.threads,
+        log_path=out / "llama-server.log",
+        extra_args=args.server_arg,
     ) as url:
         kwargs = {
             "model_name": model_name_from_path(path),
@@ -429,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(check(args))
     except UsageError as exc:
         p.error(str(exc))  # exits with status 2
-    except ServerError as exc:
+    except LlamaServerError as exc:
         print(f"run.py: {exc}", file=sys.stderr)
     return 1
 

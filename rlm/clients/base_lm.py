@@ -643,6 +643,7 @@ class SDKClients:
         self._lock = threading.Lock()
 
     def get_sync(self) -> Any:
+        """The SDK's sync client, built on first use (one per instance)."""
         if self.sync is None:
             with self._lock:
                 if self.sync is None:
@@ -650,6 +651,8 @@ class SDKClients:
         return self.sync
 
     def get_async(self) -> Any:
+        """The async client the user assigned, else one built per running event loop
+        (an async SDK client is bound to the loop it was made on)."""
         try:
             loop_id: int | None = id(asyncio.get_running_loop())
         except RuntimeError:
@@ -661,6 +664,7 @@ class SDKClients:
         return client
 
     def close(self) -> None:
+        """Close the sync client and forget the async ones (built again when needed)."""
         sync, self.sync = self.sync, None
         if sync is not None and hasattr(sync, "close"):
             sync.close()
