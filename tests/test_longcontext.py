@@ -280,6 +280,9 @@ def test_the_oracle_grid_scores_one_through_the_runner_and_resumes(tmp_path):
         (["--arms", "rlms"], "--oracle cannot drive the rlms arm"),
         (["--model", "gpt-4o"], "--oracle uses its scripted model"),
         (["--max-iterations", "0"], "--max-iterations must be >= 1"),
+        (["--min-score", "rlm"], "--min-score wants ARM=SCORE with ARM one of ['direct', 'rlm']"),
+        (["--min-score", "rlm=high"], "--min-score 'rlm=high': 'high' is not a number"),
+        (["--min-score", "rlm=2"], "scores run from 0 to 1"),
     ],
 )
 def test_a_bad_argument_is_refused_with_a_clear_message(argv, message, capsys, tmp_path):
@@ -287,6 +290,16 @@ def test_a_bad_argument_is_refused_with_a_clear_message(argv, message, capsys, t
         run.main(["--oracle", "--out", str(tmp_path), *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_min_score_fails_the_run_on_a_cell_below_it(tmp_path):
+    grid = ["--oracle", "--families", "multihop", "--sizes", "4", "--seeds", "0"]
+    passed = _run(*grid, "--min-score", "rlm=1", "--out", str(tmp_path / "a"))
+    assert passed.returncode == 0, passed.stderr[-3000:]
+    # The direct arm sees only the window, so the 4x two-hop question is lost.
+    missed = _run(*grid, "--min-score", "direct=1", "--out", str(tmp_path / "b"))
+    assert missed.returncode == 3, missed.stderr[-3000:]
+    assert "below --min-score: multihop 4x direct: score 0.00 < 1" in missed.stderr
 
 
 def test_the_output_folder_is_required(capsys):

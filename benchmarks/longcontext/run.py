@@ -101,6 +101,14 @@ def parser() -> argparse.ArgumentParser:
         "--retry-failed", action="store_true", help="run the tasks that failed before again"
     )
     p.add_argument("--oracle", action="store_true", help="a scripted model that solves every task")
+    p.add_argument(
+        "--min-score",
+        action="append",
+        default=[],
+        metavar="ARM=SCORE",
+        help="exit with status 3 when a cell of ARM scores below SCORE, or has a failure "
+        "(repeatable; CI uses rlm=1 with --oracle)",
+    )
     p.add_argument("--backend", help="another provider's backend name (e.g. openai, vllm)")
     p.add_argument("--model", help="its model name")
     p.add_argument("--base-url", help="its base URL (an OpenAI-compatible server)")
@@ -138,6 +146,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _min_scores(values: list[str], chosen: list[str]) -> dict[str, float]:
+    """``--min-score ARM=SCORE`` values as {arm: score}, each arm one that runs."""
+    out: dict[str, float] = {}
+    for value in values:
+        arm, sep, score = value.partition("=")
+        if not sep or arm not in chosen:
+            raise UsageError(f"--min-score wants ARM=SCORE with ARM one of {chosen}, got {value!r}")
+        try:
+            out[arm] = float(score)
+        except ValueError:
+            raise UsageError(f"--min-score {value!r}: {score!r} is not a number") from None
+        if not 0 <= out[arm] <= 1:
+            raise UsageError(f"--min-score {value!r}: scores run from 0 to 1")
+    return out
+
+
+def _below(table: list[report.Row], minimum: dict[str, float]) -> list[str]:
+    """The cells that miss ``--min-score``: a lower mean score, or a failed task."""
+    return [
+        f"{row.family} {row.size:g}x {row.arm}: score {row.score:.2f} < {minimum[row.arm]:g}"
+        if row.score < minimum[row.arm]
+        else f"{row.family} {row.size:g}x {row.arm}: {row.failures} failed task(s)"
+        for row in table
+        if row.arm in minimum and (row.score < minimum[row.arm] or row.failures)
+    ]
+
+
 def check(args: argparse.Namespace) -> argparse.Namespace:
     """Turn the comma lists into lists and refuse wrong combinations (UsageError)."""
     args.families = _choices(args.families, tasks.FAMILIES, "family")
@@ -173,6 +208,7 @@ def check(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(
             f"the rlms arm needs --rlms-python PATH or RLM_RLMS_PYTHON; make one: {RLMS_HINT}"
         )
+    args.min_score = _min_scores(args.min_score, args.arms)
     smallest = min(args.sizes) * args.window * args.chars_per_token
     if smallest < 2000:
         raise UsageError(
@@ -424,7 +460,10 @@ def run(args: argparse.Namespace) -> int:
         f"results: {out / 'results.md'}, {out / 'results.json'}; wall time {wall:.1f} s",
         file=sys.stderr,
     )
-    return 0
+    missed = _below(table, args.min_score)
+    for line in missed:
+        print(f"run.py: below --min-score: {line}", file=sys.stderr)
+    return 3 if missed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
