@@ -18,11 +18,11 @@ What applies to a run is decided once, when its clients are known (:meth:`Turns.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rlm.clients.base_lm import to_messages
+from rlm.comms import workers
 from rlm.core import ledger
 from rlm.core.run import Run
 from rlm.datatypes import RLMChatCompletion, RLMIteration
@@ -114,33 +114,29 @@ class Turns:
     ) -> str:
         """One root-model call (streamed when a subscriber wants tokens), abandoned if it
         outlives ``max_timeout`` (TimeoutExceededError) or the run is cancelled meanwhile."""
-        box: dict[str, Any] = {}
-        done = threading.Event()
         on_token = run.on_token()
 
-        def call() -> None:
-            try:
-                if stop:
-                    record = handler.completion_record(messages, on_token=on_token, stop=stop)
-                else:  # as rlms-era handlers are called
-                    record = handler.completion_record(messages, on_token=on_token)
-                box["text"] = self._measured(run, messages, record)
-            except BaseException as exc:  # re-raised in the caller's thread
-                box["error"] = exc
-            finally:
-                done.set()
+        def call() -> str:
+            if stop:
+                record = handler.completion_record(messages, on_token=on_token, stop=stop)
+            else:  # as rlms-era handlers are called
+                record = handler.completion_record(messages, on_token=on_token)
+            return self._measured(run, messages, record)
 
-        threading.Thread(target=call, name="rlm-root-call", daemon=True).start()
-        while not done.wait(
-            _ROOT_WAIT_SLICE
-            if run.deadline is None
-            else max(0.0, min(_ROOT_WAIT_SLICE, run.remaining() or 0.0))
-        ):
+        # On a reused worker thread (rlm.comms.workers), so that this thread can give up.
+        future = workers.submit(call)
+        while True:
+            try:
+                return future.result(
+                    _ROOT_WAIT_SLICE
+                    if run.deadline is None
+                    else max(0.0, min(_ROOT_WAIT_SLICE, run.remaining() or 0.0))
+                )
+            except TimeoutError:
+                if future.done():
+                    raise  # the call's own TimeoutError
             # Raises once past the deadline or cancelled; otherwise keep waiting.
             ledger.check_time(run, "while waiting for the root model")
-        if "error" in box:
-            raise box["error"]
-        return box["text"]
 
     @staticmethod
     def _measured(run: Run, messages: list[dict[str, Any]], record: RLMChatCompletion) -> str:
