@@ -270,6 +270,77 @@ def test_interrupt_from_another_thread_stops_the_running_cell(repl):
         env.cleanup()
 
 
+def _cell_thread(env: LocalREPL) -> threading.Thread:
+    """The thread the next cell of ``env`` runs on (found by the ident the cell reports)."""
+    env.execute_code("import threading as _t\n_ident = _t.get_ident()")
+    ident = env.globals["_ident"]
+    return next(t for t in threading.enumerate() if t.ident == ident)
+
+
+def test_cells_run_on_one_thread_per_repl_that_cleanup_ends():
+    env = LocalREPL(cell_timeout=30)
+    other = LocalREPL(cell_timeout=30)
+    try:
+        thread = _cell_thread(env)
+        assert thread is not threading.current_thread() and thread.name == "rlm-cell"
+        for _ in range(5):
+            assert _cell_thread(env) is thread
+        assert _cell_thread(other) is not thread  # one per environment
+    finally:
+        env.cleanup()
+        other.cleanup()
+    assert not thread.is_alive()  # cleanup joins it: no thread is left behind
+
+
+def test_an_engine_dropped_without_close_ends_its_thread():
+    from rlm.environments.repl_core import ReplCore
+
+    core = ReplCore()
+    core.run_cell("import threading as _t\n_ident = _t.get_ident()")
+    ident = core.ns["_ident"]
+    thread = next(t for t in threading.enumerate() if t.ident == ident)
+    del core
+    gc.collect()
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_a_cell_stopped_at_its_limit_leaves_its_thread_to_the_next_cells(repl):
+    thread = _cell_thread(repl)
+    # The cell catches the first interruption and ends: later ones must not reach the
+    # cells that follow on the same thread.
+    code = "try:\n    while True:\n        pass\nexcept BaseException:\n    caught = True\n"
+    result = repl.execute_code(code + "tail = sum(range(1000))", timeout=0.3)
+    assert result.error is not None and "TimeoutError" in result.error
+    assert "was stopped" in result.error
+    for i in range(50):
+        follow = repl.execute_code(f"n = {i}\nprint(n)")
+        assert follow.error is None and follow.stdout == f"{i}\n"
+    assert _cell_thread(repl) is thread
+
+
+def test_a_cell_that_did_not_stop_keeps_its_thread_and_the_next_cell_gets_a_new_one():
+    gate = threading.Lock()
+    gate.acquire()
+    env = LocalREPL(custom_tools={"gate": gate}, cell_timeout=30)
+    try:
+        first = _cell_thread(env)
+        # Lock.acquire() waits in C: the interruption cannot land until it returns.
+        result = env.execute_code("gate.acquire()\nprint('late')\nreached = True", timeout=0.2)
+        assert "did not stop" in result.error
+        second = _cell_thread(env)
+        assert second is not first and first.is_alive()
+        gate.release()  # the abandoned cell ends (interrupted), then its thread
+        first.join(30)
+        assert not first.is_alive()
+        assert "reached" not in env.locals  # the pending interruption stopped it
+        assert env.execute_code("print('on')").stdout == "on\n"
+        assert _cell_thread(env) is second
+    finally:
+        env.cleanup()
+    assert not second.is_alive()
+
+
 @pytest.mark.parametrize(
     "code, expected",
     [

@@ -453,6 +453,7 @@ class LocalREPL(ReplHost, NonIsolatedEnv):
         self._closed = True
         core = getattr(self, "_core", None)  # None when setup() failed
         if core is not None:
+            core.close()  # its cell thread ends
             core.ns.clear()
             core.fixed.clear()
         shutil.rmtree(self._temp_dir, ignore_errors=True)

@@ -10,10 +10,11 @@ there. It provides:
 * output capture that is per REPL and per thread (a process-wide router on
   ``sys.stdout``/``sys.stderr`` plus a namespace-local ``print``), bounded in
   memory (the first ``max_output_chars`` are kept and the cut is announced);
-* a per-cell time limit: the cell runs in its own thread, the caller waits at
-  most ``timeout`` seconds, the cell is interrupted by an asynchronous
-  exception and, if it sits in native code, abandoned so the caller is never
-  held;
+* a per-cell time limit: cells run on the REPL's one cell thread (started at
+  the first cell, stopped by :meth:`ReplCore.close`), the caller waits at most
+  ``timeout`` seconds, the cell is interrupted by an asynchronous exception
+  and, if it sits in native code, abandoned with its thread (the next cell
+  gets a fresh one) so the caller is never held;
 * the final-answer protocols: ``answer["content"]``/``answer["ready"]``
   (also ``answer.update(...)`` and rebinding ``answer`` to a dict), ``FINAL_VAR``
   and ``FINAL`` called in code (``FINAL_VAR`` wins over ``FINAL``); ``answer``
@@ -34,11 +35,13 @@ import functools
 import io
 import linecache
 import os
+import queue
 import sys
 import textwrap
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -274,26 +277,152 @@ def leave_workdir(token: object) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Thread interruption
+# The cell thread
 # ---------------------------------------------------------------------------
 
+# A job's states; changed only with its executor's lock held.
+_PENDING, _RUNNING, _FINISHED, _CANCELLED = range(4)
 
-def _raise_in_thread(thread: threading.Thread, exc_type: type[BaseException]) -> None:
-    ident = thread.ident
-    if ident is None or not thread.is_alive():
-        return
+
+def _raise_in(ident: int, exc_type: type[BaseException]) -> None:
+    """Raise ``exc_type`` in thread ``ident`` at its next check for pending events."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
 
 
-def _stop_thread(
-    thread: threading.Thread, done: threading.Event, exc_type: type[BaseException]
-) -> bool:
-    """Interrupt ``thread`` repeatedly for a short grace period. True if it stopped."""
-    deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
-    while not done.is_set() and time.monotonic() < deadline:
-        _raise_in_thread(thread, exc_type)
-        done.wait(0.05)
-    return done.is_set()
+def _checkpoint() -> None:
+    """Nothing; a call to it is where Python delivers an exception pending for this thread.
+    (Clearing one with ``PyThreadState_SetAsyncExc(id, NULL)`` would leave the
+    interpreter's eval breaker set for good on 3.11: every thread slows down.)"""
+
+
+_latch_guard = threading.Lock()
+
+
+class _Latch:
+    """A one-shot event (``set``, ``is_set``, ``wait``) on one raw lock: a cell's hand-off
+    costs less than with ``threading.Event``, whose every wait allocates a lock."""
+
+    __slots__ = ("_lock", "fired")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.fired = False
+
+    def set(self) -> None:
+        with _latch_guard:  # set() may come from two threads (a cell's end, interrupt())
+            if self.fired:
+                return
+            self.fired = True
+        self._lock.release()
+
+    def is_set(self) -> bool:
+        return self.fired
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once set; False when ``timeout`` seconds passed first (Ctrl-C interrupts)."""
+        if self.fired:
+            return True
+        if timeout is None or timeout > threading.TIMEOUT_MAX:
+            got = self._lock.acquire()
+        elif timeout > 0:
+            got = self._lock.acquire(True, timeout)
+        else:
+            got = self._lock.acquire(False)
+        if got:
+            self._lock.release()  # stays set for every later wait
+        return got or self.fired
+
+
+class _Job:
+    """One cell handed to an executor: what to run and the latches its caller waits on
+    (``done``: the cell's code is over; ``wake``: that, or the caller was interrupted)."""
+
+    __slots__ = ("run", "done", "wake", "state")
+
+    def __init__(self, run: Callable[[], None]):
+        self.run: Callable[[], None] | None = run
+        self.done = _Latch()
+        self.wake = _Latch()
+        self.state = _PENDING
+
+
+class _CellThread:
+    """The one long-lived thread that runs a :class:`ReplCore`'s cells, one job at a time.
+
+    Interruptions are asynchronous exceptions, raised only while a job's code runs (its
+    state is ``_RUNNING``, under ``_lock``). When the code is over the state becomes
+    ``_FINISHED`` under the same lock, and an exception still pending for the thread is
+    taken at a :func:`_checkpoint` inside a ``try``: a late interruption never lands in
+    the next cell nor ends the thread. A job interrupted before it started is cancelled.
+    The thread holds no reference to the core between jobs.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._serve, name="rlm-cell", daemon=True)
+
+    def submit(self, job: _Job) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        """Exit after the job that runs now, if any (safe to call twice)."""
+        self._jobs.put(None)
+
+    def _serve(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            while not job.wake.is_set():
+                try:
+                    self._run(job)  # again after a stray interruption: the code runs once
+                except BaseException:
+                    pass
+            job = None  # nothing of the cell (nor its core) is held while idle
+
+    def _run(self, job: _Job) -> None:
+        with self._lock:
+            start = job.state == _PENDING
+            if start:
+                job.state = _RUNNING
+        if start:
+            try:
+                job.run()  # type: ignore[misc]
+            except BaseException:  # an interruption landing in the engine's own lines
+                pass
+        job.run = None
+        with self._lock:
+            if job.state == _RUNNING:
+                job.state = _FINISHED
+        try:
+            _checkpoint()  # none can be raised from now on; a pending one lands here
+        except BaseException:
+            pass
+        _capture.out = _capture.err = None
+        job.done.set()  # before wake: the caller reads wake without done as interrupt()
+        job.wake.set()
+
+    def interrupt(self, job: _Job, exc_type: type[BaseException]) -> None:
+        """Raise ``exc_type`` in ``job``'s code if it runs now; cancel it if not started."""
+        with self._lock:
+            if job.state == _PENDING:
+                job.state = _CANCELLED
+            elif job.state == _RUNNING and self.thread.ident is not None:
+                _raise_in(self.thread.ident, exc_type)
+
+    def stop_job(self, job: _Job, exc_type: type[BaseException]) -> bool:
+        """Interrupt ``job`` repeatedly for a short grace period. True if it stopped (or
+        never started)."""
+        deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
+        while not job.done.is_set() and time.monotonic() < deadline:
+            self.interrupt(job, exc_type)
+            if job.state == _CANCELLED:
+                return True
+            job.done.wait(0.05)
+        return job.done.is_set() or job.state == _CANCELLED
 
 
 # ---------------------------------------------------------------------------
@@ -529,7 +658,11 @@ class ReplCore:
         self._pending_final: tuple[str, str] | None = None  # (kind, text)
         self._answer_at_end: dict[str, Any] | None = None  # the answer dict as a cell left it
         # Set when the running cell ends or is interrupted; None between cells.
-        self._wake: threading.Event | None = None
+        self._wake: _Latch | None = None
+        self._executor: _CellThread | None = None  # the cell thread, from the first cell on
+        self._finalizer: Any = None
+        self._abandoned: list[threading.Thread] = []  # threads of cells that did not stop
+        self._closed = False
         self.fixed: dict[str, Any] = {}  # names restored after every cell (context, history...)
         self._builtins_table = self._builtins()
         self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": self._builtins_table}
@@ -732,37 +865,34 @@ class ReplCore:
         return compile(tree, filename, "exec"), last_expr
 
     def _execute(
-        self, code: str, outcome: CellOutcome, done: threading.Event, wake: threading.Event
+        self, code: str, outcome: CellOutcome, out: BoundedBuffer, err: BoundedBuffer
     ) -> None:
-        _capture.out, _capture.err = self._out, self._err
+        _capture.out, _capture.err = out, err
         start = time.perf_counter()
         try:
             try:
                 body, last_expr = self._compile(code)
             except SyntaxError as exc:
                 outcome.error = f"SyntaxError: {exc.msg} (line {exc.lineno})"
-                self._err.write(format_exception(exc, skip_frames=99))  # type: ignore[union-attr]
+                err.write(format_exception(exc, skip_frames=99))
                 return
             exec(body, self.ns)
             if last_expr is not None:
                 value = eval(last_expr, self.ns)
                 if value is not None:
-                    self._out.write(bounded_repr(value) + "\n")  # type: ignore[union-attr]
+                    out.write(bounded_repr(value) + "\n")
         except CellTimeout:
             outcome.timed_out = True
         except CellInterrupted:
             outcome.error = "Interrupted"
         except SystemExit as exc:
             outcome.error = f"SystemExit: {exc.code!r} (exiting is not allowed in the REPL; the REPL keeps running)"
-            self._err.write(outcome.error + "\n")  # type: ignore[union-attr]
+            err.write(outcome.error + "\n")
         except BaseException as exc:  # model code may raise anything, KeyboardInterrupt included
             outcome.error = f"{type(exc).__name__}: {exc}"
-            self._err.write(format_exception(exc))  # type: ignore[union-attr]
+            err.write(format_exception(exc))
         finally:
             outcome.execution_time = time.perf_counter() - start
-            _capture.out = _capture.err = None
-            done.set()
-            wake.set()
 
     def interrupt(self) -> None:
         """Stop the cell that is running now (from any thread; returns at once).
@@ -774,47 +904,82 @@ class ReplCore:
         if wake is not None:
             wake.set()
 
+    # -- the cell thread ----------------------------------------------------------
+
+    def _cell_thread(self) -> _CellThread:
+        """This core's cell thread, started at its first cell (and again after a cell it
+        could not stop took the last one)."""
+        executor = self._executor
+        if executor is None:
+            if self._closed:
+                raise RuntimeError("this REPL engine was closed")
+            executor = self._executor = _CellThread()
+            # A core dropped without close() still ends its thread.
+            self._finalizer = weakref.finalize(self, executor.stop)
+            executor.thread.start()
+        return executor
+
+    def _retire(self, executor: _CellThread) -> None:
+        """``executor`` is held by a cell that did not stop: it exits when (if ever) that
+        cell ends, and the next cell gets a fresh thread."""
+        if self._executor is executor:
+            self._executor = None
+            self._finalizer.detach()
+        executor.stop()
+        self._abandoned.append(executor.thread)
+
+    def cell_still_running(self, wait: float = 0.1) -> bool:
+        """True when a cell that could not be stopped still runs (it caught the
+        interruption, or sits in native code); each is given ``wait`` seconds to end."""
+        alive = []
+        for thread in self._abandoned:
+            thread.join(wait)
+            if thread.is_alive():
+                alive.append(thread)
+        self._abandoned = alive
+        return bool(alive)
+
+    def close(self, wait: float = 5.0) -> None:
+        """Stop the cell thread (an idle one is joined, up to ``wait`` seconds); safe to call
+        twice. A cell run after this raises ``RuntimeError``."""
+        self._closed = True
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        self._finalizer.detach()
+        executor.stop()
+        if executor.thread is not threading.current_thread() and not self._cell_lock.locked():
+            executor.thread.join(wait)
+
+    # -- running cells -------------------------------------------------------------
+
     def run_cell(self, code: str, timeout: float | None = None) -> CellOutcome:
         """Run ``code``; return at most ``timeout`` (+ a short grace) seconds later.
 
         Raises ``KeyboardInterrupt`` to the caller if the caller is interrupted while
         waiting (the cell is stopped first). Nothing the cell does escapes.
         """
-        outcome = CellOutcome()
-        done = threading.Event()
-        wake = threading.Event()
         with self._cell_lock:
             workdir = enter_workdir(self.workdir) if self.workdir else None
             try:
-                return self._run_locked(code, timeout, outcome, done, wake)
+                return self._run_locked(code, timeout)
             finally:
                 if workdir is not None:
                     leave_workdir(workdir)
 
-    def _run_locked(
-        self,
-        code: str,
-        timeout: float | None,
-        outcome: CellOutcome,
-        done: threading.Event,
-        wake: threading.Event,
-    ) -> CellOutcome:
-        self._out = BoundedBuffer(self.max_output_chars)
-        self._err = BoundedBuffer(self.max_output_chars)
-        out, err = self._out, self._err
-        thread = threading.Thread(
-            target=self._execute,
-            args=(code, outcome, done, wake),
-            name="rlm-cell",
-            daemon=True,
-        )
-        self._wake = wake
+    def _run_locked(self, code: str, timeout: float | None) -> CellOutcome:
+        executor = self._cell_thread()
+        outcome = CellOutcome()
+        self._out = out = BoundedBuffer(self.max_output_chars)
+        self._err = err = BoundedBuffer(self.max_output_chars)
+        job = _Job(functools.partial(self._execute, code, outcome, out, err))
+        self._wake = job.wake
         # The routers stand in for sys.stdout/sys.stderr while this call runs. A cell
         # abandoned at its limit keeps sending print() to its discarded buffers, but what
         # it writes to sys.stdout directly after that reaches the real stream.
         _acquire_router()
         try:
-            return self._wait_cell(timeout, outcome, done, wake, thread, out, err)
+            return self._wait_cell(timeout, outcome, job, executor, out, err)
         finally:
             _release_router()
 
@@ -822,25 +987,25 @@ class ReplCore:
         self,
         timeout: float | None,
         outcome: CellOutcome,
-        done: threading.Event,
-        wake: threading.Event,
-        thread: threading.Thread,
+        job: _Job,
+        executor: _CellThread,
         out: BoundedBuffer,
         err: BoundedBuffer,
     ) -> CellOutcome:
         start = time.perf_counter()
         try:
-            # start() is inside the try: a Ctrl-C landing while the thread starts
-            # must stop the cell too, or it would run on (and hold the GIL) forever.
-            thread.start()
-            finished = wake.wait(timeout)
+            # submit() is inside the try: a Ctrl-C landing right after it must stop the
+            # cell too, or it would run on (and hold the GIL) forever.
+            executor.submit(job)
+            finished = job.wake.wait(timeout)
         except BaseException:
-            _stop_thread(thread, done, CellInterrupted)
+            if not executor.stop_job(job, CellInterrupted):
+                self._retire(executor)
             self._out = self._err = self._wake = None
             raise
         self._wake = None
-        if finished and not done.is_set():  # interrupt() was called
-            stopped = _stop_thread(thread, done, CellInterrupted)
+        if finished and not job.done.is_set():  # interrupt() was called
+            stopped = executor.stop_job(job, CellInterrupted)
             note = (
                 "Interrupted: the cell was stopped because the run was cancelled."
                 if stopped
@@ -852,7 +1017,7 @@ class ReplCore:
             outcome.error = note
             outcome.execution_time = time.perf_counter() - start
         elif not finished:
-            stopped = _stop_thread(thread, done, CellTimeout)
+            stopped = executor.stop_job(job, CellTimeout)
             outcome.timed_out = True
             note = (
                 f"TimeoutError: the cell ran longer than its limit of {timeout:g} s and was stopped."
@@ -864,6 +1029,10 @@ class ReplCore:
             err.write(note + "\n")
             outcome.error = note
             outcome.execution_time = time.perf_counter() - start
+        else:
+            stopped = True
+        if not stopped:
+            self._retire(executor)
         self._out = self._err = None
         outcome.stdout = out.getvalue()
         outcome.stderr = err.getvalue()

@@ -124,17 +124,6 @@ def interruptible_sleep(real: Callable[[float], None]) -> Callable[[Any], None]:
     return sleep
 
 
-def _cell_still_running() -> bool:
-    """True when a stopped cell's thread lives on (it caught the interruption, or sits in
-    native code): the host then kills and restarts this worker."""
-    for thread in threading.enumerate():
-        if thread.name == "rlm-cell" and thread is not threading.current_thread():
-            thread.join(0.1)  # a cell that was stopped is finishing its last lines
-            if thread.is_alive():
-                return True
-    return False
-
-
 class IPythonCells:
     """IPython syntax for a ``ReplCore``: magics (``%time``, ``%%writefile``...), ``!cmd``
     and ``obj?``, translated by IPython's own input transformer into plain Python that the
@@ -349,7 +338,7 @@ class Worker:
             "execution_time": outcome.execution_time,
             "timed_out": outcome.timed_out,
             "abandoned": (outcome.timed_out or str(outcome.error).startswith("Interrupted"))
-            and _cell_still_running(),
+            and self.core.cell_still_running(),
             "locals": {k: repl_core.loggable(v) for k, v in self.core.cell_locals().items()},
         }
 
