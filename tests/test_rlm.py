@@ -866,3 +866,22 @@ def test_final_in_a_block_yields_to_a_later_final_var_block_of_the_same_response
     assert rlm.completion("c").response == "strong"
     alone = make_rlm([block('FINAL("only")'), "never"])
     assert alone.completion("c").response == "only"
+
+
+def test_acompletion_is_not_capped_by_the_default_executor():
+    """More acompletion() calls than asyncio's default executor has threads (at most 32)
+    all run at once: each root model waits until every one of them has started."""
+    count = 34
+    everyone = threading.Barrier(count)
+
+    def root(messages):
+        everyone.wait(60)  # BrokenBarrierError if fewer than `count` ran at once
+        return block('answer["content"] = str(context)\nanswer["ready"] = True')
+
+    rlms = [make_rlm(root) for _ in range(count)]
+
+    async def main():
+        return await asyncio.gather(*(r.acompletion(f"item-{i}") for i, r in enumerate(rlms)))
+
+    results = asyncio.run(main())
+    assert [r.response for r in results] == [f"item-{i}" for i in range(count)]

@@ -2,18 +2,21 @@
 ``astream`` (each with an optional ``response_format``), and rlms' private seams.
 
 :class:`CompletionAPI` is a base class of :class:`rlm.core.rlm.RLM`; each entry point
-starts a run and hands it to the loop (``RLM._completion``), in this thread, in a worker
-thread (``acompletion``), or in a thread whose events feed an iterator (``stream``).
+starts a run and hands it to the loop (``RLM._completion``), in this thread, on a worker
+thread (``acompletion``; :mod:`rlm.comms.workers`), or on a worker thread whose events feed
+an iterator (``stream``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import queue
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent import futures
+from concurrent.futures import Future
 from typing import Any, TypeVar, overload
 
+from rlm.comms import workers
 from rlm.core import events as ev
 from rlm.core import ledger
 from rlm.core.run import Run
@@ -198,15 +201,22 @@ class CompletionAPI:
         structured = self._structured(response_format, response_format_retries)
         run = self._new_run()
         self._completion_start_time = run.start
-        task = asyncio.ensure_future(
-            asyncio.to_thread(self._completion, prompt, root_prompt, run, structured=structured)
+        # On a reused worker thread, not the event loop's default executor (whose
+        # min(32, CPUs + 4) threads would cap how many completions run at once).
+        done = workers.submit(
+            lambda: self._completion(prompt, root_prompt, run, structured=structured),
+            copy_context=True,
         )
+        task = asyncio.wrap_future(done)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             run.cancel()
             # The run ends with CancellationError in its thread; nobody awaits it any more.
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            # asyncio.run() still returns only once the run has ended, as it did when the run
+            # was on the default executor: one of its threads waits for it (cancelled runs).
+            asyncio.get_running_loop().run_in_executor(None, futures.wait, [done])
             raise
 
     def stream(
@@ -225,7 +235,7 @@ class CompletionAPI:
         ``completion()``."""
         structured = self._structured(response_format, response_format_retries)
         events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        run, thread, outcome = self._start_streamed(prompt, root_prompt, events.put, structured)
+        run, done = self._start_streamed(prompt, root_prompt, events.put, structured)
         try:
             while True:
                 item = events.get()
@@ -233,11 +243,9 @@ class CompletionAPI:
                     break
                 yield item
         finally:
-            if thread.is_alive():
+            if not done.done():
                 run.cancel()
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
+        done.result()  # the run's exception, if it raised
 
     async def astream(
         self,
@@ -255,7 +263,7 @@ class CompletionAPI:
         def put(item: Any) -> None:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
-        run, thread, outcome = self._start_streamed(prompt, root_prompt, put, structured)
+        run, done = self._start_streamed(prompt, root_prompt, put, structured)
         try:
             while True:
                 item = await events.get()
@@ -263,11 +271,9 @@ class CompletionAPI:
                     break
                 yield item
         finally:
-            if thread.is_alive():
+            if not done.done():
                 run.cancel()
-        await asyncio.to_thread(thread.join)
-        if "error" in outcome:
-            raise outcome["error"]
+        await asyncio.wrap_future(done)  # the run's exception, if it raised
 
     def _start_streamed(
         self,
@@ -275,26 +281,20 @@ class CompletionAPI:
         root_prompt: str | None,
         put: Callable[[Any], None],
         structured: StructuredAnswer | None = None,
-    ) -> tuple[Run, threading.Thread, dict[str, Any]]:
-        """Start a run in a thread whose every event (and then ``_END``) goes to ``put``."""
+    ) -> tuple[Run, Future[RLMChatCompletion]]:
+        """Start a run on a worker thread whose every event (and then ``_END``) goes to
+        ``put``; the future is done (with the result or the run's exception) after ``_END``."""
         run = self._new_run()
         run.tree.subscribers.append(_QueueSubscriber(put))
         self._completion_start_time = run.start
-        outcome: dict[str, Any] = {}
 
-        def work() -> None:
+        def work() -> RLMChatCompletion:
             try:
-                outcome["result"] = self._completion(
-                    prompt, root_prompt, run, structured=structured
-                )
-            except BaseException as exc:
-                outcome["error"] = exc
+                return self._completion(prompt, root_prompt, run, structured=structured)
             finally:
                 put(_END)
 
-        thread = threading.Thread(target=work, name="rlm-stream", daemon=True)
-        thread.start()
-        return run, thread, outcome
+        return run, workers.submit(work, copy_context=True)
 
     def _structured(
         self, response_format: ResponseFormat, retries: int | None

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rlm.batch.items import BatchItem, config_of, item_config, read_items
+from rlm.comms.workers import in_worker
 from rlm.datatypes import cost_text
 
 #: Items run at once by default.
@@ -347,15 +348,8 @@ async def abatch(
         if engine == "ray":
             from rlm.batch.ray_engine import run_on_ray
 
-            await asyncio.to_thread(
-                run_on_ray,
-                base,
-                runnable,
-                base_dir,
-                finish,
-                concurrency,
-                ray_address,
-                ray_options,
+            await in_worker(
+                run_on_ray, base, runnable, base_dir, finish, concurrency, ray_address, ray_options
             )
         else:
             await _run_local(base, runnable, base_dir, finish, concurrency)
@@ -377,7 +371,7 @@ async def _run_local(
     async def worker() -> None:
         for item in queue:  # each worker pulls the next item: at most `concurrency` at once
             try:
-                payload = await asyncio.to_thread(item.to_payload, base_dir)
+                payload = await in_worker(item.to_payload, base_dir)
             except OSError as exc:
                 finish(_record(item.id, error=f"cannot read context_file: {exc}"))
                 continue

@@ -7,13 +7,16 @@ until it returns and never delays anyone else's call. A thread idle for
 :data:`IDLE_SECONDS` ends, so a quiet process holds none.
 
 The loop's root-model calls (so that a run can abandon one at ``max_timeout`` or on
-cancellation), ``acompletion()`` and ``stream()`` run here: a tree of runs and many
+cancellation), ``acompletion()`` and ``stream()`` run here (:func:`in_worker` is ``asyncio.to_thread``
+without the cap of the event loop's default executor, ``min(32, CPUs + 4)`` threads): a tree of runs and many
 concurrent completions reuse the same few threads instead of starting one per call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import functools
 import queue
 import threading
 from collections.abc import Callable
@@ -113,3 +116,11 @@ workers = Workers()
 def submit(fn: Callable[[], T], copy_context: bool = False) -> Future[T]:
     """``fn()`` on the process-wide pool (see :class:`Workers`)."""
     return workers.submit(fn, copy_context)
+
+
+def in_worker(fn: Callable[..., T], /, *args: Any) -> asyncio.Future[T]:
+    """``await in_worker(fn, *args)``: ``fn(*args)`` on the process-wide pool in a copy of
+    the caller's context, like ``asyncio.to_thread`` but never queued behind the default
+    executor's cap. Cancelling the awaiting task does not stop ``fn``. Call it in a running
+    event loop."""
+    return asyncio.wrap_future(submit(functools.partial(fn, *args), copy_context=True))
