@@ -302,6 +302,17 @@ def test_min_score_fails_the_run_on_a_cell_below_it(tmp_path):
     assert "below --min-score: multihop 4x direct: score 0.00 < 1" in missed.stderr
 
 
+def test_report_only_tables_what_the_folder_holds_and_runs_nothing(tmp_path):
+    out = str(tmp_path / "out")
+    first = _run("--oracle", "--families", "niah", "--sizes", "1", "--seeds", "0", "--out", out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    wider = ["--oracle", "--families", "niah", "--sizes", "1,4", "--seeds", "0,1", "--out", out]
+    table = _run(*wider, "--report-only")
+    assert table.returncode == 0, table.stderr[-3000:]
+    assert "[rlm] 0 of 4 tasks to run" in table.stderr and "score" not in table.stderr
+    assert table.stdout.count("| niah | 1x |") == 2 and "| niah | 4x |" not in table.stdout
+
+
 def test_the_output_folder_is_required(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run.main(["--oracle"])

@@ -102,6 +102,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--oracle", action="store_true", help="a scripted model that solves every task")
     p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="print the table of the tasks already in --out; run nothing",
+    )
+    p.add_argument(
         "--min-score",
         action="append",
         default=[],
@@ -391,6 +396,8 @@ def run(args: argparse.Namespace) -> int:
     tokens = tokens_for(args)
     prepared, specs = prepare(args, tokens, out)
     pending = {arm: _pending(arm, prepared, out, args.retry_failed) for arm in args.arms}
+    if args.report_only:  # the table of what the folder holds; nothing runs
+        pending = dict.fromkeys(args.arms, 0)
     settings = arms.Settings(
         args.max_iterations, args.timeout, args.concurrency, args.rlms_python, args.retry_failed
     )
