@@ -238,10 +238,11 @@ def test_idle_connection_is_closed_and_the_helpers_reconnect(make_handler):
     with connect(handler) as sock:
         send_json(sock, {"kind": "auth", "token": handler.token})
         assert closed_by_peer(sock)  # nothing more was sent: closed after the idle timeout
-    assert send_lm_request(handler.address, LMRequest(prompt="one")).success
+    # socket_request keeps its connection (send_lm_request in this process uses none).
+    assert socket_request(handler.address, {"prompt": "one"})["error"] is None
     assert wait_for(lambda: handler.stats["idle_closed"] >= 2)  # the pooled one timed out too
-    response = send_lm_request(handler.address, LMRequest(prompt="two"))
-    assert response.success and response.chat_completion.response == "sub:two"
+    response = socket_request(handler.address, {"prompt": "two"})
+    assert response["error"] is None and response["chat_completion"]["response"] == "sub:two"
 
 
 def test_connection_that_never_authenticates_is_closed(make_handler):

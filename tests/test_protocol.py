@@ -332,3 +332,98 @@ def test_helpers_keep_working_after_handler_restart_on_same_thread(scripted_hand
     )
     response = send_lm_request(first.address, LMRequest(prompt="c"), timeout=5)
     assert not response.success
+
+
+# ---------------------------------------------------------------------------
+# Requests to a handler of this process: no socket, the wire's semantics
+# ---------------------------------------------------------------------------
+
+
+def test_requests_within_the_process_open_no_connection(scripted_handler):
+    from rlm.comms import protocol
+
+    handler = scripted_handler()
+    response = send_lm_request(handler.address, LMRequest(prompt="hi", id=7))
+    assert response.success and response.chat_completion.response == "sub:hi"
+    assert response.id == 7
+    batch = send_lm_request_batched(handler.address, ["a", "b"])
+    assert [r.chat_completion.response for r in batch] == ["sub:a", "sub:b"]
+    assert not handler._conns  # nothing connected
+    assert (handler.address[0], handler.address[1]) not in protocol._pool.conns
+    assert handler.get_usage_summary().model_usage_summaries["scripted"].total_calls == 3
+
+
+def test_within_the_process_the_token_is_still_checked(scripted_handler):
+    from rlm.comms.protocol import HandlerAddress
+
+    handler = scripted_handler()
+    wrong = HandlerAddress(handler.address[0], handler.address[1], "not-the-token")
+    response = send_lm_request(wrong, LMRequest(prompt="x"))
+    assert not response.success and "Unauthorized" in response.error
+    explicit = send_lm_request(handler.address, LMRequest(prompt="x", token="nope"))
+    assert not explicit.success and "Unauthorized" in explicit.error
+    assert handler.get_usage_summary().model_usage_summaries == {}
+
+
+def test_within_the_process_prompts_arrive_as_the_wire_delivers_them(scripted_handler):
+    seen = []
+
+    def sub(messages):
+        seen.append(messages)
+        return "ok"
+
+    handler = scripted_handler(sub_responses=sub)
+
+    class Odd:
+        def __repr__(self) -> str:
+            return "<odd>"
+
+    messages = [{"role": "user", "content": "first"}]
+    record = send_lm_request(handler.address, LMRequest(prompt=messages)).chat_completion
+    messages[0]["content"] = "changed later"  # the call had its own copy
+    assert record.prompt == [{"role": "user", "content": "first"}]
+    assert seen[0] == [{"role": "user", "content": "first"}]
+    # JSON has no tuples, and writes other objects as their repr.
+    send_lm_request(handler.address, LMRequest(prompt=("a", "b")))
+    send_lm_request(handler.address, LMRequest(prompt=Odd()))
+    assert seen[1] == [{"role": "user", "content": "a\nb"}]
+    assert seen[2] == [{"role": "user", "content": "<odd>"}]
+
+
+def test_within_the_process_the_frame_cap_holds(scripted_handler):
+    from rlm.clients.scripted import ScriptedLM
+    from rlm.comms.lm_handler import LMHandler
+
+    handler = LMHandler(ScriptedLM(sub_responses=lambda m: "ok"), max_frame_bytes=1000)
+    handler.start()
+    try:
+        response = send_lm_request(handler.address, LMRequest(prompt="z" * 5000))
+        assert not response.success and "exceeds" in response.error
+        assert send_lm_request(handler.address, LMRequest(prompt="small")).success
+    finally:
+        handler.stop()
+
+
+def test_within_the_process_the_caller_waits_at_most_its_timeout(scripted_handler):
+    release = threading.Event()
+
+    def slow(messages):
+        release.wait(30)
+        return "late"
+
+    handler = scripted_handler(sub_responses=slow)
+    try:
+        single = send_lm_request(handler.address, LMRequest(prompt="x"), timeout=0.2)
+        assert not single.success and "timed out" in single.error
+        batch = send_lm_request_batched(handler.address, ["a", "b"], timeout=0.2)
+        assert all(not r.success and "timed out" in r.error for r in batch)
+    finally:
+        release.set()
+
+
+def test_a_stopped_handler_is_reached_over_the_socket_again(scripted_handler):
+    handler = scripted_handler()
+    address = handler.address
+    handler.stop()
+    response = send_lm_request(address, LMRequest(prompt="x"), timeout=5)
+    assert not response.success and "Request failed" in response.error

@@ -7,7 +7,9 @@ requests run on the clients' async API on one long-lived event loop, at most
 ``batch_max_concurrent`` at a time when it is given, else under the provider's
 adaptive limit (AIMD, see :mod:`rlm.comms.adaptive`: starts at 64, backs off on
 429s and puts refused prompts back); a failed item fails only itself. Usage is
-recorded per call, from the call's own numbers.
+recorded per call, from the call's own numbers. Requests from this process (the REPL
+helpers of ``local``, the host side of the isolated environments) reach it without a
+socket (``SocketServer.answer_in_process``).
 
 Bounded against whatever can reach the socket:
 
@@ -35,9 +37,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rlm.clients.base_lm import BaseLM, Generation, UsageTracker, acall_client, call_client
-from rlm.comms import adaptive
+from rlm.clients.base_lm import BaseLM, Generation, UsageTracker, call_client
 from rlm.comms.adaptive import AdaptiveLimit
+from rlm.comms.batches import BatchRunner, describe
 from rlm.comms.limiter import CallLimiter
 from rlm.comms.protocol import (
     MAX_FRAME_BYTES,
@@ -46,6 +48,7 @@ from rlm.comms.protocol import (
     LMRequest,
     LMResponse,
     register_handler_token,
+    register_local_handler,
 )
 from rlm.comms.server import MAX_AUTH_FAILURES, SocketServer, _open_spare_fd, _refuse  # noqa: F401
 from rlm.datatypes import RLMChatCompletion, UsageSummary
@@ -67,11 +70,7 @@ class UnknownModelError(ValueError):
     """``model=`` named no configured client."""
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-class LMHandler(SocketServer):
+class LMHandler(BatchRunner, SocketServer):
     """Routes model calls from the loop and from environments to the right client."""
 
     def __init__(
@@ -222,6 +221,7 @@ class LMHandler(SocketServer):
         self._running = True
         self._spare_fd = _open_spare_fd()
         register_handler_token(self.address, self.token)
+        register_local_handler(self.address, self)
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name=f"rlm-lm-handler:{self.port}", daemon=True
         )
@@ -236,6 +236,7 @@ class LMHandler(SocketServer):
         listener, self._listener = self._listener, None
         if listener is not None:
             register_handler_token(listener.getsockname(), None)
+            register_local_handler(listener.getsockname(), None)
             try:
                 listener.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -274,6 +275,10 @@ class LMHandler(SocketServer):
 
     def handle_request(self, request: LMRequest) -> LMResponse:
         """Answer an authenticated request. Never raises."""
+        return self._handle_request(request)
+
+    def _handle_request(self, request: LMRequest, wait: float | None = None) -> LMResponse:
+        """:meth:`handle_request`; a batch is given up (and cancelled) after ``wait`` s."""
         try:
             self.check_model(request.model)
             if request.prompts is not None:
@@ -286,7 +291,7 @@ class LMHandler(SocketServer):
                         f"batch of {len(request.prompts):,} prompts exceeds the limit of "
                         f"{self.max_batch_size:,} prompts per batch; split it into smaller batches"
                     )
-                return LMResponse.batched_success_response(self._run_batch(request))
+                return LMResponse.batched_success_response(self._run_batch(request, wait))
             if request.prompt is None or request.prompt == "":
                 return LMResponse.error_response("Missing 'prompt' or 'prompts' in request.")
             refusal = self.guard(request) if self.guard is not None else None
@@ -305,14 +310,14 @@ class LMHandler(SocketServer):
             try:
                 record = self._call(request.prompt, request.model, request.depth)
             except Exception as exc:
-                finished(None, _describe(exc))
+                finished(None, describe(exc))
                 raise
             finished(record)
             return LMResponse.success_response(record)
         except UnknownModelError as exc:
             return LMResponse.error_response(str(exc))
         except Exception as exc:
-            return LMResponse.error_response(_describe(exc))
+            return LMResponse.error_response(describe(exc))
 
     # -- calling clients ------------------------------------------------------------
 
@@ -349,95 +354,6 @@ class LMHandler(SocketServer):
                 limiter.release()
         return self._completed(prompt, generation, start)
 
-    async def _acall(self, prompt: Any, model: str | None, depth: int) -> RLMChatCompletion:
-        client = self.get_client(model, depth)
-        limiter = self.limiter
-        if limiter is not None:
-            await limiter.aacquire()
-        try:
-            start = time.perf_counter()
-            generation = await acall_client(client, prompt)
-        finally:
-            if limiter is not None:
-                limiter.release()
-        return self._completed(prompt, generation, start)
-
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        with self._loop_lock:
-            if not self._running:
-                raise RuntimeError("the LM handler is stopped")
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=_run_loop, args=(loop,), name="rlm-lm-batches", daemon=True
-                )
-                thread.start()
-                self._loop, self._loop_thread = loop, thread
-            return self._loop
-
-    def _run_batch(self, request: LMRequest) -> list[RLMChatCompletion]:
-        prompts = list(request.prompts or [])
-        fixed = self.batch_max_concurrent
-        shared = None
-        if fixed is None:
-            shared = self.batch_limit or adaptive.limit_for(
-                self.get_client(request.model, request.depth)
-            )
-
-        async def attempt(prompt: Any) -> RLMChatCompletion:
-            item = LMRequest(prompt=prompt, model=request.model, depth=request.depth)
-            refusal = self.guard(item) if self.guard is not None else None
-            if refusal:
-                return _failed(prompt, request.model, refusal)
-            observe = self.call_observer
-            if observe is None:
-                return await self._acall(prompt, request.model, request.depth)
-            finished = observe("llm_batch_item", prompt, request.model)
-            try:
-                record = await self._acall(prompt, request.model, request.depth)
-            except Exception as exc:
-                finished(None, _describe(exc))
-                raise
-            finished(record)
-            return record
-
-        async def run_all() -> list[RLMChatCompletion]:
-            sem = asyncio.Semaphore(fixed or 1)
-
-            async def one_fixed(prompt: Any) -> RLMChatCompletion:
-                async with sem:
-                    try:
-                        return await attempt(prompt)
-                    except Exception as exc:
-                        return _failed(prompt, request.model, _describe(exc))
-
-            async def one_adaptive(prompt: Any) -> RLMChatCompletion:
-                assert shared is not None
-                tries = 0
-                while True:
-                    started = await shared.acquire()
-                    try:
-                        result = await attempt(prompt)
-                    except Exception as exc:
-                        limited = adaptive.is_rate_limit(exc)
-                        shared.release(started, ok=False, rate_limited=limited)
-                        if limited and tries < adaptive.MAX_RATE_LIMIT_RETRIES:
-                            await asyncio.sleep(adaptive.backoff(tries, exc))
-                            tries += 1
-                            continue
-                        return _failed(prompt, request.model, _describe(exc))
-                    except BaseException:
-                        shared.release(started, ok=False)
-                        raise
-                    shared.release(started, ok=result.error is None)
-                    return result
-
-            one = one_fixed if fixed is not None else one_adaptive
-            return list(await asyncio.gather(*(one(p) for p in prompts)))
-
-        loop = self._event_loop()  # raises first if the handler is stopped
-        return asyncio.run_coroutine_threadsafe(run_all(), loop).result()
-
     # -- direct use from the loop -------------------------------------------------
 
     def completion(self, prompt: Any, model: str | None = None) -> str:
@@ -460,31 +376,6 @@ class LMHandler(SocketServer):
     def get_usage_summary(self) -> UsageSummary:
         """Usage of every call this handler served (root and sub-calls)."""
         return self._usage.summary()
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Run the batch loop until stop(); then cancel what is left (waking the serving
-    threads waiting on those batches with an error) and close the loop."""
-    try:
-        loop.run_forever()
-    finally:
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.close()
-
-
-def _failed(prompt: Any, model: str | None, error: str) -> RLMChatCompletion:
-    return RLMChatCompletion(
-        root_model=model or "unknown",
-        prompt=prompt,
-        response="",
-        usage_summary=UsageSummary(),
-        execution_time=0.0,
-        error=error,
-    )
 
 
 # ---------------------------------------------------------------------------

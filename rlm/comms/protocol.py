@@ -20,6 +20,11 @@ the helpers below use it, or the token of a handler started in this process,
 or the ``RLM_LM_HANDLER_TOKEN`` environment variable, in that order. So callers
 need nothing new.
 
+Within one process there is no socket: ``send_lm_request`` to the address of a handler
+started in this process (:func:`register_local_handler`) hands the request to it
+directly, with the token checked and the request copied as the wire would deliver it
+(:func:`wire_form`); ``socket_request`` always goes over the socket.
+
 The frames themselves are encoded and read by :mod:`rlm.comms.frames`, the
 one codec shared with the isolated environments' driver and worker: every
 frame read checks the announced length against a cap before anything is
@@ -305,6 +310,28 @@ def register_handler_token(address: tuple[str, int], token: str | None) -> None:
             _tokens[key] = token
 
 
+#: Handlers started in this process, by address: requests to them skip the socket.
+_local_handlers: dict[tuple[str, int], Any] = {}
+
+
+def register_local_handler(address: tuple[str, int], handler: Any) -> None:
+    """Make requests to ``address`` from this process go straight to ``handler`` (an object
+    with ``answer_in_process(request, token, timeout)``), or, with ``None``, over the socket."""
+    key = (address[0], int(address[1]))
+    with _tokens_lock:
+        if handler is None:
+            _local_handlers.pop(key, None)
+        else:
+            _local_handlers[key] = handler
+
+
+def _local_handler(address: Any) -> Any:
+    try:
+        return _local_handlers.get((address[0], int(address[1])))
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
 def _token_for(address: tuple[str, int]) -> str | None:
     """The token for ``address``: carried by a :class:`HandlerAddress`, else that of a
     handler started in this process, else ``$RLM_LM_HANDLER_TOKEN``."""
@@ -408,6 +435,70 @@ def close_pooled_connections() -> None:
 
 
 # ---------------------------------------------------------------------------
+# Requests within the process
+# ---------------------------------------------------------------------------
+
+
+class _NotPlain(Exception):
+    """A value the codec would change (or refuse): it takes the codec's path."""
+
+
+#: Nesting past which a value takes the codec's path (which then decides as the wire does).
+_PLAIN_DEPTH = 64
+
+
+def _plain(value: Any, depth: int = 0) -> tuple[Any, int]:
+    """``(copy, bound)``: ``value`` as the wire would deliver it (containers copied, strings
+    and numbers as they are) and an upper bound on its JSON size in bytes; raises
+    :class:`_NotPlain` for anything JSON would turn into something else."""
+    kind = type(value)
+    if kind is str:
+        return value, 6 * len(value) + 2  # \uXXXX is the longest form of one character
+    if kind is int:
+        if -(1 << 63) <= value < 1 << 63:
+            return value, 20
+        raise _NotPlain
+    if kind is float or kind is bool or value is None:
+        return value, 24
+    if depth >= _PLAIN_DEPTH:
+        raise _NotPlain
+    if kind is list:
+        items, bound = [], 2
+        for item in value:
+            copy, size = _plain(item, depth + 1)
+            items.append(copy)
+            bound += size + 2
+        return items, bound
+    if kind is dict:
+        out, bound = {}, 2
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NotPlain
+            copy, size = _plain(item, depth + 1)
+            out[key] = copy
+            bound += 6 * len(key) + size + 6
+        return out, bound
+    raise _NotPlain
+
+
+def wire_form(data: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """A request's JSON object as the handler would decode it from a frame, without
+    encoding one when it can: plain strings, numbers, lists and dicts are copied as they
+    are; anything else (a tuple, an object written as its ``repr``) goes through the codec.
+    Raises :class:`FrameTooLargeError` when the frame would be over ``max_bytes`` (or over
+    :data:`MAX_FRAME_BYTES`, what a sender refuses to write)."""
+    try:
+        copy, bound = _plain(data)
+    except _NotPlain:
+        copy, bound = None, max_bytes + 1
+    if bound <= min(max_bytes, MAX_FRAME_BYTES):
+        return copy  # type: ignore[return-value]
+    frame = encode_frame(data)  # raises over MAX_FRAME_BYTES, as the sender's side would
+    check_frame_length(frame[:4], max_bytes)  # as the handler's side would
+    return decode_payload(frame[4:]) if copy is None else copy
+
+
+# ---------------------------------------------------------------------------
 # Typed helpers
 # ---------------------------------------------------------------------------
 
@@ -421,6 +512,10 @@ def send_lm_request(
     """Send ``request`` and return the typed response (failures become error responses)."""
     if depth is not None:
         request.depth = depth
+    local = _local_handler(address)
+    if local is not None:  # a handler of this process: no socket, no JSON (see wire_form)
+        token = request.token if isinstance(request.token, str) else None
+        return local.answer_in_process(request, token or _token_for(address), timeout)
     try:
         return LMResponse.from_dict(socket_request(address, request.to_dict(), timeout))
     except (OSError, ProtocolError) as exc:

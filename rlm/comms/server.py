@@ -16,13 +16,16 @@ import threading
 import time
 from typing import Any
 
+from rlm.comms import workers
 from rlm.comms.protocol import (
+    MAX_FRAME_BYTES,
     FrameTooLargeError,
     LMRequest,
     LMResponse,
     decode_payload,
     recv_frame_bytes,
     socket_send,
+    wire_form,
 )
 from rlm.utils.exceptions import ProtocolError
 
@@ -194,6 +197,41 @@ class SocketServer:
                     return
         except OSError:
             return  # peer went away, or stop() shut the socket
+
+    def answer_in_process(
+        self, request: LMRequest, token: str | None, timeout: float | None
+    ) -> LMResponse:
+        """Answer a request made in this process (``send_lm_request`` to this handler's
+        address) without a socket or JSON: the same token check, frame cap and answer as
+        a frame on a connection, the request copied as the wire would deliver it
+        (:func:`~rlm.comms.protocol.wire_form`). A call, or a child run, is served on a
+        reused worker thread (:mod:`rlm.comms.workers`) and a batch on the batch loop; the
+        caller waits at most ``timeout`` seconds, as it would for a response frame, and
+        gets ``Request failed: TimeoutError: timed out`` then. Never raises."""
+        if not self._token_ok(token):
+            wrong = "Unauthorized: wrong handler token"
+            return LMResponse.error_response(
+                wrong if token else "Unauthorized: missing or wrong handler token"
+            )
+        try:
+            data = wire_form(request.to_dict(), self.max_frame_bytes)
+        except FrameTooLargeError as exc:
+            if exc.length > MAX_FRAME_BYTES:  # the sender's side would not write it
+                return LMResponse.error_response(f"Request failed: {type(exc).__name__}: {exc}")
+            return LMResponse.error_response(str(exc))
+        except ProtocolError as exc:
+            return LMResponse.error_response(f"Malformed request: {exc}")
+        copy = LMRequest.from_dict(data)
+        if copy.prompts is not None:
+            response = self._handle_request(copy, timeout)
+        else:
+            future = workers.submit(lambda: self.handle_request(copy))
+            try:
+                response = future.result(timeout)
+            except TimeoutError:
+                return LMResponse.error_response("Request failed: TimeoutError: timed out")
+        response.id = copy.id
+        return response
 
     @staticmethod
     def _send(conn: socket.socket, response: LMResponse) -> bool:
