@@ -452,6 +452,36 @@ def test_context_is_sent_once_as_data(make_isolated):
     assert result.stdout == "1000000 [1, 'two', None]\n"
 
 
+def test_contexts_are_streamed_in_chunks_and_arrive_intact(make_isolated):
+    import hashlib
+
+    # Several chunks each, non-ASCII, a lone surrogate, tuples.
+    text = ("héllo wörld \u4e16\u754c \U0001f600 " * 150_000) + "\ud800 end"
+    items = [("row", i, "é" * (i % 50)) for i in range(40_000)] + [None]
+    env = make_isolated(context_payload=text)
+    env.add_context(items, 1)
+    env.add_context({str(i): "x" * 700 for i in range(3_000)}, 2)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    result = env.execute_code(
+        "import hashlib\n"
+        "print(hashlib.sha256(context.encode('utf-8', 'surrogatepass')).hexdigest())\n"
+        "print(len(context_1), context_1[7], context_1[-1])\n"
+        "print(len(context_2), len(context_2['2999']))"
+    )
+    assert result.error is None, result.stderr
+    assert result.stdout == (f"{digest}\n40001 ['row', 7, 'ééééééé'] None\n3000 700\n")
+
+
+def test_a_context_over_the_worker_cap_is_refused_before_sending(make_isolated, monkeypatch):
+    from rlm.comms import frames
+
+    env = make_isolated(context_payload="small")
+    monkeypatch.setattr(frames, "MAX_FRAME_BYTES", 1_000)  # the host's view of the cap
+    with pytest.raises(frames.FrameTooLargeError, match="2,000 bytes exceeds"):
+        env.add_context("x" * 2_000, 1)
+    assert env.execute_code("print(context)").stdout == "small\n"  # nothing was sent
+
+
 def test_cleanup_is_idempotent_and_refuses_further_cells(make_isolated):
     env = make_isolated()
     env.cleanup()

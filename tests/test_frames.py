@@ -106,3 +106,134 @@ def test_the_shipped_codec_runs_without_the_package():
         timeout=60,
     )
     assert proc.stdout.split() == ["FrameTooLargeError", "ProtocolError", "False"], proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# Streamed transfers
+# ---------------------------------------------------------------------------
+
+
+def _streamed(value):
+    """(declared size, bytes on the wire) of a streamed transfer of ``value``."""
+    fmt, pieces = frames.stream_pieces(value)
+    out = bytearray()
+    frames.write_stream(out.extend, pieces())
+    return {"format": fmt, "bytes": frames.stream_size(pieces)}, bytes(out)
+
+
+def _reader(data: bytes):
+    view = memoryview(data)
+    pos = [0]
+
+    def read_exact(n):
+        if pos[0] >= len(view):
+            return None
+        chunk = bytes(view[pos[0] : pos[0] + n])
+        pos[0] += len(chunk)
+        return chunk
+
+    return read_exact, pos
+
+
+def _chunk_sizes(data: bytes) -> list[int]:
+    sizes, i = [], 0
+    while i < len(data):
+        (n,) = HEADER.unpack(data[i : i + 4])
+        sizes.append(n)
+        i += 4 + n
+    return sizes
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "plain ascii",
+        "héllo \u4e16\u754c \U0001f600 \ud800 lone surrogate " * 40_000,
+        ["x" * 3_000_000, "é" * 600_000, ("a", 1)],
+        list(range(200_000)),
+        {"a": [1, 2.5, None, True], 1: "int key", None: "none key", "long": "y" * 2_500_000},
+        {},
+        (1, "two"),
+        [object, {"k": object}],
+        42,
+        None,
+    ],
+)
+def test_a_streamed_transfer_round_trips_in_bounded_chunks(value):
+    stream, data = _streamed(value)
+    sizes = _chunk_sizes(data)
+    assert sum(sizes) == stream["bytes"]
+    assert all(0 < n <= frames.STREAM_CHUNK_BYTES for n in sizes)
+    read_exact, pos = _reader(data)
+    got = frames.read_stream_value(read_exact, stream)
+    assert pos[0] == len(data)  # exactly the declared bytes were read
+    expected = json.loads(json.dumps(value, default=repr)) if stream["format"] == "json" else value
+    assert got == expected
+    assert stream["format"] == ("text" if isinstance(value, str) else "json")
+
+
+def test_a_large_text_is_sent_in_several_chunks():
+    stream, data = _streamed("z" * (3 * frames.STREAM_CHUNK_BYTES + 5))
+    assert _chunk_sizes(data) == [frames.STREAM_CHUNK_BYTES] * 3 + [5]
+
+
+def test_a_streamed_transfer_over_the_cap_is_refused_before_anything_is_read():
+    def read_exact(n):
+        raise AssertionError("nothing may be read")
+
+    with pytest.raises(frames.FrameTooLargeError, match="exceeds the worker's cap of 100 bytes"):
+        frames.read_stream(read_exact, 101, 100, "the worker's cap")
+    with pytest.raises(frames.FrameTooLargeError):
+        frames.read_stream_value(read_exact, {"format": "text", "bytes": 10**12})
+
+
+def test_a_chunk_larger_than_what_is_left_is_refused_before_it_is_read():
+    data = HEADER.pack(6) + b"abcdef"
+    read_exact, pos = _reader(data)
+    with pytest.raises(frames.FrameTooLargeError, match="the rest of the transfer of 5 bytes"):
+        frames.read_stream(read_exact, 5)
+    assert pos[0] == 4  # the header only
+
+
+@pytest.mark.parametrize(
+    "stream, data, error",
+    [
+        ({"format": "text", "bytes": 5}, HEADER.pack(3) + b"abc", ConnectionError),
+        ({"format": "text", "bytes": 5}, HEADER.pack(5) + b"ab", ConnectionError),
+        ({"format": "text", "bytes": 5}, HEADER.pack(0), ProtocolError),
+        ({"format": "text", "bytes": -1}, b"", ProtocolError),
+        ({"format": "text", "bytes": True}, b"", ProtocolError),
+        ({"format": "text", "bytes": "5"}, b"", ProtocolError),
+        ({"format": "pickle", "bytes": 1}, HEADER.pack(1) + b"x", ProtocolError),
+        ("text", b"", ProtocolError),
+        ({"format": "text", "bytes": 2}, HEADER.pack(2) + b"\xff\xfe", ProtocolError),
+        ({"format": "json", "bytes": 2}, HEADER.pack(2) + b"{]", ProtocolError),
+    ],
+)
+def test_a_broken_streamed_transfer_is_an_error(stream, data, error):
+    read_exact, _ = _reader(data)
+    with pytest.raises(error):
+        frames.read_stream_value(read_exact, stream)
+
+
+def test_the_worker_channel_reads_a_streamed_context_into_its_message():
+    r_in, w_in = os.pipe()
+    channel = worker.Channel(r_in, os.open(os.devnull, os.O_WRONLY))
+    text = "ctx é " * 400_000
+    stream, data = _streamed(text)
+    head = frames.encode_frame({"type": "context", "index": 3, "stream": stream})
+
+    def feed():
+        with os.fdopen(w_in, "wb") as pipe:
+            pipe.write(head + data + frames.encode_frame({"type": "ping"}))
+
+    import threading
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        assert channel.recv() == {"type": "context", "index": 3, "value": text}
+        assert channel.recv() == {"type": "ping"}  # the next frame starts right after
+    finally:
+        writer.join()

@@ -29,7 +29,6 @@ a ``RuntimeError`` ("Reentrant ...") instead of a deadlock.
 from __future__ import annotations
 
 import atexit
-import json
 import sys
 import threading
 import time
@@ -38,6 +37,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from rlm.comms import frames
 from rlm.datatypes import REPLResult
 from rlm.environments import repl_core
 from rlm.environments.base_env import BaseEnv, accepted_init_kwargs
@@ -249,9 +249,13 @@ def _normalise_cell_timeout(value: Any) -> float | None:
 
 
 def _check_json(payload: Any, what: str) -> None:
-    """Kernel mode sends contexts as JSON (rlms raises TypeError for other objects too)."""
+    """Kernel mode sends contexts as JSON (rlms raises TypeError for other objects too).
+    Checked a few items at a time (the whole JSON text is never held); a str always is."""
+    if isinstance(payload, str):
+        return
     try:
-        json.dumps(payload)
+        for _piece in frames.stream_pieces(payload, strict=True)[1]():
+            pass
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"{what} must be JSON-serialisable in kernel mode (it is sent to the worker as "

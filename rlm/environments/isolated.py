@@ -12,7 +12,8 @@ The driver
 * ships ``frames.py`` (the codec), ``repl_core.py`` and ``worker.py`` as the first
   frame (the sandbox needs nothing installed: :data:`BOOTSTRAP` loads them from
   that frame);
-* sends each context once, as data;
+* sends each context once, as data, streamed in chunks (no whole copy of it on
+  either side but the worker's value);
 * serves the worker's ``llm_query``/``llm_query_batched``/``rlm_query*`` calls
   by relaying them to the LM handler (``send_lm_request*`` attach the
   handler's token, so the worker never holds it), and runs host-side custom
@@ -444,7 +445,7 @@ class IsolatedREPL(ReplHost, IsolatedEnv):
             }
         )
         for index, payload in sorted(self._contexts.items()):
-            self._send({"type": "context", "index": index, "value": payload})
+            self._send_context(index, payload)
         for index, payload in sorted(self._histories.items()):
             self._send({"type": "history", "index": index, "value": payload})
         for entry in self._compaction_entries:
@@ -466,6 +467,24 @@ class IsolatedREPL(ReplHost, IsolatedEnv):
 
     def _send(self, message: dict[str, Any]) -> None:
         self._send_bytes(encode_frame(message))  # the worker reads up to MAX_FRAME_BYTES
+
+    def _send_context(self, index: int, payload: Any) -> None:
+        """Send a context as a streamed transfer (:mod:`rlm.comms.frames`): a str is
+        encoded to the channel slice by slice, a list or a dict item by item, so no whole
+        copy of it is made here. Its size is checked against the worker's cap first."""
+        fmt, pieces = frames.stream_pieces(payload)
+        total = frames.stream_size(pieces)
+        if total > frames.MAX_FRAME_BYTES:  # what the worker reads
+            raise FrameTooLargeError(total, frames.MAX_FRAME_BYTES)
+        head = encode_frame(
+            {"type": "context", "index": index, "stream": {"format": fmt, "bytes": total}}
+        )
+        chan = self._chan
+        if chan is None:
+            raise WorkerError("the worker is not running")
+        with self._write_lock:  # the chunks follow their header, nothing in between
+            chan.write(head)
+            frames.write_stream(chan.write, pieces())
 
     def _send_bytes(self, data: bytes) -> None:
         chan = self._chan
@@ -582,10 +601,11 @@ class IsolatedREPL(ReplHost, IsolatedEnv):
         self.add_context(context_payload, 0)
 
     def add_context(self, context_payload: Any, context_index: int | None = None) -> int:
-        """Send the payload once, as data (JSON: tuples become lists, other objects their repr)."""
+        """Send the payload once, as data, streamed (a str as itself; anything else as
+        JSON: tuples become lists, other objects their repr)."""
         index = len(self._contexts) if context_index is None else context_index
         self._contexts[index] = context_payload
-        self._send({"type": "context", "index": index, "value": context_payload})
+        self._send_context(index, context_payload)
         return index
 
     def get_context_count(self) -> int:

@@ -17,7 +17,8 @@ Host -> worker messages (``type``):
 * ``init``      ``{max_output_chars, depth, tools: {name: {"callable": bool, "value": v}},
                 compaction, ipython}`` (``ipython``: cells are IPython syntax, see
                 :class:`IPythonCells`; needs IPython in the sandbox's Python)
-* ``context``   ``{index, value}``: bind ``context_<index>`` (and ``context`` for 0); sent once
+* ``context``   ``{index, stream}``: bind ``context_<index>`` (and ``context`` for 0) to the
+                value of the streamed transfer that follows (``rlm_frames``); sent once
 * ``history``   ``{index, value}``: bind ``history_<index>`` (and ``history`` for 0)
 * ``compaction_entry`` ``{value}``: append to the compaction ``history`` list
 * ``exec``      ``{id, code, timeout}``: run a cell; answered by ``result``
@@ -69,12 +70,23 @@ class Channel:
         self._out = os.fdopen(fd_out, "wb", buffering=0)
         self._write_lock = threading.Lock()
 
+    def _read_exact(self, n: int) -> Any:
+        return rlm_frames.stream_read_exact(self._in, n)
+
     def recv(self) -> Any:
-        """The next message, or None when the host closed the channel (between frames)."""
-        payload = rlm_frames.read_frame(
-            lambda n: rlm_frames.stream_read_exact(self._in, n), MAX_FRAME_BYTES
-        )
-        return None if payload is None else rlm_frames.decode_payload(payload)
+        """The next message, or None when the host closed the channel (between frames). A
+        message that declares a streamed transfer gets its value from the chunks after it."""
+        payload = rlm_frames.read_frame(self._read_exact, MAX_FRAME_BYTES)
+        if payload is None:
+            return None
+        message = rlm_frames.decode_payload(payload)
+        if isinstance(message, dict) and "stream" in message:
+            del payload
+            stream = message.pop("stream")
+            message["value"] = rlm_frames.read_stream_value(
+                self._read_exact, stream, MAX_FRAME_BYTES
+            )
+        return message
 
     def send(self, message: dict[str, Any]) -> None:
         data = rlm_frames.encode_frame(message, MAX_SEND_BYTES, "the host's limit")
