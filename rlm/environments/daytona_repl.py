@@ -19,6 +19,7 @@ import asyncio
 import uuid
 from typing import Any
 
+from rlm.environments.local_repl import host_options
 from rlm.environments.sandbox import (
     SandboxREPL,
     SandboxTransport,
@@ -116,19 +117,27 @@ class DaytonaREPL(SandboxREPL):
 
     def __init__(
         self,
-        snapshot: str | None = None,
-        network: bool = False,
-        create_timeout: float = 120,
-        sdk: Any = None,
         api_key: str | None = None,
         target: str | None = None,
         name: str | None = None,
-        image: Any = None,
+        timeout: float | None = None,
         cpu: int | None = None,
         memory: int | None = None,
         disk: int | None = None,
         auto_stop_interval: int | None = None,
-        timeout: float | None = None,
+        image: Any = None,
+        lm_handler_address: tuple[str, int] | None = None,
+        context_payload: Any = None,
+        setup_code: str | None = None,
+        persistent: bool = False,
+        depth: int = 1,
+        custom_tools: dict[str, Any] | None = None,
+        custom_sub_tools: dict[str, Any] | None = None,
+        *,
+        snapshot: str | None = None,
+        network: bool = False,
+        create_timeout: float = 120,
+        sdk: Any = None,
         **kwargs: Any,
     ):
         if timeout is not None:
@@ -141,4 +150,4 @@ class DaytonaREPL(SandboxREPL):
             target=target, name=name, image=image, cpu=cpu, memory=memory, disk=disk,
             auto_stop_interval=auto_stop_interval,
         )  # fmt: skip
-        super().__init__(sdk=sdk, transport_options=options, **kwargs)
+        super().__init__(sdk=sdk, transport_options=options, **host_options(locals()), **kwargs)

@@ -63,6 +63,7 @@ from rlm.environments.isolated import (
     describe_returncode,
     take_exact,
 )
+from rlm.environments.local_repl import host_options
 from rlm.environments.subprocess_repl import CLONE_NAMESPACE_FLAGS, SECCOMP_DENY
 from rlm.utils.exceptions import ConfigurationError, RLMError
 
@@ -812,6 +813,8 @@ class DockerREPL(IsolatedREPL):
     (extra ``create_host_config`` arguments, applied over ours): all but ``image`` are
     :class:`DockerTransport`'s, passed through (keyword arguments). Plus ``cell_timeout``,
     ``max_output_chars``, ``setup_code``, ``start_timeout``.
+    The RLM's options come after ``image`` in rlms' positional order (``lm_handler_address``
+    ... ``max_concurrent_subcalls``); ours are keyword-only.
     ``subcall_fn(prompt, model) -> RLMChatCompletion``, as in rlms, serves ``rlm_query``
     on the host instead of the LM handler. ``docker`` (the CLI command) and ``run_args``
     (CLI arguments) belonged to the CLI, which is no longer used: only their defaults
@@ -823,11 +826,21 @@ class DockerREPL(IsolatedREPL):
     def __init__(
         self,
         image: str | None = None,
+        lm_handler_address: tuple[str, int] | None = None,
+        context_payload: Any = None,
+        setup_code: str | None = None,
+        persistent: bool = False,
+        depth: int = 1,
+        subcall_fn: Any = None,
+        custom_tools: dict[str, Any] | None = None,
+        custom_sub_tools: dict[str, Any] | None = None,
+        compaction: bool = False,
+        max_concurrent_subcalls: int = 4,
+        *,
         docker: str = "docker",
         run_args: list[str] | None = None,
         **kwargs: Any,
     ):
-        subcall_fn = kwargs.get("subcall_fn")
         if subcall_fn is not None and not callable(subcall_fn):
             raise ConfigurationError(f"subcall_fn must be callable, got {subcall_fn!r}")
         if docker != "docker":
@@ -845,7 +858,7 @@ class DockerREPL(IsolatedREPL):
         self.proxy_port: int | None = None
         self.temp_dir: str = tempfile.mkdtemp(prefix="rlm_docker_")
         try:  # the transport (DockerTransport) checks the other options, then the engine
-            super().__init__(image=image, **kwargs)
+            super().__init__(image=image, **host_options(locals()), **kwargs)
         except BaseException:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             raise

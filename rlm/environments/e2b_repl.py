@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlm.environments.local_repl import host_options
 from rlm.environments.sandbox import (
     DEFAULT_LIFETIME,
     SandboxREPL,
@@ -74,13 +75,18 @@ class E2BREPL(SandboxREPL):
 
     def __init__(
         self,
+        timeout: int | None = None,
+        lm_handler_address: tuple[str, int] | None = None,
+        context_payload: Any = None,
+        setup_code: str | None = None,
+        persistent: bool = False,
+        *,
         template: str | None = None,
         lifetime: int | None = None,
         network: bool = False,
         sdk: Any = None,
-        timeout: int | None = None,
         **kwargs: Any,
     ):
         lifetime = rlms_alias("lifetime", lifetime, "timeout", timeout, DEFAULT_LIFETIME)
         options = dict(template=template, lifetime=lifetime, network=network)
-        super().__init__(sdk=sdk, transport_options=options, **kwargs)
+        super().__init__(sdk=sdk, transport_options=options, **host_options(locals()), **kwargs)

@@ -219,6 +219,28 @@ class _Variables(MutableMapping):
         return repr(self.copy())
 
 
+#: The options an RLM passes to its environment, in rlms' positional order (LocalREPL's).
+HOST_OPTIONS = (
+    "lm_handler_address",
+    "context_payload",
+    "setup_code",
+    "persistent",
+    "depth",
+    "subcall_fn",
+    "custom_tools",
+    "custom_sub_tools",
+    "compaction",
+    "max_concurrent_subcalls",
+)
+
+
+def host_options(given: dict[str, Any]) -> dict[str, Any]:
+    """The RLM's options among ``given`` (a constructor's ``locals()``), to pass on to
+    :class:`ReplHost`: how an environment that takes some of them positionally, in its
+    rlms order, hands them on."""
+    return {name: given[name] for name in HOST_OPTIONS if name in given}
+
+
 class ReplHost(BaseEnv):
     """What :class:`LocalREPL` and :class:`~rlm.environments.isolated.IsolatedREPL` share:
     the options the RLM passes (in rlms' order), the channel the model helpers call the LM

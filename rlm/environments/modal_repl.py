@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlm.environments.local_repl import host_options
 from rlm.environments.sandbox import (
     DEFAULT_LIFETIME,
     SandboxREPL,
@@ -90,14 +91,20 @@ class ModalREPL(SandboxREPL):
 
     def __init__(
         self,
-        image: Any = None,
         app_name: str = "rlm-sandboxes",
+        image: Any = None,
+        timeout: int | None = None,
+        lm_handler_address: tuple[str, int] | None = None,
+        context_payload: Any = None,
+        setup_code: str | None = None,
+        persistent: bool = False,
+        depth: int = 1,
+        *,
         lifetime: int | None = None,
         network: bool = False,
         cpu: float | None = None,
         memory_mb: int | None = None,
         sdk: Any = None,
-        timeout: int | None = None,
         **kwargs: Any,
     ):
         lifetime = rlms_alias("lifetime", lifetime, "timeout", timeout, DEFAULT_LIFETIME)
@@ -105,4 +112,4 @@ class ModalREPL(SandboxREPL):
             image=image, app_name=app_name, lifetime=lifetime, network=network, cpu=cpu,
             memory_mb=memory_mb,
         )  # fmt: skip
-        super().__init__(sdk=sdk, transport_options=options, **kwargs)
+        super().__init__(sdk=sdk, transport_options=options, **host_options(locals()), **kwargs)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from rlm.environments.local_repl import host_options
 from rlm.environments.sandbox import (
     AsyncLoop,
     SandboxREPL,
@@ -100,14 +101,20 @@ class PrimeREPL(SandboxREPL):
 
     def __init__(
         self,
-        image: str | None = None,
-        lifetime_minutes: int | None = None,
-        sdk: Any = None,
         name: str | None = None,
-        network: bool | None = None,
         docker_image: str | None = None,
         timeout_minutes: int | None = None,
+        lm_handler_address: tuple[str, int] | None = None,
+        context_payload: Any = None,
+        setup_code: str | None = None,
         network_access: bool | None = None,
+        persistent: bool = False,
+        depth: int = 1,
+        *,
+        image: str | None = None,
+        lifetime_minutes: int | None = None,
+        network: bool | None = None,
+        sdk: Any = None,
         **kwargs: Any,
     ):
         options = dict(
@@ -118,4 +125,4 @@ class PrimeREPL(SandboxREPL):
             name=name,
             network=bool(rlms_alias("network", network, "network_access", network_access, False)),
         )
-        super().__init__(sdk=sdk, transport_options=options, **kwargs)
+        super().__init__(sdk=sdk, transport_options=options, **host_options(locals()), **kwargs)
