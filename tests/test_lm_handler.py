@@ -764,3 +764,29 @@ def test_direct_completion_is_counted(scripted_handler):
     record = handler.completion_record("again", depth=1)
     assert record.response == "sub:again"
     assert handler.get_usage_summary().total_calls == 2
+
+
+def test_handlers_share_one_accept_thread_that_ends_with_the_last():
+    from rlm.comms import protocol
+    from rlm.core.comms_utils import socket_request
+
+    others = dict(protocol._local_handlers)  # handlers another test left running, if any
+    handlers = [LMHandler(ScriptedLM(sub_responses=lambda m, i=i: f"h{i}")) for i in range(5)]
+    for handler in handlers:
+        handler.start()
+    accept = [t for t in threading.enumerate() if t.name == "rlm-lm-accept"]
+    try:
+        assert len(accept) == 1
+        for i, handler in enumerate(handlers):  # each listener is served, over real sockets
+            reply = socket_request(handler.address, {"prompt": "x"})
+            assert reply["chat_completion"]["response"] == f"h{i}"
+    finally:
+        for handler in handlers:
+            handler.stop()
+    if not others:  # the thread ends only once no handler at all listens
+        accept[0].join(30)
+        assert not accept[0].is_alive()
+    with LMHandler(ScriptedLM(sub_responses=lambda m: "again")) as handler:  # a new one starts
+        assert socket_request(handler.address, {"prompt": "x"})["chat_completion"]["response"] == (
+            "again"
+        )

@@ -639,3 +639,87 @@ def test_a_stopped_handler_refuses_batches_without_starting_a_thread():
     response = handler.handle_request(LMRequest(prompts=["a", "b"]))
     assert response.error and "stopped" in response.error
     assert not ({t.name for t in threading.enumerate()} - before)
+
+
+# ---------------------------------------------------------------------------
+# What a tree holds: one listener per handler, no connections, one accept thread
+# ---------------------------------------------------------------------------
+
+
+def _open_sockets() -> int:
+    import os
+
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}").startswith("socket:")
+        except OSError:
+            pass
+    return count
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts /proc/self/fd")
+def test_a_tree_holds_a_listener_per_run_and_no_connections():
+    """Depth 3, fan-out 2, children at once: 7 runs alive, so at most 7 sockets (their
+    handlers' listeners), and one accept thread for all of them."""
+    seen = {"sockets": 0, "accept_threads": set(), "leaves": 0}
+    lock = threading.Lock()
+
+    def sample():
+        names = [t.name for t in threading.enumerate()]
+        with lock:
+            seen["sockets"] = max(seen["sockets"], _open_sockets())
+            seen["accept_threads"].add(sum(1 for n in names if n == "rlm-lm-accept"))
+            assert not any(n.startswith("rlm-lm-handler") for n in names)
+
+    def script(messages):
+        sample()
+        if turns(messages) == 0:
+            return '```repl\nr = rlm_query_batched(["a", "b"])\n```'
+        return answer('"done"')
+
+    def leaf(messages):
+        sample()
+        with lock:
+            seen["leaves"] += 1
+        return "leaf"
+
+    before = _open_sockets()
+    rlm = RLM(
+        backend="scripted",
+        backend_kwargs={"responses": script, "sub_responses": leaf},
+        max_depth=3,
+    )
+    assert rlm.completion("ctx").response == "done"
+    assert seen["leaves"] == 8
+    assert seen["sockets"] - before <= 7
+    assert seen["accept_threads"] == {1}
+
+
+def test_a_child_runs_in_the_thread_that_asked_for_it():
+    """``rlm_query`` from a cell: the child's loop runs in that cell's thread (as in rlms),
+    not on a thread of its own."""
+    where: dict[int, list[threading.Thread]] = {}
+
+    def note(depth, iteration):
+        where.setdefault(depth, []).append(threading.current_thread())
+
+    cells: list[threading.Thread] = []
+
+    def script(messages):
+        if "child task" in task(messages):
+            return answer('"from the child"')
+        if turns(messages) == 0:
+            return '```repl\nhere()\nr = rlm_query("child task")\n```'
+        return answer("r")
+
+    rlm = RLM(
+        backend="scripted",
+        backend_kwargs={"responses": script},
+        max_depth=2,
+        custom_tools={"here": lambda: cells.append(threading.current_thread())},
+        on_iteration_start=note,
+    )
+    assert rlm.completion("ctx").response == "from the child"
+    assert where[1] == [cells[0]]
+    assert where[0][0] is threading.current_thread()

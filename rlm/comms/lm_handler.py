@@ -132,7 +132,6 @@ class LMHandler(BatchRunner, SocketServer):
         #: depth -> registered model name, for sub-calls made at that depth.
         self.depth_models = dict(depth_models or {})
         self._listener: socket.socket | None = None
-        self._accept_thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -222,10 +221,7 @@ class LMHandler(BatchRunner, SocketServer):
         self._spare_fd = _open_spare_fd()
         register_handler_token(self.address, self.token)
         register_local_handler(self.address, self)
-        self._accept_thread = threading.Thread(
-            target=self._accept_loop, name=f"rlm-lm-handler:{self.port}", daemon=True
-        )
-        self._accept_thread.start()
+        self._start_accepting(listener)
         return self.address
 
     def stop(self) -> None:
@@ -237,6 +233,7 @@ class LMHandler(BatchRunner, SocketServer):
         if listener is not None:
             register_handler_token(listener.getsockname(), None)
             register_local_handler(listener.getsockname(), None)
+            self._stop_accepting(listener)
             try:
                 listener.shutdown(socket.SHUT_RDWR)
             except OSError:

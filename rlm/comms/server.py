@@ -1,4 +1,5 @@
-"""The socket side of :class:`rlm.comms.lm_handler.LMHandler`: the accept loop, one
+"""The socket side of :class:`rlm.comms.lm_handler.LMHandler`: one accept thread for every
+handler of the process (``_Acceptor``, a selector over their listening sockets), one
 serving thread per connection, frame authentication and the bounds on each connection
 (see the handler's module docstring for what is bounded and how).
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import selectors
 import socket
 import threading
 import time
@@ -59,21 +61,104 @@ def _refuse(conn: socket.socket, message: str) -> None:
             pass
 
 
+class _Acceptor:
+    """One thread that accepts for the listening sockets of every handler in this process
+    (a selector over them), so a tree of runs does not hold an accept thread per handler.
+    It starts with the first listener and ends when the last one is removed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_fds: tuple[int, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._count = 0
+
+    def add(self, listener: socket.socket, server: SocketServer) -> None:
+        listener.setblocking(False)
+        with self._lock:
+            if self._selector is None:
+                self._selector = selectors.DefaultSelector()
+                read, write = os.pipe()
+                os.set_blocking(read, False)
+                os.set_blocking(write, False)
+                self._wake_fds = (read, write)
+                self._selector.register(read, selectors.EVENT_READ, None)
+            self._selector.register(listener, selectors.EVENT_READ, server)
+            self._count += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._selector,), name="rlm-lm-accept", daemon=True
+                )
+                self._thread.start()
+
+    def remove(self, listener: socket.socket) -> None:
+        """Stop watching ``listener`` (before it is closed)."""
+        with self._lock:
+            if self._selector is None:
+                return
+            try:
+                self._selector.unregister(listener)
+            except (KeyError, ValueError):
+                return
+            self._count -= 1
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._wake_fds is not None:
+            try:
+                os.write(self._wake_fds[1], b"\0")
+            except OSError:  # the pipe is full: the thread wakes anyway
+                pass
+
+    def _run(self, selector: selectors.BaseSelector) -> None:
+        while True:
+            for key, _ in selector.select():
+                if key.data is None:
+                    try:
+                        os.read(key.fd, 4096)
+                    except OSError:
+                        pass
+                    continue
+                key.data._accept_ready(key.fileobj)
+            with self._lock:
+                if self._count == 0:  # nobody listens any more: close down
+                    selector.close()
+                    if self._wake_fds is not None:
+                        for fd in self._wake_fds:
+                            os.close(fd)
+                    self._selector, self._wake_fds, self._thread = None, None, None
+                    return
+
+
+_acceptor = _Acceptor()
+
+
 class SocketServer:
     """Accepts, authenticates and serves connections; answers with ``handle_request``."""
 
-    def _accept_loop(self) -> None:
-        listener = self._listener
-        while self._running and listener is not None:
+    def _start_accepting(self, listener: socket.socket) -> None:
+        """Accept on ``listener`` (non-blocking from now on) from the process's acceptor."""
+        _acceptor.add(listener, self)
+
+    def _stop_accepting(self, listener: socket.socket) -> None:
+        _acceptor.remove(listener)
+
+    def _accept_ready(self, listener: socket.socket) -> None:
+        """Accept the connections waiting on ``listener`` (called by the acceptor)."""
+        while self._running:
             try:
                 conn, _ = listener.accept()
+            except BlockingIOError:
+                return
             except OSError as exc:
                 if not self._running:
                     return  # listener shut down by stop()
                 if exc.errno in _RESOURCE_ERRNOS:
                     self.stats["accept_errors"] += 1
                     self._shed_one(listener)
+                    return  # the selector says when to try again
                 continue  # ECONNABORTED and the like: the next connection is fine
+            conn.settimeout(None)  # blocking, whatever the listener is
             try:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
@@ -104,11 +189,7 @@ class SocketServer:
         even that fails), back off briefly so the loop does not spin."""
         if self._close_spare_fd():
             try:
-                listener.settimeout(0)
-                try:
-                    conn, _ = listener.accept()
-                finally:
-                    listener.settimeout(None)
+                conn, _ = listener.accept()  # the listener is non-blocking
             except OSError:
                 conn = None
             if conn is not None:
@@ -204,10 +285,11 @@ class SocketServer:
         """Answer a request made in this process (``send_lm_request`` to this handler's
         address) without a socket or JSON: the same token check, frame cap and answer as
         a frame on a connection, the request copied as the wire would deliver it
-        (:func:`~rlm.comms.protocol.wire_form`). A call, or a child run, is served on a
-        reused worker thread (:mod:`rlm.comms.workers`) and a batch on the batch loop; the
-        caller waits at most ``timeout`` seconds, as it would for a response frame, and
-        gets ``Request failed: TimeoutError: timed out`` then. Never raises."""
+        (:func:`~rlm.comms.protocol.wire_form`). A call is served on a reused worker thread
+        (:mod:`rlm.comms.workers`) and a batch on the batch loop, the caller waiting at most
+        ``timeout`` seconds, as it would for a response frame (then ``Request failed:
+        TimeoutError: timed out``); a child run (``kind="rlm"``) runs in the calling
+        thread. Never raises, except what interrupts that thread (a stopped cell)."""
         if not self._token_ok(token):
             wrong = "Unauthorized: wrong handler token"
             return LMResponse.error_response(
@@ -224,6 +306,10 @@ class SocketServer:
         copy = LMRequest.from_dict(data)
         if copy.prompts is not None:
             response = self._handle_request(copy, timeout)
+        elif copy.kind == "rlm":
+            # A child run, in the thread that asked for it (as rlms runs its children): its
+            # own limits, the deadline it inherits and cancellation bound it.
+            response = self.handle_request(copy)
         else:
             future = workers.submit(lambda: self.handle_request(copy))
             try:
