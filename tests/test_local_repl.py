@@ -858,3 +858,82 @@ def test_a_logger_with_a_relative_log_dir_writes_there_whatever_the_cwd(tmp_path
     written = list((tmp_path / "logs").glob("*.jsonl"))
     assert len(written) == 1 and json.loads(written[0].read_text()) == {"type": "probe"}
     assert not (elsewhere / "logs").exists()
+
+
+# ---------------------------------------------------------------------------
+# Live output (on_output, and cell_output events while the cell runs)
+# ---------------------------------------------------------------------------
+
+
+def test_on_output_gets_what_the_cell_printed_while_it_runs():
+    released = threading.Event()
+    chunks: list[tuple[str, str]] = []
+
+    def on_output(stream, text):
+        assert threading.current_thread() is threading.main_thread()  # the caller's thread
+        chunks.append((stream, text))
+        if "first" in "".join(t for s, t in chunks if s == "stdout"):
+            released.set()  # the cell waits for this: it only comes from a live chunk
+
+    env = LocalREPL(custom_tools={"released": released}, cell_timeout=60)
+    try:
+        code = (
+            "import sys\nprint('first')\nprint('warn', file=sys.stderr)\n"
+            "assert released.wait(60)\nprint('second')"
+        )
+        result = env.execute_code(code, on_output=on_output)
+        assert result.error is None, result.stderr
+        assert result.stdout == "first\nsecond\n"
+        for stream in ("stdout", "stderr"):
+            sent = "".join(t for s, t in chunks if s == stream)
+            assert getattr(result, stream).startswith(sent)
+        assert "".join(t for s, t in chunks if s == "stdout").startswith("first\n")
+        assert env.execute_code("print(3)").stdout == "3\n"  # no callback: as before
+    finally:
+        env.cleanup()
+
+
+def test_a_raising_on_output_does_not_reach_the_cell():
+    released = threading.Event()
+    calls = []
+
+    def on_output(stream, text):
+        calls.append(text)
+        released.set()
+        raise RuntimeError("a broken subscriber")
+
+    env = LocalREPL(custom_tools={"released": released}, cell_timeout=60)
+    try:
+        result = env.execute_code(
+            "print('a')\nassert released.wait(60)\nprint('b')", on_output=on_output
+        )
+        assert result.error is None and result.stdout == "a\nb\n"
+        assert calls == ["a\n"]  # not called again for this cell
+    finally:
+        env.cleanup()
+
+
+def test_live_cell_output_events_for_a_subscriber_that_wants_them():
+    released = threading.Event()
+    events = []
+
+    def subscriber(event):
+        events.append(event)
+        if event.type == "cell_output" and "first" in event.text:
+            released.set()
+
+    subscriber.wants_live_output = True
+    code = "print('first')\nassert released.wait(60)\nprint('second')\nanswer = 'x'"
+    rlm = RLM(
+        backend="scripted",
+        backend_kwargs={"responses": [f"```repl\n{code}\n```", "FINAL(done)"]},
+        custom_tools={"released": released},
+    )
+    rlm.subscribe(subscriber)
+    assert rlm.completion("ctx").response == "done"
+    kinds = [e.type for e in events if e.type.startswith("cell_")]
+    assert kinds[0] == "cell_started" and kinds[-1] == "cell_finished"
+    outputs = [e for e in events if e.type == "cell_output" and e.stream == "stdout"]
+    assert outputs[0].text.startswith("first\n")  # it went out before the cell ended
+    finished = next(e for e in events if e.type == "cell_finished")
+    assert "".join(e.text for e in outputs) == finished.result.stdout == "first\nsecond\n"

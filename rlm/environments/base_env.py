@@ -200,16 +200,19 @@ _CAPABILITY_METHODS: dict[str, tuple[str, ...]] = {
         "get_history_count",
     ),
     "compaction": ("append_compaction_entry",),
+    "live_output": (),
 }
 
 
 def env_supports(env: Any, capability: str) -> bool:
     """Whether ``env`` (an environment or its class) has ``capability``: the one reader of
-    the environment contract, for ``"cell_timeout"``, ``"persistence"`` and ``"compaction"``.
+    the environment contract, for ``"cell_timeout"``, ``"persistence"``, ``"compaction"`` and
+    ``"live_output"``.
 
     It reads the class attribute ``supports_<capability>``; where that is not a bool (a
     class written before the attribute existed, a duck-typed object), it checks that the
-    capability's methods are there (``cell_timeout`` then counts as absent).
+    capability's methods are there (``cell_timeout`` and ``live_output`` then count as
+    absent).
     """
     try:
         methods = _CAPABILITY_METHODS[capability]
@@ -245,6 +248,9 @@ class BaseEnv(ABC):
     #: ``append_compaction_entry(entry)`` (``compaction=True`` keeps ``history`` in the REPL).
     #: ``None``: read from the method.
     supports_compaction: bool | None = None
+    #: ``execute_code(code, timeout=..., on_output=...)`` is accepted: ``on_output(stream,
+    #: text)`` gets the cell's output while it runs (see ``LocalREPL.execute_code``).
+    supports_live_output: bool = False
 
     def __init__(
         self,

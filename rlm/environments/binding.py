@@ -1,5 +1,7 @@
 """How an RLM gets its environment for a run (a new one, or the persistent one pointed at
-the run's handler) and runs one code block in it, with the cell events.
+the run's handler) and runs one code block in it, with the cell events. A cell's output
+goes out while it runs when a subscriber has ``wants_live_output`` and the environment
+``supports_live_output`` (``local``); otherwise when it ends.
 
 :class:`EnvironmentBinding` is a base class of :class:`rlm.core.rlm.RLM`. Environments
 come from ``rlm.core.rlm.get_environment`` as that name is at call time.
@@ -17,6 +19,15 @@ from rlm.environments.base_env import BaseEnv, env_supports
 
 if TYPE_CHECKING:
     from rlm.comms.lm_handler import LMHandler
+
+
+def wants_live_output(run: Run) -> bool:
+    """Whether a subscriber of ``run`` wants a cell's output while it runs (its attribute
+    ``wants_live_output`` is true); otherwise each stream's output is one ``cell_output``
+    event when the cell ends."""
+    return any(
+        getattr(s, "wants_live_output", False) for s in (*run.subscribers, *run.tree.subscribers)
+    )
 
 
 class EnvironmentBinding:
@@ -62,15 +73,25 @@ class EnvironmentBinding:
         ledger.check_time(run, "before running a code block")
         run.emit(ev.CellStarted, cell=cell, code=code)
         start = time.perf_counter()
+        sent = {"stdout": 0, "stderr": 0}  # characters of each stream already out
+        kwargs: dict[str, Any] = {}
         if env_supports(env, "cell_timeout"):
-            result = env.execute_code(code, timeout=run.remaining())  # type: ignore[call-arg]
-        else:
-            result = env.execute_code(code)
+            kwargs["timeout"] = run.remaining()
+        if env_supports(env, "live_output") and wants_live_output(run):
+
+            def on_output(stream: str, text: str) -> None:
+                sent[stream] += len(text)
+                run.emit(ev.CellOutput, cell=cell, stream=stream, text=text)
+
+            kwargs["on_output"] = on_output
+        result = env.execute_code(code, **kwargs)
         if run.listening:
-            # Environments hand back a cell's output when it ends; it goes out then.
+            # What did not go out while the cell ran goes out now: the texts of a
+            # stream's cell_output events add up to the result's.
             for stream in ("stdout", "stderr"):
-                if getattr(result, stream, ""):
-                    run.emit(ev.CellOutput, cell=cell, stream=stream, text=getattr(result, stream))
+                rest = (getattr(result, stream, "") or "")[sent[stream] :]
+                if rest:
+                    run.emit(ev.CellOutput, cell=cell, stream=stream, text=rest)
             run.emit(
                 ev.CellFinished,
                 cell=cell,

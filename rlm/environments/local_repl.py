@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -341,6 +341,7 @@ class LocalREPL(ReplHost, NonIsolatedEnv):
     """A persistent Python namespace in this process (see the module docstring)."""
 
     _STRICT_SETUP_CODE = False  # rlms: a failing setup_code is the cell's error, not a raise
+    supports_live_output = True
 
     @classmethod
     def check_kwargs(cls, kwargs: dict[str, Any]) -> None:
@@ -442,10 +443,19 @@ class LocalREPL(ReplHost, NonIsolatedEnv):
 
     # -- execution ----------------------------------------------------------------------
 
-    def execute_code(self, code: str, timeout: float | None = None) -> REPLResult:
-        """Run one cell. ``timeout`` (seconds) overrides ``cell_timeout`` for this cell."""
+    def execute_code(
+        self,
+        code: str,
+        timeout: float | None = None,
+        on_output: Callable[[str, str], Any] | None = None,
+    ) -> REPLResult:
+        """Run one cell. ``timeout`` (seconds) overrides ``cell_timeout`` for this cell.
+
+        ``on_output(stream, text)`` (``"stdout"`` or ``"stderr"``), *ours*: the cell's
+        output while it runs, about every 0.1 s, from this thread; the texts of a stream
+        add up to a prefix of the result's (the rest is in the result only)."""
         limit, pending = self._begin_cell(timeout)
-        outcome = self._core.run_cell(code, limit)
+        outcome = self._core.run_cell(code, limit, on_output)
         result = REPLResult(
             stdout=outcome.stdout,
             stderr=outcome.stderr,

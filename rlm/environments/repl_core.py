@@ -46,6 +46,8 @@ from collections.abc import Callable
 from typing import Any
 
 DEFAULT_MAX_OUTPUT_CHARS = 4_000_000
+#: How often a running cell's new output goes to ``run_cell``'s ``on_output`` (seconds).
+LIVE_OUTPUT_SECONDS = 0.1
 DISPLAY_REPR_CHARS = 20_000
 INTERRUPT_GRACE_SECONDS = 2.0
 
@@ -81,15 +83,17 @@ class CellInterrupted(BaseException):
 
 
 class BoundedBuffer(io.TextIOBase):
-    """A text sink that keeps the first ``limit`` characters and counts the rest."""
+    """A text sink that keeps the first ``limit`` characters and counts the rest. With
+    ``live``, what it keeps is also queued for :meth:`take_live`, in the same order."""
 
-    def __init__(self, limit: int = DEFAULT_MAX_OUTPUT_CHARS):
+    def __init__(self, limit: int = DEFAULT_MAX_OUTPUT_CHARS, live: bool = False):
         super().__init__()
         self.limit = limit
         self._chunks: list[str] = []
         self._size = 0
         self.dropped = 0
         self._lock = threading.Lock()
+        self._live: list[str] | None = [] if live else None
 
     def writable(self) -> bool:
         return True
@@ -99,15 +103,24 @@ class BoundedBuffer(io.TextIOBase):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         with self._lock:
             room = self.limit - self._size
-            if room >= len(s):
-                self._chunks.append(s)
-                self._size += len(s)
-            else:
-                if room > 0:
-                    self._chunks.append(s[:room])
-                    self._size += room
-                self.dropped += len(s) - max(room, 0)
+            kept = s if room >= len(s) else s[: max(room, 0)]
+            if kept:
+                self._chunks.append(kept)
+                self._size += len(kept)
+                if self._live is not None:
+                    self._live.append(kept)
+            self.dropped += len(s) - len(kept)
         return len(s)
+
+    def take_live(self) -> str:
+        """What was kept since the last call (the whole text so far, in order, across
+        calls); empty without ``live``."""
+        with self._lock:
+            if not self._live:
+                return ""
+            text = "".join(self._live)
+            self._live = []
+        return text
 
     def getvalue(self) -> str:
         with self._lock:
@@ -953,25 +966,40 @@ class ReplCore:
 
     # -- running cells -------------------------------------------------------------
 
-    def run_cell(self, code: str, timeout: float | None = None) -> CellOutcome:
+    def run_cell(
+        self,
+        code: str,
+        timeout: float | None = None,
+        on_output: Callable[[str, str], Any] | None = None,
+    ) -> CellOutcome:
         """Run ``code``; return at most ``timeout`` (+ a short grace) seconds later.
 
         Raises ``KeyboardInterrupt`` to the caller if the caller is interrupted while
         waiting (the cell is stopped first). Nothing the cell does escapes.
+
+        ``on_output(stream, text)`` (``"stdout"``/``"stderr"``), when given, gets the
+        output the cell wrote while it runs, at most every :data:`LIVE_OUTPUT_SECONDS`,
+        in the caller's thread (never the cell's: what it prints is not captured); the
+        texts of one stream add up to a prefix of the outcome's. What the cell wrote
+        in its last moments is only in the outcome. A callback that raises is not
+        called again for this cell.
         """
         with self._cell_lock:
             workdir = enter_workdir(self.workdir) if self.workdir else None
             try:
-                return self._run_locked(code, timeout)
+                return self._run_locked(code, timeout, on_output)
             finally:
                 if workdir is not None:
                     leave_workdir(workdir)
 
-    def _run_locked(self, code: str, timeout: float | None) -> CellOutcome:
+    def _run_locked(
+        self, code: str, timeout: float | None, on_output: Callable[[str, str], Any] | None
+    ) -> CellOutcome:
         executor = self._cell_thread()
         outcome = CellOutcome()
-        self._out = out = BoundedBuffer(self.max_output_chars)
-        self._err = err = BoundedBuffer(self.max_output_chars)
+        live = on_output is not None
+        self._out = out = BoundedBuffer(self.max_output_chars, live)
+        self._err = err = BoundedBuffer(self.max_output_chars, live)
         job = _Job(functools.partial(self._execute, code, outcome, out, err))
         self._wake = job.wake
         # The routers stand in for sys.stdout/sys.stderr while this call runs. A cell
@@ -979,9 +1007,34 @@ class ReplCore:
         # it writes to sys.stdout directly after that reaches the real stream.
         _acquire_router()
         try:
-            return self._wait_cell(timeout, outcome, job, executor, out, err)
+            return self._wait_cell(timeout, outcome, job, executor, out, err, on_output)
         finally:
             _release_router()
+
+    @staticmethod
+    def _wait_live(
+        job: _Job,
+        timeout: float | None,
+        out: BoundedBuffer,
+        err: BoundedBuffer,
+        on_output: Callable[[str, str], Any],
+    ) -> bool:
+        """``job.wake.wait(timeout)``, handing new output to ``on_output`` meanwhile."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return job.wake.is_set()
+            step = LIVE_OUTPUT_SECONDS if left is None else min(left, LIVE_OUTPUT_SECONDS)
+            if job.wake.wait(step):
+                return True
+            for stream, buffer in (("stdout", out), ("stderr", err)):
+                text = buffer.take_live()
+                if text and on_output is not None:
+                    try:
+                        on_output(stream, text)
+                    except Exception:
+                        on_output = None  # type: ignore[assignment]
 
     def _wait_cell(
         self,
@@ -991,13 +1044,17 @@ class ReplCore:
         executor: _CellThread,
         out: BoundedBuffer,
         err: BoundedBuffer,
+        on_output: Callable[[str, str], Any] | None = None,
     ) -> CellOutcome:
         start = time.perf_counter()
         try:
             # submit() is inside the try: a Ctrl-C landing right after it must stop the
             # cell too, or it would run on (and hold the GIL) forever.
             executor.submit(job)
-            finished = job.wake.wait(timeout)
+            if on_output is None:
+                finished = job.wake.wait(timeout)
+            else:
+                finished = self._wait_live(job, timeout, out, err, on_output)
         except BaseException:
             if not executor.stop_job(job, CellInterrupted):
                 self._retire(executor)
