@@ -500,6 +500,9 @@ class RLMMetadata:
         )
 
 
+_MEASURING = json.JSONEncoder(default=repr)
+
+
 def _measure(chunk: Any) -> int:
     """Size of one piece of context, in characters (bytes for binary data)."""
     if isinstance(chunk, (str, bytes, bytearray, memoryview)):
@@ -507,7 +510,7 @@ def _measure(chunk: Any) -> int:
     if isinstance(chunk, dict) and "content" in chunk and isinstance(chunk["content"], str):
         return len(chunk["content"])
     try:
-        return len(json.dumps(chunk, default=repr))
+        return len(_MEASURING.encode(chunk))  # json.dumps(chunk, default=repr), built once
     except Exception:
         try:
             return len(repr(chunk))

@@ -188,3 +188,23 @@ def test_sixteen_threads_sharing_one_rlm_and_logger_give_sixteen_separable_runs(
         docs.add(out.strip())
         assert run["run_metadata"]["root_model"] == "scripted"
     assert len(docs) == 16
+
+
+def test_the_context_is_measured_once_per_run():
+    """The system prompt and RunStarted share one measurement of the context."""
+    from rlm.core.run import Run
+
+    rlm = RLM(backend="scripted", backend_kwargs={"responses": ["FINAL(x)"]})
+    run = Run(rlm)
+    context = [{"id": 1}, "abc", ["nested"]]
+    first = run.context_metadata(context)
+    assert run.context_metadata(context) is first
+    assert (first.context_type, first.context_lengths) == ("list", [9, 3, 10])
+    other = run.context_metadata(["another context"])
+    assert other is not first and other.context_lengths == [15]
+
+    seen = []
+    rlm.subscribe(seen.append)
+    rlm.completion(context)
+    started = next(e for e in seen if isinstance(e, ev.RunStarted))
+    assert (started.context_type, started.context_length) == ("list", 22)

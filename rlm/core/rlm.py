@@ -308,14 +308,18 @@ class RLM(
     _refusal = staticmethod(ledger.refusal)
 
     def _setup_prompt(
-        self, prompt: Any, root_prompt: str | None = None, small: bool = False
+        self,
+        prompt: Any,
+        root_prompt: str | None = None,
+        small: bool = False,
+        metadata: QueryMetadata | None = None,
     ) -> list[dict[str, Any]]:
         system = self.system_prompt
         if small and system == RLM_SYSTEM_PROMPT:
             system = SMALL_MODEL_SYSTEM_PROMPT
         messages = build_rlm_system_prompt(
             system_prompt=system,
-            query_metadata=QueryMetadata(prompt),
+            query_metadata=metadata or QueryMetadata(prompt),
             custom_tools=self.custom_tools,
             root_prompt=root_prompt,
             orchestrator=self.orchestrator,
@@ -386,7 +390,9 @@ class RLM(
         try:
             env = run.env = self._environment(prompt, handler, run)
             self._emit_started(run, prompt, env)
-            messages = self._setup_prompt(prompt, root_prompt, small=run.guide.small)
+            messages = self._setup_prompt(
+                prompt, root_prompt, small=run.guide.small, metadata=run.context_metadata(prompt)
+            )
             if structured is not None:
                 system = messages[0]
                 messages[0] = {

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlm.core import events as ev
 from rlm.core.run import Run, Subscriber, Tree
-from rlm.datatypes import QueryMetadata, RLMMetadata
+from rlm.datatypes import RLMMetadata
 from rlm.logger.callbacks import Callbacks
 from rlm.utils.rlm_utils import is_sensitive_key, redact
 
@@ -89,7 +89,7 @@ class Subscriptions:
     def _emit_started(self, run: Run, prompt: Any, env: BaseEnv) -> None:
         if not run.listening:
             return
-        metadata = QueryMetadata(prompt)
+        metadata = run.context_metadata(prompt)  # measured once per run
         isolation = getattr(env, "isolation", None)
         run.emit(
             ev.RunStarted,
