@@ -427,3 +427,38 @@ def test_a_stopped_handler_is_reached_over_the_socket_again(scripted_handler):
     handler.stop()
     response = send_lm_request(address, LMRequest(prompt="x"), timeout=5)
     assert not response.success and "Request failed" in response.error
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_reaches_the_parents_handler_over_the_socket(scripted_handler):
+    """The child has copies of the parent's handlers, not their threads: its requests go
+    to the parent, and its own pool and handlers start afresh."""
+    import os
+
+    from rlm.clients.scripted import ScriptedLM
+    from rlm.comms import workers
+    from rlm.comms.lm_handler import LMHandler
+
+    handler = scripted_handler()
+    workers.submit(lambda: None).result(30)  # the parent's pool has an idle thread now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running any cleanup
+        try:
+            got = send_lm_request(handler.address, LMRequest(prompt="from the child"))
+            pooled = workers.submit(lambda: "pool").result(30)
+            with LMHandler(ScriptedLM(sub_responses=lambda m: "own")) as own:
+                mine = send_lm_request(own.address, LMRequest(prompt="x")).chat_completion
+                served = socket_request(own.address, {"prompt": "y"})["chat_completion"]
+            text = f"{got.chat_completion.response}|{pooled}|{mine.response}|{served['response']}"
+        except BaseException as exc:
+            text = f"failed: {exc!r}"
+        os.write(write, text.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    os.waitpid(pid, 0)
+    assert text == "sub:from the child|pool|own|own"
+    summary = handler.get_usage_summary().model_usage_summaries
+    assert summary["scripted"].total_calls == 1  # the parent answered it

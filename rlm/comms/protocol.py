@@ -314,6 +314,11 @@ def register_handler_token(address: tuple[str, int], token: str | None) -> None:
 _local_handlers: dict[tuple[str, int], Any] = {}
 
 
+# A forked child has copies of the parent's handlers, not their threads: its requests go
+# over the socket, to the parent, as before the fork.
+os.register_at_fork(after_in_child=_local_handlers.clear)
+
+
 def register_local_handler(address: tuple[str, int], handler: Any) -> None:
     """Make requests to ``address`` from this process go straight to ``handler`` (an object
     with ``answer_in_process(request, token, timeout)``), or, with ``None``, over the socket."""

@@ -10,6 +10,7 @@ serving thread per connection, frame authentication and the bounds on each conne
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 import selectors
@@ -30,6 +31,8 @@ from rlm.comms.protocol import (
     wire_form,
 )
 from rlm.utils.exceptions import ProtocolError
+
+log = logging.getLogger("rlm")
 
 #: Wrong tokens one connection may send before it is closed.
 MAX_AUTH_FAILURES = 8
@@ -119,7 +122,10 @@ class _Acceptor:
                     except OSError:
                         pass
                     continue
-                key.data._accept_ready(key.fileobj)
+                try:
+                    key.data._accept_ready(key.fileobj)
+                except Exception:  # one handler's failure must not stop the others' accepts
+                    log.exception("rlm: the LM handler's accept loop failed")
             with self._lock:
                 if self._count == 0:  # nobody listens any more: close down
                     selector.close()
@@ -129,8 +135,13 @@ class _Acceptor:
                     self._selector, self._wake_fds, self._thread = None, None, None
                     return
 
+    def _forget(self) -> None:
+        """In a forked child: the parent's thread and selector are not there."""
+        self.__init__()  # type: ignore[misc]
+
 
 _acceptor = _Acceptor()
+os.register_at_fork(after_in_child=_acceptor._forget)
 
 
 class SocketServer:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -93,6 +94,10 @@ class Workers:
                         self._idle -= 1
                         self._threads -= 1
 
+    def _forget(self) -> None:
+        """In a forked child: the parent's worker threads are not there."""
+        self.__init__(self.name, self.idle_seconds)  # type: ignore[misc]
+
 
 def _run(future: Future[Any], fn: Callable[[], Any]) -> None:
     if not future.set_running_or_notify_cancel():
@@ -111,6 +116,7 @@ def _in_context(context: contextvars.Context, fn: Callable[[], T]) -> Callable[[
 
 #: The process-wide pool.
 workers = Workers()
+os.register_at_fork(after_in_child=workers._forget)
 
 
 def submit(fn: Callable[[], T], copy_context: bool = False) -> Future[T]:
