@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlm.clients.pricing import PriceBook
+from rlm.comms.workers import in_worker
 from rlm.datatypes import ModelUsageSummary, UsageSummary
 from rlm.utils import exceptions as _exc
 from rlm.utils.exceptions import ConfigurationError, ProviderError
@@ -244,7 +245,7 @@ class BaseLM(metaclass=_LMMeta):
         raise NotImplementedError(f"{type(self).__name__} does not implement _generate()")
 
     async def _agenerate(self, messages: Messages, model: str | None = None) -> Generation:
-        return await asyncio.to_thread(self._generate, messages, model)
+        return await in_worker(self._generate, messages, model)
 
     def _stream(self, messages: Messages, model: str | None, on_token: OnToken) -> Generation:
         """Optional: like ``_generate``, calling ``on_token(text)`` with each piece of the
@@ -320,7 +321,7 @@ class BaseLM(metaclass=_LMMeta):
         """The async form of :meth:`completion`."""
         if not type(self).implements_generate():
             # A 0.1.x-style subclass that only wrote completion(): run it in a thread.
-            return await asyncio.to_thread(self.completion, prompt)
+            return await in_worker(self.completion, prompt)
         return (await self.agenerate(prompt, model)).text
 
     def get_usage_summary(self) -> UsageSummary:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from rlm.clients.base_lm import BaseLM, Generation, Messages, estimate_message_tokens
+from rlm.comms.workers import in_worker
 from rlm.utils.token_utils import estimate_tokens
 
 Script = list[str] | Iterator[str] | Callable[[Messages], str]
@@ -131,7 +132,7 @@ class ScriptedLM(BaseLM):
             await asyncio.sleep(self.delay)
         if self._is_callable(messages):
             # A user's function may block (sleep, wait, compute): keep it off the event loop.
-            return await asyncio.to_thread(self._answer, messages, model)
+            return await in_worker(self._answer, messages, model)
         return self._answer(messages, model)
 
     def _is_callable(self, messages: Messages) -> bool:

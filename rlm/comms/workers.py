@@ -7,7 +7,8 @@ until it returns and never delays anyone else's call. A thread idle for
 :data:`IDLE_SECONDS` ends, so a quiet process holds none.
 
 The loop's root-model calls (so that a run can abandon one at ``max_timeout`` or on
-cancellation), ``acompletion()`` and ``stream()`` run here (:func:`in_worker` is ``asyncio.to_thread``
+cancellation), ``acompletion()``, ``stream()`` and the async calls of clients without a
+native async SDK run here (:func:`in_worker` is ``asyncio.to_thread``
 without the cap of the event loop's default executor, ``min(32, CPUs + 4)`` threads): a tree of runs and many
 concurrent completions reuse the same few threads instead of starting one per call.
 """
