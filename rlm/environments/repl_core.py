@@ -438,6 +438,81 @@ class _CellThread:
         return job.done.is_set() or job.state == _CANCELLED
 
 
+class _CellThreads:
+    """A core's cell thread (started at its first cell, and again after a cell it could
+    not stop kept the last one) and the threads of such cells."""
+
+    def __init__(self) -> None:
+        self._current: _CellThread | None = None
+        self._finalizer: Any = None
+        self._abandoned: list[threading.Thread] = []
+        self._closed = False
+
+    def current(self) -> _CellThread:
+        executor = self._current
+        if executor is None:
+            if self._closed:
+                raise RuntimeError("this REPL engine was closed")
+            executor = self._current = _CellThread()
+            # Dropped without close() (its core collected), it still ends its thread.
+            self._finalizer = weakref.finalize(self, executor.stop)
+            executor.thread.start()
+        return executor
+
+    def retire(self, executor: _CellThread) -> None:
+        """``executor`` is held by a cell that did not stop: it exits when (if ever) that
+        cell ends, and the next cell gets a fresh thread."""
+        if self._current is executor:
+            self._current = None
+            self._finalizer.detach()
+        executor.stop()
+        self._abandoned.append(executor.thread)
+
+    def still_running(self, wait: float) -> bool:
+        alive = []
+        for thread in self._abandoned:
+            thread.join(wait)
+            if thread.is_alive():
+                alive.append(thread)
+        self._abandoned = alive
+        return bool(alive)
+
+    def close(self, wait: float, join: bool) -> None:
+        self._closed = True
+        executor, self._current = self._current, None
+        if executor is None:
+            return
+        self._finalizer.detach()
+        executor.stop()
+        if join and executor.thread is not threading.current_thread():
+            executor.thread.join(wait)
+
+
+def _wait_live(
+    job: _Job,
+    timeout: float | None,
+    out: BoundedBuffer,
+    err: BoundedBuffer,
+    on_output: Callable[[str, str], Any],
+) -> bool:
+    """``job.wake.wait(timeout)``, handing new output to ``on_output`` meanwhile."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return job.wake.is_set()
+        step = LIVE_OUTPUT_SECONDS if left is None else min(left, LIVE_OUTPUT_SECONDS)
+        if job.wake.wait(step):
+            return True
+        for stream, buffer in (("stdout", out), ("stderr", err)):
+            text = buffer.take_live()
+            if text and on_output is not None:
+                try:
+                    on_output(stream, text)
+                except Exception:
+                    on_output = None  # type: ignore[assignment]
+
+
 # ---------------------------------------------------------------------------
 # Display helpers
 # ---------------------------------------------------------------------------
@@ -672,10 +747,7 @@ class ReplCore:
         self._answer_at_end: dict[str, Any] | None = None  # the answer dict as a cell left it
         # Set when the running cell ends or is interrupted; None between cells.
         self._wake: _Latch | None = None
-        self._executor: _CellThread | None = None  # the cell thread, from the first cell on
-        self._finalizer: Any = None
-        self._abandoned: list[threading.Thread] = []  # threads of cells that did not stop
-        self._closed = False
+        self._threads = _CellThreads()
         self.fixed: dict[str, Any] = {}  # names restored after every cell (context, history...)
         self._builtins_table = self._builtins()
         self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": self._builtins_table}
@@ -917,52 +989,15 @@ class ReplCore:
         if wake is not None:
             wake.set()
 
-    # -- the cell thread ----------------------------------------------------------
-
-    def _cell_thread(self) -> _CellThread:
-        """This core's cell thread, started at its first cell (and again after a cell it
-        could not stop took the last one)."""
-        executor = self._executor
-        if executor is None:
-            if self._closed:
-                raise RuntimeError("this REPL engine was closed")
-            executor = self._executor = _CellThread()
-            # A core dropped without close() still ends its thread.
-            self._finalizer = weakref.finalize(self, executor.stop)
-            executor.thread.start()
-        return executor
-
-    def _retire(self, executor: _CellThread) -> None:
-        """``executor`` is held by a cell that did not stop: it exits when (if ever) that
-        cell ends, and the next cell gets a fresh thread."""
-        if self._executor is executor:
-            self._executor = None
-            self._finalizer.detach()
-        executor.stop()
-        self._abandoned.append(executor.thread)
-
     def cell_still_running(self, wait: float = 0.1) -> bool:
         """True when a cell that could not be stopped still runs (it caught the
         interruption, or sits in native code); each is given ``wait`` seconds to end."""
-        alive = []
-        for thread in self._abandoned:
-            thread.join(wait)
-            if thread.is_alive():
-                alive.append(thread)
-        self._abandoned = alive
-        return bool(alive)
+        return self._threads.still_running(wait)
 
     def close(self, wait: float = 5.0) -> None:
         """Stop the cell thread (an idle one is joined, up to ``wait`` seconds); safe to call
         twice. A cell run after this raises ``RuntimeError``."""
-        self._closed = True
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        self._finalizer.detach()
-        executor.stop()
-        if executor.thread is not threading.current_thread() and not self._cell_lock.locked():
-            executor.thread.join(wait)
+        self._threads.close(wait, join=not self._cell_lock.locked())
 
     # -- running cells -------------------------------------------------------------
 
@@ -995,7 +1030,7 @@ class ReplCore:
     def _run_locked(
         self, code: str, timeout: float | None, on_output: Callable[[str, str], Any] | None
     ) -> CellOutcome:
-        executor = self._cell_thread()
+        executor = self._threads.current()
         outcome = CellOutcome()
         live = on_output is not None
         self._out = out = BoundedBuffer(self.max_output_chars, live)
@@ -1010,31 +1045,6 @@ class ReplCore:
             return self._wait_cell(timeout, outcome, job, executor, out, err, on_output)
         finally:
             _release_router()
-
-    @staticmethod
-    def _wait_live(
-        job: _Job,
-        timeout: float | None,
-        out: BoundedBuffer,
-        err: BoundedBuffer,
-        on_output: Callable[[str, str], Any],
-    ) -> bool:
-        """``job.wake.wait(timeout)``, handing new output to ``on_output`` meanwhile."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return job.wake.is_set()
-            step = LIVE_OUTPUT_SECONDS if left is None else min(left, LIVE_OUTPUT_SECONDS)
-            if job.wake.wait(step):
-                return True
-            for stream, buffer in (("stdout", out), ("stderr", err)):
-                text = buffer.take_live()
-                if text and on_output is not None:
-                    try:
-                        on_output(stream, text)
-                    except Exception:
-                        on_output = None  # type: ignore[assignment]
 
     def _wait_cell(
         self,
@@ -1054,10 +1064,10 @@ class ReplCore:
             if on_output is None:
                 finished = job.wake.wait(timeout)
             else:
-                finished = self._wait_live(job, timeout, out, err, on_output)
+                finished = _wait_live(job, timeout, out, err, on_output)
         except BaseException:
             if not executor.stop_job(job, CellInterrupted):
-                self._retire(executor)
+                self._threads.retire(executor)
             self._out = self._err = self._wake = None
             raise
         self._wake = None
@@ -1089,7 +1099,7 @@ class ReplCore:
         else:
             stopped = True
         if not stopped:
-            self._retire(executor)
+            self._threads.retire(executor)
         self._out = self._err = None
         outcome.stdout = out.getvalue()
         outcome.stderr = err.getvalue()
