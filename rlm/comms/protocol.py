@@ -300,14 +300,19 @@ _tokens: dict[tuple[str, int], str] = {}
 _tokens_lock = threading.Lock()
 
 
-def register_handler_token(address: tuple[str, int], token: str | None) -> None:
-    """Remember (or, with ``None``, forget) the secret of a handler running in this process."""
+def _register(table: dict[tuple[str, int], Any], address: tuple[str, int], value: Any) -> None:
+    """``table[address] = value``, or, with ``None``, the entry removed (under the lock)."""
     key = (address[0], int(address[1]))
     with _tokens_lock:
-        if token is None:
-            _tokens.pop(key, None)
+        if value is None:
+            table.pop(key, None)
         else:
-            _tokens[key] = token
+            table[key] = value
+
+
+def register_handler_token(address: tuple[str, int], token: str | None) -> None:
+    """Remember (or, with ``None``, forget) the secret of a handler running in this process."""
+    _register(_tokens, address, token)
 
 
 #: Handlers started in this process, by address: requests to them skip the socket.
@@ -322,12 +327,7 @@ os.register_at_fork(after_in_child=_local_handlers.clear)
 def register_local_handler(address: tuple[str, int], handler: Any) -> None:
     """Make requests to ``address`` from this process go straight to ``handler`` (an object
     with ``answer_in_process(request, token, timeout)``), or, with ``None``, over the socket."""
-    key = (address[0], int(address[1]))
-    with _tokens_lock:
-        if handler is None:
-            _local_handlers.pop(key, None)
-        else:
-            _local_handlers[key] = handler
+    _register(_local_handlers, address, handler)
 
 
 def _local_handler(address: Any) -> Any:

@@ -140,34 +140,26 @@ def check_after_iteration(run: Run, iteration: Any, number: int, handler: Any) -
         )
         raise stop(run, "errors", exc, run.consecutive_errors, rlm.max_errors)
     usage = handler.get_usage_summary()
-    if rlm.max_budget is not None:
-        spent = usage.total_cost or 0.0
-        if spent > rlm.max_budget:
-            exc = BudgetExceededError(
-                spent=spent,
-                budget=rlm.max_budget,
+    spending = (
+        ("budget", rlm.max_budget, usage.total_cost or 0.0, BudgetExceededError, "Budget"),
+        ("tokens", rlm.max_tokens, usage.total_tokens, TokenLimitExceededError, "Token limit"),
+    )
+    for kind, limit, used, error, what in spending:
+        if limit is None:
+            continue
+        if used > limit:
+            # Both take (figure, limit, partial_answer, message), in rlms' order.
+            exc = error(
+                used,
+                limit,
                 partial_answer=run.best_partial,
                 message=(
-                    f"Budget exceeded after iteration {number}: "
-                    f"{describe('budget', spent, rlm.max_budget)} budget"
+                    f"{what} exceeded after iteration {number}: {describe(kind, used, limit)}"
+                    + (" budget" if kind == "budget" else "")
                 ),
             )
-            raise stop(run, "budget", exc, spent, rlm.max_budget)
-        _warn(run, "budget", spent, rlm.max_budget)
-    if rlm.max_tokens is not None:
-        used = usage.total_tokens
-        if used > rlm.max_tokens:
-            exc = TokenLimitExceededError(
-                tokens_used=used,
-                token_limit=rlm.max_tokens,
-                partial_answer=run.best_partial,
-                message=(
-                    f"Token limit exceeded after iteration {number}: "
-                    f"{describe('tokens', used, rlm.max_tokens)}"
-                ),
-            )
-            raise stop(run, "tokens", exc, used, rlm.max_tokens)
-        _warn(run, "tokens", used, rlm.max_tokens)
+            raise stop(run, kind, exc, used, limit)
+        _warn(run, kind, used, limit)
     check_time(run, f"after iteration {number}")
     if run.deadline is not None and rlm.max_timeout:
         _warn(run, "timeout", run.elapsed(), rlm.max_timeout)
