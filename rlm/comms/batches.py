@@ -47,6 +47,9 @@ class BatchRunner:
     """The batch side of :class:`~rlm.comms.lm_handler.LMHandler` (a base class of it)."""
 
     if TYPE_CHECKING:  # LMHandler's attributes
+        _loop: asyncio.AbstractEventLoop | None
+        _loop_lock: threading.Lock
+        _running: bool
 
         def __getattr__(self, name: str) -> Any: ...
 

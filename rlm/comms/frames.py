@@ -112,8 +112,9 @@ def read_frame(
     return payload
 
 
-def decode_payload(payload: bytes | bytearray) -> Any:
-    """Parse a frame's UTF-8 JSON; :class:`ProtocolError` when it is not."""
+def decode_payload(payload: bytes | bytearray | str) -> Any:
+    """Parse a frame's UTF-8 JSON (or already decoded text); :class:`ProtocolError` when it
+    is not."""
     try:
         return json.loads(payload)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

@@ -154,7 +154,7 @@ def _prints_in_filter(tree: ast.AST) -> bool:
             )
             if tests_in and any(
                 isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id == "print"
-                for statement in node.body
+                for statement in getattr(node, "body", ())
                 for c in ast.walk(statement)
             ):
                 return True
