@@ -59,7 +59,9 @@ def test_a_depth_two_stream_yields_its_events_in_order_with_parent_links():
     assert all(e.parent_run_id == root.run_id and e.depth == 1 for e in child)
 
     def kinds(run_id):
-        return [e.type for e in events if e.run_id == run_id and e.type != "root_token"]
+        # cell_output: one or more per stream, while the cell runs (checked below).
+        skip = ("root_token", "cell_output")
+        return [e.type for e in events if e.run_id == run_id and e.type not in skip]
 
     assert kinds(root.run_id) == [
         "run_started",
@@ -73,7 +75,6 @@ def test_a_depth_two_stream_yields_its_events_in_order_with_parent_links():
         "subcall_finished",
         "subcall_started",  # rlm_query: the child's events come here
         "subcall_finished",
-        "cell_output",
         "cell_finished",
         "iteration_finished",
         "iteration_started",
@@ -83,6 +84,20 @@ def test_a_depth_two_stream_yields_its_events_in_order_with_parent_links():
         "final_answer",
         "run_finished",
     ]
+    for cell in (e for e in events if e.type == "cell_finished" and e.run_id == root.run_id):
+        started = next(
+            e.seq
+            for e in events
+            if e.type == "cell_started"
+            and e.run_id == root.run_id
+            and e.cell == cell.cell
+            and e.iteration == cell.iteration
+        )
+        output = [
+            e for e in events
+            if e.type == "cell_output" and e.run_id == root.run_id and started < e.seq < cell.seq
+        ]  # fmt: skip
+        assert "".join(e.text for e in output if e.stream == "stdout") == cell.result.stdout
     tokens = [e for e in events if e.type == "root_token" and e.run_id == root.run_id]
     assert "".join(t.text for t in tokens if t.iteration == 1).startswith("Let me look.")
     batch = [e for e in events if e.type == "subcall_finished" and e.kind == "llm_batch_item"]
@@ -90,6 +105,27 @@ def test_a_depth_two_stream_yields_its_events_in_order_with_parent_links():
     for event in events:
         assert event.iteration is None or event.iteration >= 1
         json.dumps(event.to_dict(), default=repr)  # every event has a JSON form
+
+
+def test_stream_yields_a_running_cells_output_before_the_cell_ends():
+    # The cell prints, then waits for the consumer to have seen that print: only a
+    # cell_output sent while the cell runs lets it go on (no clock involved).
+    seen = threading.Event()
+    code = 'print("first", flush=True)\nprint("released" if seen.wait(60) else "never seen")'
+    rlm = RLM(
+        backend="scripted",
+        backend_kwargs={"responses": [f"```repl\n{code}\n```", "FINAL(done)"]},
+        custom_tools={"seen": seen},
+    )
+    order = []
+    for event in rlm.stream("ctx"):
+        if event.type == "cell_output" and "first" in event.text:
+            order.append("first")
+            seen.set()
+        elif event.type == "cell_finished":
+            order.append("finished")
+            assert event.result.stdout == "first\nreleased\n"
+    assert order == ["first", "finished"]
 
 
 def test_the_log_written_from_the_stream_equals_the_baseline_field_for_field(tmp_path):

@@ -342,9 +342,10 @@ def _structured_result(
 
 
 class _QueueSubscriber:
-    """Feeds a stream's queue; wants root tokens."""
+    """Feeds a stream's queue; wants root tokens and a running cell's output."""
 
     wants_tokens = True
+    wants_live_output = True
 
     def __init__(self, put: Callable[[Any], None]):
         self.put = put
