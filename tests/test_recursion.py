@@ -723,3 +723,37 @@ def test_a_child_runs_in_the_thread_that_asked_for_it():
     assert rlm.completion("ctx").response == "from the child"
     assert where[1] == [cells[0]]
     assert where[0][0] is threading.current_thread()
+
+
+def test_what_a_child_run_prints_is_not_the_parent_cells_output(capsys):
+    """A child run runs in the parent cell's thread: its subscribers' prints and the
+    warnings of a raising subscriber go to the real streams, not into the cell's output
+    that the root model reads."""
+
+    def script(messages):
+        if "CHILD" in task(messages):
+            return answer('"child-done"')
+        if turns(messages) == 0:
+            return '```repl\nres = rlm_query("CHILD task")\nprint("parent sees", res)\n```'
+        return answer("res")
+
+    def bad(event):
+        if event.type == "subcall_started":
+            raise ValueError("subscriber bug")
+
+    rlm = RLM(
+        backend="scripted",
+        backend_kwargs={"responses": script},
+        max_depth=2,
+        logger=RLMLogger(),  # in memory: result.metadata holds the trajectory
+    )
+    rlm.subscribe(lambda event: print("SUBSCRIBER", event.type))
+    rlm.subscribe(bad)
+    with pytest.warns(RuntimeWarning, match="subscriber bug"):
+        result = rlm.completion("ROOT context", root_prompt="go")
+    assert result.response == "child-done"
+    cell = result.metadata["iterations"][0]["code_blocks"][0]["result"]
+    assert cell["stdout"] == "parent sees child-done\n"
+    assert "subscriber bug" not in cell["stderr"]
+    printed = capsys.readouterr().out
+    assert "SUBSCRIBER subcall_started" in printed and "SUBSCRIBER run_started" in printed

@@ -43,7 +43,7 @@ from rlm.environments.base_env import (
     user_options,
     validate_custom_tools,
 )
-from rlm.environments.repl_core import DEFAULT_MAX_OUTPUT_CHARS, ReplCore
+from rlm.environments.repl_core import DEFAULT_MAX_OUTPUT_CHARS, ReplCore, uncaptured
 from rlm.utils.exceptions import ConfigurationError
 
 DEFAULT_CELL_TIMEOUT = 600.0
@@ -111,11 +111,14 @@ def _rlm_call(ch: _Channel, prompt: Any, model: str | None) -> tuple[str, RLMCha
         return answer, completion
     if ch.address is None:
         return NO_HANDLER, None
-    response = send_lm_request(
-        ch.address,
-        LMRequest(prompt=prompt, model=model, depth=ch.depth, kind="rlm"),
-        timeout=ch.timeout,
-    )
+    # A handler of this process runs the child in this thread (the cell's): what the
+    # child's loop and its subscribers print is not this cell's output.
+    with uncaptured():
+        response = send_lm_request(
+            ch.address,
+            LMRequest(prompt=prompt, model=model, depth=ch.depth, kind="rlm"),
+            timeout=ch.timeout,
+        )
     if not response.success or response.chat_completion is None:
         return f"Error: {response.error}", None
     return response.chat_completion.response, response.chat_completion

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import ctypes
 import functools
 import io
@@ -42,7 +43,7 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 DEFAULT_MAX_OUTPUT_CHARS = 4_000_000
@@ -181,6 +182,21 @@ class _Router(io.TextIOBase):
 
 
 _capture = threading.local()
+
+
+@contextlib.contextmanager
+def uncaptured() -> Iterator[None]:
+    """This thread's prints go to the real streams meanwhile, not to the cell that runs on
+    it: for work a cell waits on in its own thread (a child run), whose subscribers,
+    warnings and log lines are not the cell's output."""
+    saved = getattr(_capture, "out", None), getattr(_capture, "err", None)
+    _capture.out = _capture.err = None
+    try:
+        yield
+    finally:
+        _capture.out, _capture.err = saved
+
+
 _router_lock = threading.Lock()
 _router_users = 0
 # Every router ever put in place, by the stream it stands in for, kept alive for good.
