@@ -116,9 +116,10 @@ def test_the_shipped_codec_runs_without_the_package():
 def _streamed(value):
     """(declared size, bytes on the wire) of a streamed transfer of ``value``."""
     fmt, pieces = frames.stream_pieces(value)
+    total = frames.stream_size(pieces)
     out = bytearray()
-    frames.write_stream(out.extend, pieces())
-    return {"format": fmt, "bytes": frames.stream_size(pieces)}, bytes(out)
+    frames.write_stream(out.extend, pieces(), total)
+    return {"format": fmt, "bytes": total}, bytes(out)
 
 
 def _reader(data: bytes):
@@ -215,6 +216,28 @@ def test_a_broken_streamed_transfer_is_an_error(stream, data, error):
     read_exact, _ = _reader(data)
     with pytest.raises(error):
         frames.read_stream_value(read_exact, stream)
+
+
+@pytest.mark.parametrize("change", ["shrinks", "grows"])
+def test_a_value_that_changes_size_between_the_passes_is_refused_by_the_writer(change):
+    value = ["x" * 10] * 5
+    fmt, pieces = frames.stream_pieces(value)
+    total = frames.stream_size(pieces)
+    if change == "shrinks":
+        value.pop()
+    else:
+        value.append("y" * 10_000)
+    out = bytearray()
+    with pytest.raises(ProtocolError, match="the value changed while it was sent"):
+        frames.write_stream(out.extend, pieces(), total)
+    # Nothing past the declared size went out, so the reader never takes extra bytes.
+    written = 0
+    view = memoryview(out)
+    while view:
+        (n,) = frames.HEADER.unpack(view[: frames.HEADER.size])
+        written += n
+        view = view[frames.HEADER.size + n :]
+    assert written <= total
 
 
 def test_the_worker_channel_reads_a_streamed_context_into_its_message():

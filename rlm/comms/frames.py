@@ -229,11 +229,26 @@ def stream_size(pieces: Callable[[], Iterator[str]]) -> int:
     return total
 
 
-def write_stream(write: Callable[[bytes], Any], pieces: Iterator[str]) -> None:
-    """Write ``pieces`` as the chunk frames of a streamed transfer (its header, which
-    declares :func:`stream_size` bytes, was written just before)."""
+def write_stream(write: Callable[[bytes], Any], pieces: Iterator[str], total: int) -> None:
+    """Write ``pieces`` as the chunk frames of a streamed transfer whose header, written
+    just before, declared ``total`` bytes (:func:`stream_size`). :class:`ProtocolError`
+    when the pieces come to another size (the value changed between the two passes):
+    nothing past ``total`` is written, and the channel must then be given up, since the
+    reader still waits for the declared bytes."""
+    sent = 0
     for chunk in utf8_chunks(pieces):
+        if sent + len(chunk) > total:
+            raise ProtocolError(
+                f"a streamed transfer grew past the {total:,} bytes it declared "
+                "(the value changed while it was sent)"
+            )
         write(HEADER.pack(len(chunk)) + chunk)
+        sent += len(chunk)
+    if sent != total:
+        raise ProtocolError(
+            f"a streamed transfer sent {sent:,} of the {total:,} bytes it declared "
+            "(the value changed while it was sent)"
+        )
 
 
 def read_stream(

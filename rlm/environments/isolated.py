@@ -484,7 +484,15 @@ class IsolatedREPL(ReplHost, IsolatedEnv):
             raise WorkerError("the worker is not running")
         with self._write_lock:  # the chunks follow their header, nothing in between
             chan.write(head)
-            frames.write_stream(chan.write, pieces())
+            try:
+                frames.write_stream(chan.write, pieces(), total)
+            except ProtocolError as exc:
+                # The worker still waits for the declared bytes: the channel is lost.
+                self._chan = None
+                self.transport.stop()
+                raise WorkerError(
+                    f"context {index} could not be sent, so the worker was stopped: {exc}"
+                ) from exc
 
     def _send_bytes(self, data: bytes) -> None:
         chan = self._chan
