@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from rlm.clients.scripted import ScriptedLM
 from rlm.core.lm_handler import LMHandler
+
+# A shell without job control starts background commands with SIGINT ignored, and Python
+# then installs no KeyboardInterrupt handler (nor do the programs the tests start, since an
+# ignored signal stays ignored across exec). The Ctrl-C tests need Python's default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
