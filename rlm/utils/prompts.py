@@ -9,6 +9,7 @@ tokens, so an 8k window keeps room for the history.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rlm.datatypes import QueryMetadata
@@ -84,7 +85,7 @@ print(context[:500])
 ```
 2. To find a fact, search for a lowercase keyword from the question, ignoring case, and print the matching lines:
 ```repl
-hits = [line for line in context.splitlines() if "keyword" in line.lower()]
+hits = [line for line in context.splitlines() if "{example_keyword}" in line.lower()]
 print(len(hits))
 print(hits[:10])
 ```
@@ -127,6 +128,72 @@ def _describe_context(metadata: QueryMetadata) -> str:
     else:
         shape = f"a {metadata.context_type} of about {metadata.context_total_length:,} characters"
     return f"The variable `context` holds {shape}."
+
+
+#: Words never picked as the small-model prompt's example keyword.
+_STOPWORDS = frozenset(
+    [
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+        "is",
+        "are",
+        "was",
+        "were",
+        "the",
+        "a",
+        "an",
+        "of",
+        "for",
+        "to",
+        "in",
+        "on",
+        "at",
+        "by",
+        "with",
+        "from",
+        "and",
+        "or",
+        "not",
+        "does",
+        "do",
+        "did",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "their",
+        "about",
+        "into",
+        "than",
+        "answer",
+        "only",
+        "give",
+        "tell",
+        "name",
+        "list",
+        "find",
+        "number",
+        "many",
+        "much",
+    ]
+)
+
+
+def example_keyword(question: str | None) -> str:
+    """A lowercase word of ``question`` for the small-model prompt's search example (its
+    longest word that is not a stopword), so that a model which copies the example
+    searches for something the question names; ``keyword`` without a question."""
+    words = re.findall(r"[a-z0-9][a-z0-9'-]*", (question or "").lower())
+    candidates = [w for w in words if w not in _STOPWORDS and len(w) > 2]
+    return max(candidates, key=len) if candidates else "keyword"
 
 
 def _fill_system_prompt(system_prompt: str, section: str) -> str:
