@@ -183,3 +183,48 @@ def test_a_cancelled_abatch_keeps_what_finished(tmp_path):
 
     asyncio.run(go())  # returns only once the spinning cell's thread has ended
     assert sorted(r["id"] for r in _records(tmp_path / "out.jsonl")) == [str(k) for k in range(5)]
+
+
+def test_log_dir_gives_every_item_its_own_trajectory(tmp_path):
+    from rlm import load_trajectory
+
+    items = [
+        {"id": "a/1", "context": "first"},
+        {"id": "b 2", "context": "second"},
+        {"id": "c", "context": "third", "max_iterations": 0},  # fails before running
+    ]
+    config = {"backend": "scripted", "backend_kwargs": {"responses": [ANSWER]}}
+    summary = batch(items, tmp_path / "out.jsonl", config=config, log_dir=tmp_path / "logs")
+    records = {r["id"]: r for r in _records(tmp_path / "out.jsonl")}
+    assert summary.done == 2 and summary.failed == 1
+    for item_id, context in (("a/1", "first"), ("b 2", "second")):
+        path = Path(records[item_id]["log_file"])
+        # One file per item, in log_dir, named after the item (unsafe characters replaced).
+        assert path.parent == tmp_path / "logs" and path.name.startswith(item_id[0] + "_")
+        run = load_trajectory(path)
+        assert run.final_answer == "A:" + context and len(run.iterations) == 1
+    assert len(list((tmp_path / "logs").glob("*.jsonl"))) == 2
+    assert "log_file" not in records["c"] or not Path(records["c"]["log_file"]).exists()
+
+    # The CLI's --log-dir does the same; a logger and log_dir together are refused.
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "x", "context": "cli"}) + "\n", encoding="utf-8")
+    done = _cli(
+        str(inp),
+        "-o",
+        str(tmp_path / "cli.jsonl"),
+        "--backend",
+        "scripted",
+        "--backend-kwargs",
+        json.dumps({"responses": [ANSWER]}),
+        "--log-dir",
+        str(tmp_path / "cli-logs"),
+        "--no-progress",
+    )
+    assert done.returncode == 0, done.stderr
+    (record,) = _records(tmp_path / "cli.jsonl")
+    assert load_trajectory(record["log_file"]).final_answer == "A:cli"
+    from rlm.logger import RLMLogger
+
+    with pytest.raises(ValueError, match="log_dir or a logger"):
+        batch(items, config={**config, "logger": RLMLogger()}, log_dir=tmp_path / "x")

@@ -373,3 +373,15 @@ def test_all_three_arms_on_one_scripted_server(tmp_path):
         json.loads(line) for line in (out / "runs" / "rlms.jsonl").read_text().splitlines()
     ]
     assert {r["rlms_version"] for r in rlms_records} == {"0.1.3"}
+    # Both loop arms keep each task's trajectory; ours reads rlms' files too.
+    from rlm import load_trajectory
+
+    for arm in ("rlm", "rlms"):
+        records = [
+            json.loads(line) for line in (out / "runs" / f"{arm}.jsonl").read_text().splitlines()
+        ]
+        assert len(records) == 4
+        for record in records:
+            path = Path(record["log_file"])
+            assert path.parent == out / "trajectories" / arm, record
+            assert load_trajectory(path).final_answer == record["response"]

@@ -6,7 +6,8 @@
   interpreter that has it (``rlms_driver.py``), so the two packages never share a process.
 
 Every arm writes one JSON line per task to ``DIR/runs/<arm>.jsonl``, in the batch
-runner's record format, and a rerun skips the tasks already there (the batch runner's
+runner's record format (the loop arms also write each task's trajectory to
+``DIR/trajectories/<arm>/``, for ``rlm view``), and a rerun skips the tasks already there (the batch runner's
 resume rules; the direct and rlms arms use its output file). The loop arms get the same
 configuration: sub-calls go to the same model under the name ``<model>@sub``, so that
 root and sub-call tokens can be told apart in the usage.
@@ -88,6 +89,12 @@ class Settings:
     concurrency: int = 1
     rlms_python: str | None = None
     retry_failed: bool = False
+
+
+def trajectories(path: Path, arm: str) -> Path:
+    """Where the loop arm writing ``path`` (``DIR/runs/<arm>.jsonl``) puts its tasks'
+    trajectory files."""
+    return path.parent.parent / "trajectories" / arm
 
 
 def _usage_summary(generation_model: str, usage: Any) -> dict[str, Any]:
@@ -250,6 +257,7 @@ def run_rlm(
         progress=False,
         retry_failed=settings.retry_failed,
         on_record=on_record,
+        log_dir=trajectories(path, "rlm"),
     )
     return int(summary.ran)
 
@@ -310,7 +318,12 @@ def run_rlms(
 
     def work(task: Prepared) -> Record:
         start = time.perf_counter()
-        request = {"context_file": str(task.context_file), "question": task.question}
+        request = {
+            "context_file": str(task.context_file),
+            "question": task.question,
+            "log_dir": str(trajectories(path, "rlms")),
+            "id": task.id,
+        }
         try:
             # The driver's own limit is max_timeout; this one catches a hung process.
             reply = _driver(python, {**request, "config": config}, settings.timeout * 1.5 + 60)
@@ -329,6 +342,7 @@ def run_rlms(
             root_model=reply.get("root_model"),
             usage_summary=reply.get("usage_summary"),
             rlms_version=reply.get("rlms_version"),
+            log_file=reply.get("log_file"),
         )
 
     _each(todo, work, output, settings.concurrency, on_record)

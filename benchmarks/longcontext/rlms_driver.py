@@ -3,7 +3,8 @@
     /path/to/rlms-venv/bin/python -I rlms_driver.py < task.json
 
 Reads one JSON object on stdin: ``{"context_file": PATH, "question": TEXT, "config":
-{RLM(...) keyword arguments}}``, or ``{"probe": true}`` to report the installed
+{RLM(...) keyword arguments}}`` (with ``log_dir`` and ``id``, rlms' own ``RLMLogger``
+writes the task's trajectory there, named after the id), or ``{"probe": true}`` to report the installed
 version only. Writes one JSON object on stdout: ``ok``, ``response``, ``error``,
 ``execution_time``, ``root_model``, ``usage_summary`` (rlms' ``to_dict()``) and
 ``rlms_version``. Anything rlms prints goes to stderr. Standard library and rlms only:
@@ -41,10 +42,15 @@ def main() -> int:
     context = Path(request["context_file"]).read_text(encoding="utf-8")
     start = time.perf_counter()
     result = {"rlms_version": version, "ok": False, "response": None, "error": None}
-    try:
-        completion = rlm_class(**request["config"]).completion(
-            context, root_prompt=request["question"]
+    config = dict(request["config"])
+    if request.get("log_dir"):
+        from rlm.logger import RLMLogger
+
+        config["logger"] = RLMLogger(
+            log_dir=request["log_dir"], file_name=request.get("id", "rlms")
         )
+    try:
+        completion = rlm_class(**config).completion(context, root_prompt=request["question"])
         result.update(
             ok=True,
             response=completion.response,
@@ -52,6 +58,8 @@ def main() -> int:
             execution_time=completion.execution_time,
             usage_summary=completion.usage_summary.to_dict(),
         )
+        if config.get("logger") is not None:
+            result["log_file"] = getattr(config["logger"], "log_file_path", None)
     except Exception as exc:
         traceback.print_exc()
         result.update(error=f"{type(exc).__name__}: {exc}")

@@ -32,6 +32,7 @@ def _batch(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         progress=False if args.no_progress else None,
         retry_failed=args.retry_failed,
+        log_dir=args.log_dir,
     )
     print(summary.line(), file=sys.stderr)
     print(json.dumps(summary.to_dict()))
@@ -55,6 +56,12 @@ def build_batch(subparsers: Any) -> None:
         "--ray-address",
         metavar="ADDRESS",
         help="a running Ray cluster (e.g. HEAD:6379 or auto); default: start a local one",
+    )
+    parser.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="write each item's trajectory to DIR (one JSON-lines file per item, "
+        "named after its id; the record's log_file gives the path)",
     )
     parser.add_argument(
         "--retry-failed", action="store_true", help="run again the items recorded as failed"

@@ -33,10 +33,10 @@ def _ray() -> Any:
     return ray
 
 
-def _task(config: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+def _task(config: dict[str, Any], payload: dict[str, Any], log_dir: str | None) -> dict[str, Any]:
     from rlm.batch.runner import run_payload
 
-    return run_payload(config, payload)
+    return run_payload(config, payload, log_dir)
 
 
 def run_on_ray(
@@ -47,8 +47,10 @@ def run_on_ray(
     concurrency: int,
     address: str | None = None,
     options: dict[str, Any] | None = None,
+    log_dir: str | None = None,
 ) -> None:
-    """Run ``items`` as Ray tasks, calling ``finish(record)`` on this thread as each ends."""
+    """Run ``items`` as Ray tasks, calling ``finish(record)`` on this thread as each ends.
+    ``log_dir`` is a path on the workers' machines (each writes its items' trajectories)."""
     if not items:
         return
     ray = _ray()
@@ -74,7 +76,7 @@ def run_on_ray(
                 except OSError as exc:
                     finish(_record(item.id, error=f"cannot read context_file: {exc}"))
                     continue
-                pending[task.remote(config_ref, payload)] = item.id
+                pending[task.remote(config_ref, payload, log_dir)] = item.id
                 return
 
         for _ in range(concurrency):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -72,37 +73,63 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_payload(config: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
-    """Run one item (as made by ``BatchItem.to_payload``) to its output record. Never raises
-    for the item's own failures; used in-process and by Ray workers alike."""
+def _item_rlm(config: dict[str, Any], payload: dict[str, Any], log_dir: str | None) -> Any:
+    """The item's RLM, with a trajectory file of its own in ``log_dir`` (named after the
+    item's id) when one is given."""
     from rlm.core.rlm import RLM
 
+    settings = item_config(config, payload["overrides"])
+    if log_dir is not None:
+        from rlm.logger import RLMLogger
+
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(payload["id"]))[:100] or "item"
+        settings["logger"] = RLMLogger(log_dir, file_name=name)
+    return RLM(**settings)
+
+
+def _logged(record: dict[str, Any], rlm: Any) -> dict[str, Any]:
+    """``record`` with the path of the item's trajectory file, when it has one."""
+    path = getattr(getattr(rlm, "logger", None), "log_file_path", None)
+    return {**record, "log_file": path} if path else record
+
+
+def run_payload(
+    config: dict[str, Any], payload: dict[str, Any], log_dir: str | None = None
+) -> dict[str, Any]:
+    """Run one item (as made by ``BatchItem.to_payload``) to its output record. Never raises
+    for the item's own failures; used in-process and by Ray workers alike."""
     start = time.perf_counter()
+    rlm = None
     try:
-        rlm = RLM(**item_config(config, payload["overrides"]))
+        rlm = _item_rlm(config, payload, log_dir)
         try:
             result = rlm.completion(payload["context"], root_prompt=payload["question"])
         finally:
             rlm.close()
     except Exception as exc:
-        return _record(payload["id"], error=_describe(exc), elapsed=time.perf_counter() - start)
-    return _record(payload["id"], result, elapsed=time.perf_counter() - start)
+        record = _record(payload["id"], error=_describe(exc), elapsed=time.perf_counter() - start)
+    else:
+        record = _record(payload["id"], result, elapsed=time.perf_counter() - start)
+    return _logged(record, rlm)
 
 
-async def arun_payload(config: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+async def arun_payload(
+    config: dict[str, Any], payload: dict[str, Any], log_dir: str | None = None
+) -> dict[str, Any]:
     """``run_payload`` on the event loop (cancelling it cancels the run, down to its cells)."""
-    from rlm.core.rlm import RLM
-
     start = time.perf_counter()
+    rlm = None
     try:
-        rlm = RLM(**item_config(config, payload["overrides"]))
+        rlm = _item_rlm(config, payload, log_dir)
         try:
             result = await rlm.acompletion(payload["context"], root_prompt=payload["question"])
         finally:
             rlm.close()
     except Exception as exc:
-        return _record(payload["id"], error=_describe(exc), elapsed=time.perf_counter() - start)
-    return _record(payload["id"], result, elapsed=time.perf_counter() - start)
+        record = _record(payload["id"], error=_describe(exc), elapsed=time.perf_counter() - start)
+    else:
+        record = _record(payload["id"], result, elapsed=time.perf_counter() - start)
+    return _logged(record, rlm)
 
 
 # -- the output file --------------------------------------------------------------------
@@ -303,12 +330,15 @@ async def abatch(
     progress: bool | None = None,
     retry_failed: bool = False,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    log_dir: str | Path | None = None,
 ) -> BatchSummary:
     """Run ``items`` (a JSON-lines path or an iterable of item dicts) and return the summary.
 
     The RLM settings come from ``rlm`` (an ``RLM`` whose constructor arguments are reused,
     observers aside) or ``config`` (``RLM(**config)`` arguments); an item's own keys
-    override them. ``output`` (a JSON-lines path) makes the batch resumable."""
+    override them. ``output`` (a JSON-lines path) makes the batch resumable. ``log_dir``
+    gives every item its own trajectory file there (``RLMLogger(log_dir, file_name=<id>)``),
+    named in its record as ``log_file``."""
     if engine not in ENGINES:
         from rlm.utils.exceptions import ConfigurationError
 
@@ -317,6 +347,10 @@ async def abatch(
         raise ValueError("concurrency must be >= 1")
     base = dict(config or {}) if rlm is None else {**config_of(rlm), **(config or {})}
     base.pop("depth", None)
+    if log_dir is not None and "logger" in base:
+        raise ValueError("pass either log_dir or a logger in config, not both")
+    # Absolute now: local REPL cells change the working directory while they run.
+    logs = str(Path(log_dir).absolute()) if log_dir is not None else None
     parsed, base_dir = read_items(items)
     out = OutputFile(output)
     out.load(retry_failed=retry_failed)
@@ -349,10 +383,18 @@ async def abatch(
             from rlm.batch.ray_engine import run_on_ray
 
             await in_worker(
-                run_on_ray, base, runnable, base_dir, finish, concurrency, ray_address, ray_options
+                run_on_ray,
+                base,
+                runnable,
+                base_dir,
+                finish,
+                concurrency,
+                ray_address,
+                ray_options,
+                logs,
             )
         else:
-            await _run_local(base, runnable, base_dir, finish, concurrency)
+            await _run_local(base, runnable, base_dir, finish, concurrency, logs)
     finally:
         bar.close()
         out.close()
@@ -365,6 +407,7 @@ async def _run_local(
     base_dir: Path | None,
     finish: Callable[[dict[str, Any]], None],
     concurrency: int,
+    log_dir: str | None = None,
 ) -> None:
     queue = iter(items)
 
@@ -375,7 +418,7 @@ async def _run_local(
             except OSError as exc:
                 finish(_record(item.id, error=f"cannot read context_file: {exc}"))
                 continue
-            finish(await arun_payload(base, payload))
+            finish(await arun_payload(base, payload, log_dir))
 
     workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(items)))]
     try:
