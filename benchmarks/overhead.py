@@ -1,10 +1,12 @@
 """Overhead of the RLM machinery itself, measured on the scripted LM (no model time).
 
-Run: python benchmarks/overhead.py [--quick]
+Run: python benchmarks/overhead.py [--quick] [--only llm_query,iteration,...]
 
 Prints one line per figure, with the target from issue #2 and the public
 ``rlms`` 0.1.3 package's figure measured on the same kind of machine.
 Memory figures run in a fresh subprocess each, so they do not see each other.
+``llm_query`` is also given as a share of a bare kept-alive loopback TCP round trip
+measured in the same run (issue #15: >= 60%).
 """
 
 from __future__ import annotations
@@ -26,11 +28,19 @@ from rich.console import Console
 
 from rlm import RLM
 from rlm.clients.scripted import ScriptedLM
-from rlm.core.comms_utils import encode_frame, socket_recv
+from rlm.core.comms_utils import (
+    LMRequest,
+    decode_payload,
+    encode_frame,
+    recv_frame_bytes,
+    socket_recv,
+)
 from rlm.core.lm_handler import LMHandler
 from rlm.core.types import CodeBlock, REPLResult
+from rlm.environments import get_environment
 from rlm.environments.local_repl import LocalREPL
 from rlm.logger import RLMLogger, VerbosePrinter
+from rlm.utils.exceptions import ConfigurationError
 
 ANSWER = '```repl\nanswer["content"] = "done"\nanswer["ready"] = True\n```'
 
@@ -39,21 +49,119 @@ def report(name: str, value: str, target: str, reference: str) -> None:
     print(f"{name:<52} {value:>14}   target {target:<10} rlms 0.1.3: {reference}")
 
 
-def bench_llm_query_rate(n: int) -> None:
+class _Loopback:
+    """A bare kept-alive loopback TCP round trip: a server thread and a client on one
+    persistent connection (TCP_NODELAY on both ends, as the handler's), exchanging the
+    frames of a real ``llm_query`` request and reply through the repo's frame codec
+    (rlm.comms.frames, what the handler's socket path uses): the client encodes and
+    sends a request, the server reads and decodes it and sends the reply, which the
+    client reads and decodes. Nothing of the RLM runs: the physical limit on this machine."""
+
+    def __init__(self, request: dict, reply: dict):
+        self.request = request
+        listener = socket.create_server(("127.0.0.1", 0))
+        self._thread = threading.Thread(target=self._serve, args=(listener, reply), daemon=True)
+        self._thread.start()
+        self.sock = socket.create_connection(listener.getsockname())
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._listener = listener
+
+    @staticmethod
+    def _serve(listener: socket.socket, reply: dict) -> None:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn:
+            while (payload := recv_frame_bytes(conn)) is not None:
+                decode_payload(payload)
+                conn.sendall(encode_frame(reply))
+
+    def seconds(self, n: int) -> float:
+        sock, request = self.sock, self.request
+        start = time.perf_counter()
+        for _ in range(n):
+            sock.sendall(encode_frame(request))
+            socket_recv(sock)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(5)
+        self._listener.close()
+
+
+_QUERY_LOOP = (
+    "import time\nt0 = time.perf_counter()\nfor _ in range({n}):\n    llm_query('q')\n"
+    "elapsed = time.perf_counter() - t0"
+)
+
+
+def _query_seconds(env, n: int) -> float:
+    """Seconds for ``n`` sequential ``llm_query`` calls timed inside one cell of ``env``."""
+    result = env.execute_code(_QUERY_LOOP.format(n=n) + "\nprint(repr(elapsed))")
+    assert result.error is None, result.stderr
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def bench_llm_query_rate(n: int, rounds: int, isolated: bool = True) -> None:
+    """``llm_query`` calls/s from a cell (scripted LM, answers at once) against a bare
+    kept-alive loopback round trip, measured in the same run, alternating round by round
+    (medians): the ``local`` environment, whose requests skip the socket (answered in
+    process), and the ``subprocess`` worker, whose calls cross its pipes to the host.
+    Target (issue 15): ``local`` >= 60% of the bare round trips/s."""
     handler = LMHandler(ScriptedLM(sub_responses=lambda m: "ok"))
     handler.start()
-    repl = LocalREPL(lm_handler_address=handler.address)
+    request = LMRequest(prompt="q", depth=1).to_dict()
+    reply = handler.handle_request(LMRequest(prompt="q", depth=1)).to_dict()
+    loopback = _Loopback(request, reply)
+    envs = {"local": LocalREPL(lm_handler_address=handler.address)}
+    if isolated:
+        try:
+            envs["subprocess"] = get_environment(
+                "subprocess", {"lm_handler_address": handler.address}
+            )
+        except ConfigurationError as exc:
+            print(f"  (subprocess not measured: {exc})")
+    times: dict[str, list[float]] = {"bare": [], **{name: [] for name in envs}}
     try:
-        result = repl.execute_code(
-            f"import time\nt0 = time.perf_counter()\nfor _ in range({n}):\n    llm_query('q')\n"
-            "elapsed = time.perf_counter() - t0"
-        )
-        assert result.error is None, result.stderr
-        elapsed = repl.locals["elapsed"]
+        loopback.seconds(n // 10)  # warm up every side once
+        for env in envs.values():
+            _query_seconds(env, n // 10)
+        for _ in range(rounds):
+            times["bare"].append(loopback.seconds(n))
+            for name, env in envs.items():
+                times[name].append(_query_seconds(env, n))
     finally:
-        repl.cleanup()
+        for env in envs.values():
+            env.cleanup()
+        loopback.close()
         handler.stop()
-    report(f"llm_query calls/s ({n:,} sequential)", f"{n / elapsed:,.0f}/s", ">= 10,000", "2,800/s")
+    rate = {name: n / statistics.median(values) for name, values in times.items()}
+    report(
+        f"llm_query calls/s ({n:,} sequential, local)",
+        f"{rate['local']:,.0f}/s",
+        ">= 10,000",
+        "2,800/s",
+    )
+    report("bare kept-alive loopback round trips/s (same run)", f"{rate['bare']:,.0f}/s", "-", "-")
+    report(
+        "  llm_query (local) / bare round trip",
+        f"{rate['local'] / rate['bare']:.0%}",
+        ">= 60%",
+        "-",
+    )
+    if "subprocess" in rate:
+        report(
+            f"llm_query calls/s ({n:,} sequential, subprocess)",
+            f"{rate['subprocess']:,.0f}/s",
+            "-",
+            "-",
+        )
+        report(
+            "  llm_query (subprocess) / bare round trip",
+            f"{rate['subprocess'] / rate['bare']:.0%}",
+            "-",
+            "-",
+        )
 
 
 def bench_batched(n: int, concurrency: int) -> None:
@@ -173,9 +281,16 @@ def bench_child_rlm(children: int) -> None:
             )
         return '```repl\nanswer["content"] = str(per_child)\nanswer["ready"] = True\n```'
 
-    rlm = RLM(backend="scripted", backend_kwargs={"responses": script}, max_depth=2, max_iterations=3)
+    rlm = RLM(
+        backend="scripted", backend_kwargs={"responses": script}, max_depth=2, max_iterations=3
+    )
     per_child = float(rlm.completion("ctx").response)
-    report(f"rlm_query child RLM overhead ({children} sequential)", f"{per_child * 1000:.2f} ms", "-", "about 500 ms")
+    report(
+        f"rlm_query child RLM overhead ({children} sequential)",
+        f"{per_child * 1000:.2f} ms",
+        "-",
+        "about 500 ms",
+    )
 
 
 _MEMORY_SCRIPT = """
@@ -273,22 +388,33 @@ def bench_verbose(size_mb: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument(
+        "--only", help="comma-separated figures: " + ",".join(_FIGURES) + " (default: all)"
+    )
     args = parser.parse_args()
-    quick = args.quick
+    wanted = args.only.split(",") if args.only else list(_FIGURES)
+    unknown = [name for name in wanted if name not in _FIGURES]
+    if unknown:
+        parser.error(f"unknown figures {unknown}; choose from {list(_FIGURES)}")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-    bench_llm_query_rate(500 if quick else 2000)
-    bench_batched(200 if quick else 1000, 16)
-    bench_batched(200 if quick else 1000, 64)
-    bench_batched_adaptive(200 if quick else 1000)
-    bench_fixed_cost(5 if quick else 30)
-    bench_per_iteration(20)
-    bench_child_rlm(20 if quick else 100)
-    for size in (10,) if quick else (100, 500):
-        bench_context_memory(size)
-    bench_log_size(10, 10)
-    bench_frame(10 if quick else 100)
-    bench_verbose(10)
+    for name in wanted:
+        _FIGURES[name](args.quick)
     print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+
+#: The figures, in order: name -> run(quick).
+_FIGURES = {
+    "llm_query": lambda quick: bench_llm_query_rate(500 if quick else 2000, 3 if quick else 7),
+    "batched": lambda quick: [bench_batched(200 if quick else 1000, c) for c in (16, 64)],
+    "adaptive": lambda quick: bench_batched_adaptive(200 if quick else 1000),
+    "fixed": lambda quick: bench_fixed_cost(5 if quick else 30),
+    "iteration": lambda quick: bench_per_iteration(20),
+    "child": lambda quick: bench_child_rlm(20 if quick else 100),
+    "memory": lambda quick: [bench_context_memory(s) for s in ((10,) if quick else (100, 500))],
+    "log": lambda quick: bench_log_size(10, 10),
+    "frame": lambda quick: bench_frame(10 if quick else 100),
+    "verbose": lambda quick: bench_verbose(10),
+}
 
 
 if __name__ == "__main__":
