@@ -164,16 +164,24 @@ def test_on_a_final_line_without_a_block_still_ends_the_run():
 
 
 def test_small_model_names_get_the_stop_by_default_and_others_do_not():
-    small = make_rlm([IMAGINED, "FINAL(real)"], model_name="qwen2.5-coder-1.5b-instruct")
+    small = make_rlm(
+        [IMAGINED, "FINAL(real)", "FINAL(real)"], model_name="qwen2.5-coder-1.5b-instruct"
+    )
     assert small.completion("vault").response == "real"
     assert root_calls(small)[0][0]["content"].startswith(SMALL_MODEL_SYSTEM_PROMPT[:60])
+    assert any("Check your answer" in m["content"] for m in root_calls(small)[-1])
     large = make_rlm([IMAGINED], model_name="big-model")
     assert large.completion("vault").response == "imagined 999"
     assert root_calls(large)[0][0]["content"].startswith(RLM_SYSTEM_PROMPT[:60])
 
 
 def test_stop_at_block_end_false_wins_over_a_small_model():
-    rlm = make_rlm([IMAGINED], model_name="qwen2.5-coder-1.5b-instruct", stop_at_block_end=False)
+    rlm = make_rlm(
+        [IMAGINED],
+        model_name="qwen2.5-coder-1.5b-instruct",
+        stop_at_block_end=False,
+        verify_answer=False,
+    )
     assert rlm.completion("vault").response == "imagined 999"
 
 
@@ -245,7 +253,7 @@ def openai_rlm(server, model_name="qwen2.5-coder-1.5b-instruct", **kwargs) -> RL
             "base_url": f"http://127.0.0.1:{server.server_port}/v1",
             "api_key": "local",
         },
-        **kwargs,
+        **{"verify_answer": False, **kwargs},
     )
 
 
@@ -536,7 +544,7 @@ def test_the_window_of_the_client_is_the_default(monkeypatch):
 
 
 def test_the_small_prompt_leaves_most_of_an_8k_window_for_the_history():
-    rlm = make_rlm(["FINAL(x)"], small_model=True)
+    rlm = make_rlm(["FINAL(x)"], small_model=True, verify_answer=False)
     rlm.completion("c", root_prompt="What is the code?")
     setup = root_calls(rlm)[0]
     assert count_tokens(setup) < 700
@@ -544,7 +552,7 @@ def test_the_small_prompt_leaves_most_of_an_8k_window_for_the_history():
 
 
 def test_a_custom_system_prompt_is_kept_for_a_small_model():
-    rlm = make_rlm(["FINAL(x)"], small_model=True, custom_system_prompt="Mine.")
+    rlm = make_rlm(["FINAL(x)", "FINAL(x)"], small_model=True, custom_system_prompt="Mine.")
     rlm.completion("c")
     assert root_calls(rlm)[0][0]["content"].startswith("Mine.")
 
@@ -647,3 +655,75 @@ def test_the_embedded_model_stops_at_the_end_of_its_block():
     stopped = client.generate(prompt, stop=[feedback.BLOCK_END_STOP]).text
     assert "print(6 * 7)" in stopped and "Output" not in stopped
     assert find_code_blocks(feedback.close_open_fence(stopped)) == ["print(6 * 7)"]
+
+
+def test_a_small_models_first_answer_goes_back_once_with_the_question():
+    """The embedded model often submits the first hop (the company) when the question asks
+    for the company's city: its first answer goes back once, with the question restated."""
+    context = "Amara Weiss works for Dramont Labs.\nDramont Labs is headquartered in Leuven."
+    question = "In which city is the company that Amara Weiss works for headquartered?"
+    search = "print([l for l in context.splitlines() if {!r} in l.lower()])"
+    rlm = make_rlm(
+        [
+            block(search.format("amara weiss")),
+            "FINAL(Dramont Labs)",
+            block(search.format("dramont labs")),
+            "FINAL(Leuven)",
+            "FINAL(Leuven)",
+        ],
+        small_model=True,
+    )
+    assert rlm.completion(context, root_prompt=question).response == "Leuven"
+    checks = [m["content"] for m in root_calls(rlm)[-1] if "Check your answer" in m["content"]]
+    assert len(checks) == 2 and question in checks[0] and "'Dramont Labs'" in checks[0]
+    assert "not in the context" not in checks[0]  # the output did show it
+    # The check suggests a search for the answer itself (the next hop).
+    assert "for name in ['dramont labs']:" in checks[0]
+    # A changed answer is checked again; the same answer twice is final.
+    assert "'Leuven'" in checks[1] and len(rlm.client.calls) == 5
+
+    # An answer nothing showed is named as such; a large model is not asked (verify off),
+    # and verify_answer=False turns the check off for a small one.
+    guess = make_rlm(["FINAL(Oslo)", "FINAL(Oslo)"], small_model=True)
+    assert guess.completion(context, root_prompt=question).response == "Oslo"
+    last = " ".join(m["content"] for m in root_calls(guess)[-1])
+    assert "not in the context or in any REPL output" in last
+    for rlm in (
+        make_rlm(["FINAL(x)"]),
+        make_rlm(["FINAL(x)"], small_model=True, verify_answer=False),
+    ):
+        assert rlm.completion(context, root_prompt=question).response == "x"
+        assert len(rlm.client.calls) == 1
+
+
+def test_a_repeated_block_is_named_with_the_names_not_searched_yet():
+    """The embedded model, stuck, runs the same search again and again: the note says the
+    output cannot change and offers a search for the chain's next name."""
+    context = (
+        "Henrik Berg leads the project Raven-24.\nOn a quiet Sunday morning nothing happened.\n"
+        "The project Raven-24 is run by Halmont Works.\nHalmont Works is headquartered in Oslo."
+    )
+    question = (
+        "In which city is the company that runs the project led by Henrik Berg headquartered?"
+    )
+    search = block("print([l for l in context.splitlines() if 'raven-24' in l.lower()])")
+    rlm = make_rlm([search, search, "FINAL(Oslo)", "FINAL(Oslo)"], small_model=True)
+    assert rlm.completion(context, root_prompt=question).response == "Oslo"
+    third = " ".join(m["content"] for m in root_calls(rlm)[2])
+    assert "same code as your previous block" in third
+    assert "for name in ['halmont works']:" in third  # not "sunday": nothing asked about it
+    assert "same code" not in " ".join(m["content"] for m in root_calls(rlm)[1])
+
+
+def test_next_names_follow_the_chain_and_skip_unrelated_text():
+    from rlm.utils.feedback import answer_searches, next_names
+
+    question = "In which city is the company that Amara Weiss works for headquartered?"
+    peek = "A painter met The Mayor on a Sunday. Nobody came."
+    hit = "1\n['Amara Weiss works for Dramont Labs.']\n"
+    assert next_names(question, [peek, hit]) == ["dramont labs"]
+    assert next_names(question, [peek]) == []
+    assert answer_searches("Dramont Labs", question, [peek, hit]) == ["dramont labs"]
+    assert answer_searches("42", question, [hit]) == ["dramont labs"]  # no search for a number
+    second = "['Amara Weiss works for Dramont Labs.', 'Dramont Labs is headquartered in Leuven.']"
+    assert answer_searches("Leuven", question, [hit, second], ["dramont labs"]) == ["leuven"]

@@ -59,3 +59,17 @@ def test_after_compaction_mentions_history_only_when_the_repl_has_it():
 
     assert "`history`" in build_after_compaction_prompt(1)["content"]
     assert "`history`" not in build_after_compaction_prompt(2, history=False)["content"]
+
+
+def test_the_search_example_uses_what_the_question_names():
+    """The small model copies the example search verbatim, so it searches for the
+    question's name (a person, a place), not for a word every distractor shares."""
+    from rlm.utils.prompts import example_keyword
+
+    multihop = "In which city is the company that Amara Weiss works for headquartered?"
+    assert example_keyword(multihop) == "amara weiss"  # not "headquartered"
+    niah = "What is the access code for warehouse Jasper? Answer with the code only."
+    assert example_keyword(niah) == "jasper"  # "Answer" starts a sentence: not a name
+    assert example_keyword("How many entries are about cats?") == "entries"
+    assert example_keyword("Is it here? What, in Rome, Oslo or Bern?") == "rome"
+    assert example_keyword(None) == example_keyword("What is it?") == "keyword"

@@ -22,6 +22,7 @@ import datetime
 import importlib.util
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -473,6 +474,16 @@ def run(args: argparse.Namespace) -> int:
     return 3 if missed else 0
 
 
+def _stop_on_sigterm() -> None:
+    """``kill`` (SIGTERM) ends the run as Ctrl-C does, so the model server it started is
+    stopped too (Python's default for SIGTERM exits without running ``finally``)."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -486,4 +497,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    _stop_on_sigterm()
     sys.exit(main())

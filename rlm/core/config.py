@@ -77,7 +77,7 @@ class RLMConfig:
     small_model: bool | None = None
     stop_at_block_end: bool | None = None
     feedback: bool | None = None
-    verify_answer: bool = False
+    verify_answer: bool | None = None
     sub_window_tokens: int | None = None
 
     @classmethod

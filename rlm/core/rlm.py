@@ -156,10 +156,15 @@ _RLM_DOC = """A Recursive Language Model: a drop-in ``completion()`` for prompts
             cut), so the model sees real output before it goes on; default ``None``
             (``small_model``). Off, every block of a response runs, as in rlms. Ours.
         feedback: notes in the REPL output the model reads: a search that matched
-            nothing, an ``llm_query`` prompt without any of the context; default
+            nothing, an ``llm_query`` prompt without any of the context, a block that
+            repeats the previous one; default
             ``None`` (``small_model``). Ours.
         verify_answer: send a final answer that is in neither the context nor any
-            output back to the model once before accepting it, default ``False``. Ours.
+            output back to the model once before accepting it; with a small model, its
+            first final answer always goes back, with the question restated and a search
+            for the answer and the names the outputs gave (small models often submit a
+            step of the answer, such as the first hop of two), and a changed answer once
+            more. Default ``None`` (``small_model``). Ours.
         sub_window_tokens: the sub-model's window in tokens; a sub-call whose prompt
             does not fit gets an ``Error:`` answer instead of being sent. Default
             ``None``: the client's own window (``n_ctx`` for llama.cpp), else no limit.
@@ -239,7 +244,7 @@ class RLM(
         small_model: bool | None = None,
         stop_at_block_end: bool | None = None,
         feedback: bool | None = None,
-        verify_answer: bool = False,
+        verify_answer: bool | None = None,
         sub_window_tokens: int | None = None,
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "model")}

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from rlm.utils.parsing import _normalise, _repl_spans
+from rlm.utils.prompts import names_in
 from rlm.utils.token_utils import CHARS_PER_TOKEN
 
 # ---------------------------------------------------------------------------
@@ -371,6 +372,104 @@ def unverified_answer_prompt(answer: str) -> dict[str, str]:
             "the context, in any llm_query answer or in any REPL output so far. Check it with "
             "code (search the context and print what supports it), then submit the answer "
             "the output supports. The next answer you submit is final."
+        ),
+    }
+
+
+#: Where an output is cut into sentences (also between the items of a printed list).
+_SENTENCE_END = re.compile(r"(?<=[.!?])['\"]?,?\s+|\n")
+
+
+def next_names(question: str | None, outputs: list[str], known: Iterable[str] = ()) -> list[str]:
+    """Names (lowercase, at most three, the last found first) that the ``outputs`` gave
+    in a sentence about something the question, ``known`` or an earlier such name names,
+    and that none of them mentions: the next hops of a chain (``Dramont Labs`` in ``Amara
+    Weiss works for Dramont Labs.``, when the question asks about Amara Weiss). Sentences
+    about nothing asked (a peek at the context's first lines) give none."""
+    asked = (question or "").lower()
+    known = [k for k in known if k]
+    anchors = [n.lower() for n in names_in(question or "")] + known
+    sentences = [s for output in outputs for s in _SENTENCE_END.split(output) if s.strip()]
+    found: list[str] = []
+    for _ in range(3):  # a chain's sentences may come in any order
+        before = len(found)
+        for sentence in sentences:
+            low = sentence.lower()
+            if not any(anchor in low for anchor in anchors):
+                continue
+            for name in names_in(sentence):
+                term = name.lower()
+                new = term not in asked and term not in found and term not in anchors
+                if len(term) >= 3 and new and not any(term in k for k in known):
+                    found.append(term)
+                    anchors.append(term)
+        if len(found) == before:
+            break
+    return found[::-1][:3]
+
+
+def answer_searches(
+    answer: str, question: str | None, outputs: list[str], known: Iterable[str] = ()
+) -> list[str]:
+    """What a small model's answer check searches the context for (lowercase): the answer
+    itself unless it is a number, then the :func:`next_names` of the latest ``outputs``."""
+    terms: list[str] = []
+    flat = " ".join(answer.split()).lower()
+    if flat and len(flat) <= 80 and re.search(r"[a-z]", flat):
+        terms.append(flat)
+    return terms + [n for n in next_names(question, outputs, [*terms, *known]) if n not in terms]
+
+
+def search_code(terms: list[str]) -> str:
+    """A ```repl block printing the lines of ``context`` (a string) holding each term."""
+    return (
+        f"```repl\nfor name in {terms!r}:\n"
+        "    lines = [line for line in context.splitlines() if name in line.lower()]\n"
+        "    print(name, len(lines), lines[:5])\n```"
+    )
+
+
+def repeated_block_note(names: list[str]) -> str:
+    """For a block that repeats the previous one: the same code prints the same output."""
+    note = (
+        "Note: this is the same code as your previous block, so it printed the same "
+        "output. Do not run it again: submit the answer the output shows"
+    )
+    if not names:
+        return note + ", or search for something else."
+    return (
+        note
+        + ", or search for the names it gave that you have not searched for yet:\n"
+        + search_code(names)
+    )
+
+
+def check_answer_prompt(
+    answer: str, question: str | None, found: bool, searches: list[str] | None = None
+) -> dict[str, str]:
+    """Sends a small model's final answer back, with the question restated: small models
+    often submit a step of the answer (the company, when the question asks for the
+    company's city). ``found``: whether anything the run saw holds the answer;
+    ``searches``: terms for a ready-made search of the context (a string) to suggest."""
+    asked = f"The question: {_preview(question, 600)}\n" if question else ""
+    unseen = "" if found else "It is not in the context or in any REPL output so far.\n"
+    if searches:
+        step = (
+            "Print what the context says about your answer and about the names the output "
+            f"gave you:\n{search_code(searches)}\nThen submit the answer to the question "
+            "that this output shows."
+        )
+    else:
+        step = (
+            "If the output showed exactly what the question asks for, submit the same "
+            "answer again. If your answer is only a step towards it, search the context "
+            "for what is missing now."
+        )
+    return {
+        "role": "user",
+        "content": (
+            f"Check your answer before it is final.\n{asked}Your answer: "
+            f"{_preview(answer, 200)!r}\n{unseen}{step}"
         ),
     }
 

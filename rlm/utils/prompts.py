@@ -89,7 +89,7 @@ hits = [line for line in context.splitlines() if "{example_keyword}" in line.low
 print(len(hits))
 print(hits[:10])
 ```
-If nothing matches, try another or a shorter keyword.
+If nothing matches, try another or a shorter keyword. If the line you find names another person, company or thing that the question asks about through it, search for that name next, the same way, before you answer.
 3. To read long parts, split them into chunks and ask about each chunk, with the chunk inside the prompt:
 ```repl
 chunks = [context[i:i + 6000] for i in range(0, len(context), 6000)]
@@ -187,10 +187,38 @@ _STOPWORDS = frozenset(
 )
 
 
+def names_in(text: str) -> list[str]:
+    """The names in ``text``, in order: runs of capitalised words (single spaces between
+    them) that do not start a sentence and are not stopwords, such as ``Amara Weiss``."""
+    names: list[str] = []
+    run: list[str] = []
+    end = 0  # where the previous word ended
+    for match in re.finditer(r"[A-Za-z0-9][A-Za-z0-9'-]*", text):
+        word = match.group()
+        before = text[: match.start()].rstrip()
+        sentence_start = not before or before[-1] in ".?!:;\n"
+        gap, end = text[end : match.start()], match.end()
+        if run and gap != " ":
+            names.append(" ".join(run))
+            run = []
+        if word[0].isupper() and not sentence_start and word.lower() not in _STOPWORDS:
+            run.append(word)
+        elif run:
+            names.append(" ".join(run))
+            run = []
+    if run:
+        names.append(" ".join(run))
+    return names
+
+
 def example_keyword(question: str | None) -> str:
-    """A lowercase word of ``question`` for the small-model prompt's search example (its
-    longest word that is not a stopword), so that a model which copies the example
-    searches for something the question names; ``keyword`` without a question."""
+    """A lowercase search term from ``question`` for the small-model prompt's search
+    example, so that a model which copies the example searches for what the question
+    names: its longest name (:func:`names_in`: a person's, a place's), else its longest
+    word that is not a stopword, else ``keyword``."""
+    names = names_in(question or "")
+    if names:
+        return max(names, key=len).lower()
     words = re.findall(r"[a-z0-9][a-z0-9'-]*", (question or "").lower())
     candidates = [w for w in words if w not in _STOPWORDS and len(w) > 2]
     return max(candidates, key=len) if candidates else "keyword"

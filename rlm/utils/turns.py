@@ -9,8 +9,10 @@
 * ``_sub_window_refusal``: the handler's refusal of a sub-call too large for the
   sub-model's window;
 * ``_add_feedback``: notes appended to the REPL output the model reads (a search that
-  matched nothing, an ``llm_query`` prompt without the context);
-* ``_unverified``: with ``verify_answer``, an answer found nowhere goes back once.
+  matched nothing, an ``llm_query`` prompt without the context, a block that repeats the
+  previous one);
+* ``_unverified``: with ``verify_answer``, an answer found nowhere goes back once (a
+  small model's first answer always does, with the question restated).
 
 What applies to a run is decided once, when its clients are known (:meth:`Turns._guide`):
 ``None`` options follow :func:`rlm.utils.is_small_model`.
@@ -18,7 +20,8 @@ What applies to a run is decided once, when its clients are known (:meth:`Turns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rlm.clients.base_lm import to_messages
@@ -29,11 +32,15 @@ from rlm.datatypes import RLMChatCompletion, RLMIteration
 from rlm.utils.feedback import (
     BLOCK_END_STOP,
     TextIndex,
+    answer_searches,
+    check_answer_prompt,
     close_open_fence,
     context_free_note,
     cut_after_first_block,
     grounded,
     is_small_model,
+    next_names,
+    repeated_block_note,
     search_miss_note,
     text_of,
     unverified_answer_prompt,
@@ -48,6 +55,12 @@ if TYPE_CHECKING:
 
 #: How often a wait for the root model wakes to check cancellation and the deadline (s).
 _ROOT_WAIT_SLICE = 0.25
+#: String literals in a block's code (the terms a model searched for).
+_QUOTED = re.compile(r"['\"]([^'\"\n]{3,80})['\"]")
+#: REPL outputs a small model's answer check takes names from.
+_RECENT_OUTPUTS = 4
+#: Times a small model's changed answer goes back (a large model's: once).
+_SMALL_CHECKS = 2
 #: Tokens planned for one root answer when ``max_tokens`` is not set (for compaction).
 _ANSWER_TOKENS = 512
 
@@ -67,7 +80,18 @@ class Guide:
     #: Tokens one more iteration may add, kept free when compaction decides (known window).
     reserve: int = 0
     index: TextIndex | None = None
-    verified: bool = False
+    #: The final answers sent back so far.
+    checked: list[str] = field(default_factory=list)
+    #: The run's ``root_prompt``, restated when a small model's answer goes back.
+    question: str | None = None
+    #: Whether ``context`` is one string (a small model's check then suggests a search).
+    text_context: bool = False
+    #: The latest REPL outputs, as printed (names in them are suggested for the check).
+    recent: list[str] = field(default_factory=list)
+    #: Terms the loop's suggested searches have covered (lowercase).
+    searched: list[str] = field(default_factory=list)
+    #: The previous block's code, whitespace collapsed (a repeat gets a note).
+    last_code: str | None = None
 
 
 class Turns:
@@ -89,7 +113,9 @@ class Turns:
             small=small,
             stop=small if self.stop_at_block_end is None else self.stop_at_block_end,
             feedback=small if self.feedback is None else self.feedback,
-            verify=bool(self.verify_answer),
+            verify=small if self.verify_answer is None else bool(self.verify_answer),
+            question=root_prompt,
+            text_context=isinstance(prompt, str),
         )
         if small and window is not None:
             # A small window: short outputs, and the history compacted before it overflows.
@@ -199,6 +225,15 @@ class Turns:
                 )
                 prompts = [text_of(call.prompt) for call in result.rlm_calls]
                 found.append(context_free_note(prompts, guide.index))
+            if result.stdout.strip():
+                guide.recent = [*guide.recent[-(_RECENT_OUTPUTS - 1) :], result.stdout[-4000:]]
+            code = " ".join(block.code.split())
+            if guide.feedback and code == guide.last_code:
+                found.append(self._repeat_note(guide))
+            guide.last_code = code
+            # What the model searched for itself is not suggested again.
+            terms = _QUOTED.findall(code.lower())
+            guide.searched.extend(t for t in terms if t not in guide.searched)
             label = f"(block {number}) " if len(blocks) > 1 else ""
             notes.extend(label + note for note in found if note)
             guide.index.add([result.stdout, *(c.response for c in result.rlm_calls)])
@@ -210,20 +245,42 @@ class Turns:
             last = new_messages[-1]
             new_messages[-1] = {**last, "content": last["content"] + "\n\n" + "\n".join(notes)}
 
+    @staticmethod
+    def _repeat_note(guide: Guide) -> str:
+        """The note for a block that repeats the previous one, with a search for the
+        names its output gave that no suggested search has covered yet."""
+        names: list[str] = []
+        if guide.text_context:
+            names = next_names(guide.question, guide.recent, guide.searched)
+            guide.searched.extend(names)
+        return repeated_block_note(names)
+
     def _unverified(self, run: Run, iteration: RLMIteration) -> dict[str, str] | None:
         """With ``verify_answer``: the message sending ``iteration``'s final answer back,
-        once, when nothing the run saw holds it (the block that set it excluded)."""
+        once, when nothing the run saw holds it (the block that set it excluded). A small
+        model's answer goes back in any case, with the question restated and a search for
+        the answer and the names the outputs gave; a changed answer goes back again, up to
+        ``_SMALL_CHECKS`` times."""
         guide = run.guide
         answer = iteration.final_answer
-        if guide is None or not guide.verify or guide.verified or answer is None:
+        if guide is None or not guide.verify or answer is None:
+            return None
+        limit = _SMALL_CHECKS if guide.small else 1
+        if len(guide.checked) >= limit or answer.strip().lower() in guide.checked:
             return None
         assert guide.index is not None
-        guide.verified = True
+        guide.checked.append(answer.strip().lower())
         blocks = list(iteration.code_blocks)
         if blocks and blocks[-1].result.final_answer is not None:
             blocks = blocks[:-1]  # its own output (print(answer)) proves nothing
         seen = [b.result.stdout for b in blocks]
         seen += [c.response for b in iteration.code_blocks for c in b.result.rlm_calls]
-        if grounded(answer, guide.index, seen):
-            return None
-        return unverified_answer_prompt(answer)
+        found = grounded(answer, guide.index, seen)
+        if not guide.small:
+            return None if found else unverified_answer_prompt(answer)
+        searches = None
+        if guide.text_context:
+            outputs = [*guide.recent, *(s for s in seen if s.strip())]
+            searches = answer_searches(answer, guide.question, outputs, guide.searched)
+            guide.searched.extend(t for t in searches if t not in guide.searched)
+        return check_answer_prompt(answer, guide.question, found, searches)
