@@ -105,9 +105,10 @@ def _query_seconds(env, n: int) -> float:
 def bench_llm_query_rate(n: int, rounds: int, isolated: bool = True) -> None:
     """``llm_query`` calls/s from a cell (scripted LM, answers at once) against a bare
     kept-alive loopback round trip, measured in the same run, alternating round by round
-    (medians): the ``local`` environment, whose requests skip the socket (answered in
-    process), and the ``subprocess`` worker, whose calls cross its pipes to the host.
-    Target (issue 15): ``local`` >= 60% of the bare round trips/s."""
+    (medians; the share is the median of each round's own): the ``local`` environment,
+    whose requests skip the socket (answered in process), and the ``subprocess`` worker,
+    whose calls cross its pipes to the host. Target (issue 15): ``local`` >= 60% of the
+    bare round trips/s."""
     handler = LMHandler(ScriptedLM(sub_responses=lambda m: "ok"))
     handler.start()
     request = LMRequest(prompt="q", depth=1).to_dict()
@@ -136,6 +137,11 @@ def bench_llm_query_rate(n: int, rounds: int, isolated: bool = True) -> None:
         loopback.close()
         handler.stop()
     rate = {name: n / statistics.median(values) for name, values in times.items()}
+    # The share from each round's own pair (the load changes between rounds), then the median.
+    share = {
+        name: statistics.median(b / t for b, t in zip(times["bare"], values, strict=True))
+        for name, values in times.items()
+    }
     report(
         f"llm_query calls/s ({n:,} sequential, local)",
         f"{rate['local']:,.0f}/s",
@@ -145,7 +151,7 @@ def bench_llm_query_rate(n: int, rounds: int, isolated: bool = True) -> None:
     report("bare kept-alive loopback round trips/s (same run)", f"{rate['bare']:,.0f}/s", "-", "-")
     report(
         "  llm_query (local) / bare round trip",
-        f"{rate['local'] / rate['bare']:.0%}",
+        f"{share['local']:.0%}",
         ">= 60%",
         "-",
     )
@@ -158,7 +164,7 @@ def bench_llm_query_rate(n: int, rounds: int, isolated: bool = True) -> None:
         )
         report(
             "  llm_query (subprocess) / bare round trip",
-            f"{rate['subprocess'] / rate['bare']:.0%}",
+            f"{share['subprocess']:.0%}",
             "-",
             "-",
         )
@@ -404,7 +410,7 @@ def main() -> None:
 
 #: The figures, in order: name -> run(quick).
 _FIGURES = {
-    "llm_query": lambda quick: bench_llm_query_rate(500 if quick else 2000, 3 if quick else 7),
+    "llm_query": lambda quick: bench_llm_query_rate(500 if quick else 1000, 5 if quick else 15),
     "batched": lambda quick: [bench_batched(200 if quick else 1000, c) for c in (16, 64)],
     "adaptive": lambda quick: bench_batched_adaptive(200 if quick else 1000),
     "fixed": lambda quick: bench_fixed_cost(5 if quick else 30),

@@ -77,3 +77,80 @@ def test_an_idle_worker_ends():
     assert not thread.is_alive()
     assert pool.threads == 0
     assert pool.submit(lambda: "a new one").result(30) == "a new one"
+
+
+def test_call_returns_the_value_and_raises_the_exception_here():
+    pool = Workers(name="test-call")
+    assert pool.call(lambda: 41 + 1) == 42
+    assert pool.call(threading.current_thread) is not threading.current_thread()
+
+    def boom() -> None:
+        raise KeyError("lost")
+
+    with pytest.raises(KeyError, match="lost"):
+        pool.call(boom)
+    assert pool.call(lambda: "still serving", timeout=30) == "still serving"
+
+
+def test_a_call_past_its_timeout_goes_on_and_the_next_wait_is_not_fooled():
+    """The first call outlives its wait; when it ends it wakes this thread, which by then
+    waits for another call: that wait must go on until its own call is done."""
+    pool = Workers(name="test-call-timeout")
+    release, second_started, finish_second = (threading.Event() for _ in range(3))
+    done: list[str] = []
+
+    def first() -> str:
+        release.wait(30)
+        done.append("first")
+        return "first"
+
+    with pytest.raises(TimeoutError):
+        pool.call(first, timeout=0.01)  # first() waits on release: it cannot be done
+
+    def second() -> str:
+        second_started.set()
+        finish_second.wait(30)
+        return "second"
+
+    def release_both() -> None:
+        second_started.wait(30)
+        release.set()  # first() ends now and sets this thread's wake-up
+        _until(lambda: done == ["first"])
+        finish_second.set()
+
+    helper = threading.Thread(target=release_both)
+    helper.start()
+    assert pool.call(second, timeout=30) == "second"
+    helper.join(30)
+
+
+def test_future_waits_survive_a_wake_up_meant_for_an_earlier_wait():
+    pool = Workers(name="test-future-wake")
+    release = threading.Event()
+    slow = pool.submit(lambda: release.wait(30))
+    with pytest.raises(TimeoutError):
+        slow.result(0.01)
+    release.set()
+    assert slow.result(30) is True
+    gate = threading.Event()
+    later = pool.submit(lambda: gate.wait(30) and "later")
+    threading.Timer(0.01, gate.set).start()
+    assert later.result(30) == "later"
+    assert later.exception(30) is None
+
+
+def test_wakes_past_the_descriptor_cap_use_a_lock():
+    from rlm.comms import workers as module
+
+    before = module._fd_wakes
+    wakes = [module.Wake() for _ in range(module.MAX_FD_WAKES + 3)]
+    try:
+        assert any(w._lock is not None for w in wakes)
+        for wake in wakes:
+            assert not wake.wait(0)
+            wake.set()
+            wake.set()  # twice: one wait consumes both
+            assert wake.wait(30)
+    finally:
+        del wakes
+    assert module._fd_wakes == before  # the descriptors went back with the wakes

@@ -322,9 +322,8 @@ class SocketServer:
             # own limits, the deadline it inherits and cancellation bound it.
             response = self.handle_request(copy)
         else:
-            future = workers.submit(lambda: self.handle_request(copy))
             try:
-                response = future.result(timeout)
+                response = workers.call(lambda: self.handle_request(copy), timeout)
             except TimeoutError:
                 return LMResponse.error_response("Request failed: TimeoutError: timed out")
         response.id = copy.id
