@@ -88,6 +88,38 @@ def usage_of(prompt: str, answer: str) -> tuple[int, int]:
     return estimate_message_tokens(to_messages(prompt)), estimate_tokens(answer)
 
 
+def test_scripted_input_tokens_are_the_whole_history_estimate_however_it_changes():
+    """The scripted client counts a growing history incrementally; every call still
+    reports the estimate of the whole history: grown, cut back, changed in place (a str
+    replaced, a list of parts edited), with non-text contents and missing ones."""
+    client = ScriptedLM(responses=lambda messages: "ok")
+    history = [{"role": "system", "content": "s" * 37}]
+    seen = []
+
+    def ask() -> None:
+        generation = client.generate(list(history))
+        seen.append((generation.input_tokens, estimate_message_tokens(history)))
+
+    for turn in range(30):
+        history.append({"role": "user", "content": "u" * (turn * 7 % 23)})
+        history.append({"role": "assistant", "content": "a" * turn})
+        ask()
+    history[5]["content"] += " changed in place"
+    ask()
+    parts = [{"type": "text", "text": "a list of parts"}]
+    history.append({"role": "user", "content": parts})
+    ask()
+    parts.append({"type": "text", "text": "edited in place"})
+    ask()
+    history.append({"role": "user"})  # no content
+    ask()
+    del history[10:]
+    ask()
+    history.extend({"role": "user", "content": "again " * n} for n in range(12))
+    ask()
+    assert all(got == expected for got, expected in seen), seen
+
+
 # ---------------------------------------------------------------------------
 # Single and batched requests
 # ---------------------------------------------------------------------------

@@ -10,7 +10,9 @@
 
 A call counts as a *root* call when its first message is a system message
 (the RLM loop always sends one); everything else is a sub-call. Usage is
-estimated at four characters per token; set ``input_price``/``output_price``
+estimated at four characters per token (a history that extends the last one
+counted costs only its new messages, so a long run is not quadratic in the
+accounting); set ``input_price``/``output_price``
 (USD per million tokens) to give calls a cost. ``delay`` (seconds) makes each
 call sleep, in the async path without blocking the event loop.
 
@@ -24,6 +26,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
 from typing import Any
 
 from rlm.clients.base_lm import BaseLM, Generation, Messages, estimate_message_tokens
@@ -62,6 +65,39 @@ class _Source:
                 raise ScriptExhaustedError(f"the scripted LM ran out of {self.label}") from None
 
 
+#: Histories shorter than this are counted whole (nothing worth remembering).
+_INCREMENTAL_FROM = 8
+
+
+class _InputTokens:
+    """``estimate_message_tokens(messages)``, the same numbers, counted incrementally: the
+    last history counted is remembered (its contents and its tokens), and a history that
+    starts with the same contents (the root loop's, a turn longer each call) counts only
+    the messages after them. Contents are compared by value, so a message changed in
+    place is counted anew; only histories whose contents are all strings are remembered."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[list[Any], int] | None = None
+
+    def __call__(self, messages: Messages) -> int:
+        if len(messages) < _INCREMENTAL_FROM:
+            return estimate_message_tokens(messages)
+        try:
+            contents = list(map(dict.get, messages, repeat("content"), repeat("")))
+        except TypeError:  # not a list of dicts: counted as it is
+            return estimate_message_tokens(messages)
+        last = self._last  # read once: concurrent calls replace it whole
+        start = total = 0
+        if last is not None and contents[: len(last[0])] == last[0]:
+            start, total = len(last[0]), last[1]
+        total += estimate_message_tokens(messages[start:])
+        if all(isinstance(content, str) for content in contents[start:]):
+            self._last = (contents, total)
+        return total
+
+
 def is_root_call(messages: Messages) -> bool:
     """Whether ``messages`` is a root-model call (it starts with a system message)."""
     return bool(messages) and messages[0].get("role") == "system"
@@ -92,6 +128,7 @@ class ScriptedLM(BaseLM):
         self.input_price = input_price
         self.output_price = output_price
         self.calls: list[Messages] = []  # every prompt received, for assertions
+        self._input_tokens = _InputTokens()
 
     def _answer(self, messages: Messages, model: str | None) -> Generation:
         self.calls.append(messages)
@@ -99,7 +136,7 @@ class ScriptedLM(BaseLM):
         source = source or self._root or self._sub
         assert source is not None
         text = source.next(messages)
-        input_tokens = estimate_message_tokens(messages)
+        input_tokens = self._input_tokens(messages)
         output_tokens = estimate_tokens(text)
         cost = None
         if self.input_price is not None or self.output_price is not None:
