@@ -15,6 +15,7 @@ implemented.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import threading
@@ -73,6 +74,15 @@ class Generation:
         return cls(text=text, model=model, **counts)
 
 
+def _are_messages(items: list[Any]) -> bool:
+    """Whether every item is a dict with a ``role``, in one pass in C (a long root history
+    is checked on every call)."""
+    try:
+        return all(map(dict.__contains__, items, itertools.repeat("role")))
+    except TypeError:  # an item that is not a dict
+        return False
+
+
 def to_messages(prompt: Any) -> Messages:
     """Normalise any prompt into chat messages.
 
@@ -84,11 +94,7 @@ def to_messages(prompt: Any) -> Messages:
         return [{"role": "user", "content": prompt}]
     if isinstance(prompt, dict) and "role" in prompt:
         return [prompt]
-    if (
-        isinstance(prompt, list)
-        and prompt
-        and all(isinstance(m, dict) and "role" in m for m in prompt)
-    ):
+    if isinstance(prompt, list) and prompt and _are_messages(prompt):
         return prompt
     if isinstance(prompt, (bytes, bytearray)):
         return [{"role": "user", "content": bytes(prompt).decode("utf-8", errors="replace")}]
