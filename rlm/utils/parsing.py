@@ -55,7 +55,7 @@ def _repl_spans(text: str) -> list[tuple[int, int, str]]:
         if not closings:
             return spans  # an unterminated block is not run
         chosen = closings[0]
-        for candidate in closings:
+        for candidate in closings if len(closings) > 1 else ():  # one: it ends the block
             if _parses(_clean(text[body_start : candidate.start()])):
                 chosen = candidate
                 break
