@@ -73,3 +73,15 @@ def test_the_search_example_uses_what_the_question_names():
     assert example_keyword("How many entries are about cats?") == "entries"
     assert example_keyword("Is it here? What, in Rome, Oslo or Bern?") == "rome"
     assert example_keyword(None) == example_keyword("What is it?") == "keyword"
+
+
+def test_names_are_capitalised_runs_inside_sentences():
+    from rlm.utils.prompts import names_in
+
+    line = "2024-03-05T10:57:00Z NOTE [ops] Pavel Ferreira works for Haltrax Foods."
+    assert names_in(line) == ["Pavel Ferreira", "Haltrax Foods"]  # NOTE is a tag
+    assert names_in("The project Raven-24 is run by Halmont Works.") == [
+        "Raven-24",
+        "Halmont Works",
+    ]
+    assert names_in("Rome, Oslo. Bern") == ["Oslo"]  # "Rome" and "Bern" start sentences

@@ -309,6 +309,11 @@ class TextIndex:
         pieces = (norm[s : s + SEGMENT_CHARS] for s in starts)
         return any(p not in self._question and self._found(p, extra) for p in pieces)
 
+    def in_context(self, text: str) -> bool:
+        """Whether ``text`` (normalised) occurs in the context itself (True for a context
+        too large to index)."""
+        return normalise_text(text) in self.haystack or self.too_large
+
     def has_word(self, word: str, extra: Iterable[str] = ()) -> bool:
         """Whether ``word`` (lowercase) stands as a whole word in the context, the evidence
         or ``extra``: one regular-expression search of each."""
@@ -380,44 +385,58 @@ def unverified_answer_prompt(answer: str) -> dict[str, str]:
 _SENTENCE_END = re.compile(r"(?<=[.!?])['\"]?,?\s+|\n")
 
 
-def next_names(question: str | None, outputs: list[str], known: Iterable[str] = ()) -> list[str]:
+def next_names(
+    question: str | None,
+    outputs: list[str],
+    known: Iterable[str] = (),
+    anchors: Iterable[str] = (),
+) -> list[str]:
     """Names (lowercase, at most three, the last found first) that the ``outputs`` gave
-    in a sentence about something the question, ``known`` or an earlier such name names,
-    and that none of them mentions: the next hops of a chain (``Dramont Labs`` in ``Amara
-    Weiss works for Dramont Labs.``, when the question asks about Amara Weiss). Sentences
-    about nothing asked (a peek at the context's first lines) give none."""
+    in a sentence about something the question, ``anchors`` or an earlier such name
+    names, and that neither they nor ``known`` (terms searched already) mention: the
+    next hops of a chain (``Dramont Labs`` in ``Amara Weiss works for Dramont Labs.``,
+    when the question asks about Amara Weiss). Sentences about nothing asked (a peek at
+    the context's first lines) give none."""
     asked = (question or "").lower()
     known = [k for k in known if k]
-    anchors = [n.lower() for n in names_in(question or "")] + known
+    anchors = [n.lower() for n in names_in(question or "")] + [a for a in anchors if a]
     sentences = [s for output in outputs for s in _SENTENCE_END.split(output) if s.strip()]
     found: list[str] = []
     for _ in range(3):  # a chain's sentences may come in any order
-        before = len(found)
+        before, links = len(found), len(anchors)
         for sentence in sentences:
             low = sentence.lower()
             if not any(anchor in low for anchor in anchors):
                 continue
             for name in names_in(sentence):
                 term = name.lower()
-                new = term not in asked and term not in found and term not in anchors
-                if len(term) >= 3 and new and not any(term in k for k in known):
+                if len(term) < 3 or term in asked or term in anchors:
+                    continue
+                anchors.append(term)  # a link of the chain, searched already or not
+                if not any(term in k for k in known):
                     found.append(term)
-                    anchors.append(term)
-        if len(found) == before:
+        if len(found) == before and len(anchors) == links:
             break
     return found[::-1][:3]
 
 
 def answer_searches(
-    answer: str, question: str | None, outputs: list[str], known: Iterable[str] = ()
+    answer: str,
+    question: str | None,
+    outputs: list[str],
+    known: Iterable[str] = (),
+    chain: Iterable[str] = (),
 ) -> list[str]:
     """What a small model's answer check searches the context for (lowercase): the answer
-    itself unless it is a number, then the :func:`next_names` of the latest ``outputs``."""
+    itself when it is short (four words at most) and not a number, then the
+    :func:`next_names` of the latest ``outputs`` that ``known`` does not hold, following
+    the answer and ``chain`` (names suggested before)."""
     terms: list[str] = []
     flat = " ".join(answer.split()).lower()
-    if flat and len(flat) <= 80 and re.search(r"[a-z]", flat):
+    if flat and len(flat) <= 40 and len(flat.split()) <= 4 and re.search(r"[a-z]", flat):
         terms.append(flat)
-    return terms + [n for n in next_names(question, outputs, [*terms, *known]) if n not in terms]
+    names = next_names(question, outputs, [*terms, *known], anchors=[*terms, *chain])
+    return terms + [n for n in names if n not in terms]
 
 
 def search_code(terms: list[str]) -> str:

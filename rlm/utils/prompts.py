@@ -189,7 +189,8 @@ _STOPWORDS = frozenset(
 
 def names_in(text: str) -> list[str]:
     """The names in ``text``, in order: runs of capitalised words (single spaces between
-    them) that do not start a sentence and are not stopwords, such as ``Amara Weiss``."""
+    them) that do not start a sentence and are not stopwords, such as ``Amara Weiss``.
+    Words in capitals only (``NOTE``, ``INFO``: log levels, tags) are not names."""
     names: list[str] = []
     run: list[str] = []
     end = 0  # where the previous word ended
@@ -201,7 +202,8 @@ def names_in(text: str) -> list[str]:
         if run and gap != " ":
             names.append(" ".join(run))
             run = []
-        if word[0].isupper() and not sentence_start and word.lower() not in _STOPWORDS:
+        capitalised = word[0].isupper() and not word.isupper()
+        if capitalised and not sentence_start and word.lower() not in _STOPWORDS:
             run.append(word)
         elif run:
             names.append(" ".join(run))

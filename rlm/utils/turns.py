@@ -59,8 +59,9 @@ _ROOT_WAIT_SLICE = 0.25
 _QUOTED = re.compile(r"['\"]([^'\"\n]{3,80})['\"]")
 #: REPL outputs a small model's answer check takes names from.
 _RECENT_OUTPUTS = 4
-#: Times a small model's changed answer goes back (a large model's: once).
-_SMALL_CHECKS = 2
+#: Times a small model's answer can go back (a large model's: once); the same answer
+#: again is final once something the run saw holds it.
+_SMALL_CHECKS = 3
 #: Tokens planned for one root answer when ``max_tokens`` is not set (for compaction).
 _ANSWER_TOKENS = 512
 
@@ -88,8 +89,10 @@ class Guide:
     text_context: bool = False
     #: The latest REPL outputs, as printed (names in them are suggested for the check).
     recent: list[str] = field(default_factory=list)
-    #: Terms the loop's suggested searches have covered (lowercase).
+    #: Terms searched so far, by the model's code or a suggested search (lowercase).
     searched: list[str] = field(default_factory=list)
+    #: Names the loop suggested and the answers it checked: the chain a question follows.
+    chain: list[str] = field(default_factory=list)
     #: The previous block's code, whitespace collapsed (a repeat gets a note).
     last_code: str | None = None
 
@@ -251,36 +254,46 @@ class Turns:
         names its output gave that no suggested search has covered yet."""
         names: list[str] = []
         if guide.text_context:
-            names = next_names(guide.question, guide.recent, guide.searched)
+            names = next_names(guide.question, guide.recent, guide.searched, guide.chain)
             guide.searched.extend(names)
+            guide.chain.extend(names)
         return repeated_block_note(names)
 
     def _unverified(self, run: Run, iteration: RLMIteration) -> dict[str, str] | None:
         """With ``verify_answer``: the message sending ``iteration``'s final answer back,
         once, when nothing the run saw holds it (the block that set it excluded). A small
         model's answer goes back in any case, with the question restated and a search for
-        the answer and the names the outputs gave; a changed answer goes back again, up to
-        ``_SMALL_CHECKS`` times."""
+        the answer and the names the outputs gave, until it repeats an answer found in
+        what the run saw, up to ``_SMALL_CHECKS`` times."""
         guide = run.guide
         answer = iteration.final_answer
         if guide is None or not guide.verify or answer is None:
             return None
-        limit = _SMALL_CHECKS if guide.small else 1
-        if len(guide.checked) >= limit or answer.strip().lower() in guide.checked:
-            return None
+        if guide.checked and not guide.small:
+            return None  # once
         assert guide.index is not None
-        guide.checked.append(answer.strip().lower())
         blocks = list(iteration.code_blocks)
         if blocks and blocks[-1].result.final_answer is not None:
             blocks = blocks[:-1]  # its own output (print(answer)) proves nothing
         seen = [b.result.stdout for b in blocks]
         seen += [c.response for b in iteration.code_blocks for c in b.result.rlm_calls]
         found = grounded(answer, guide.index, seen)
+        searches = None
+        if guide.small and guide.text_context:
+            outputs = [*guide.recent, *(s for s in seen if s.strip())]
+            searches = answer_searches(answer, guide.question, outputs, guide.searched, guide.chain)
+            if found and searches and searches[0] == " ".join(answer.split()).lower():
+                # A name: the suggested search prints it, so only the context vouches.
+                found = guide.index.in_context(answer)
+        key = answer.strip().lower()
+        if guide.small and (
+            len(guide.checked) >= _SMALL_CHECKS or (found and key in guide.checked)
+        ):
+            return None  # the same answer again, now found: final
+        guide.checked.append(key)
         if not guide.small:
             return None if found else unverified_answer_prompt(answer)
-        searches = None
-        if guide.text_context:
-            outputs = [*guide.recent, *(s for s in seen if s.strip())]
-            searches = answer_searches(answer, guide.question, outputs, guide.searched)
+        if searches:
             guide.searched.extend(t for t in searches if t not in guide.searched)
+            guide.chain.extend(t for t in searches if t not in guide.chain)
         return check_answer_prompt(answer, guide.question, found, searches)
