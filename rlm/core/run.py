@@ -176,7 +176,14 @@ class Run:
         return runs
 
     def is_cancelled(self) -> bool:
-        return any(r.cancelled.is_set() for r in self.chain())
+        """Whether this run or an ancestor was cancelled (checked several times per
+        iteration: a walk up the tree, no list)."""
+        node: Run | None = self
+        while node is not None:
+            if node.cancelled.is_set():
+                return True
+            node = node.parent
+        return False
 
     def cancel(self) -> None:
         """Cancel from another thread: later checks raise, and the running cells of this
