@@ -270,7 +270,7 @@ class Workers:
                 # Only now is its caller told: a caller that gets the GIL first and asks
                 # again at once finds this worker waiting instead of starting a thread.
                 finish()
-                finish = None
+                del finish
             if worker.job is None and not worker.wake.wait(self.idle_seconds):
                 with self._lock:
                     if worker.job is None:  # nobody handed it a job in time: end
