@@ -29,7 +29,6 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rlm.comms.protocol import LMRequest, send_lm_request, send_lm_request_batched
@@ -43,13 +42,20 @@ from rlm.environments.base_env import (
     user_options,
     validate_custom_tools,
 )
-from rlm.environments.repl_core import DEFAULT_MAX_OUTPUT_CHARS, ReplCore, uncaptured
+from rlm.environments.repl_core import (
+    DEFAULT_MAX_OUTPUT_CHARS,
+    ReplCore,
+    lend_thread,
+    uncaptured,
+)
 from rlm.utils.exceptions import ConfigurationError
 
 DEFAULT_CELL_TIMEOUT = 600.0
 NO_HANDLER = "Error: No LM handler configured"
 #: rlms' text for one failed prompt of a batch (the handler's message follows).
 BATCH_SLOT_FAILED = "llm() call failed - "
+#: The answer of a batched child that was never asked: its cell was stopped first.
+INTERRUPTED = "Error: RLM query interrupted before it started"
 
 _warned_keys: set[str] = set()
 _warned_lock = threading.Lock()
@@ -124,6 +130,46 @@ def _rlm_call(ch: _Channel, prompt: Any, model: str | None) -> tuple[str, RLMCha
     return response.chat_completion.response, response.chat_completion
 
 
+def _rlm_calls(ch: _Channel, batch: list[Any], model: str | None) -> list[tuple[str, Any]]:
+    """The child runs of ``rlm_query_batched``, at most ``max_concurrent`` at once: this
+    thread takes items as well, and lends its helper threads the cell it runs
+    (:func:`~rlm.environments.repl_core.lend_thread`), so the children's cells run in
+    them, supervised with this one, and stop when it is stopped."""
+    results: list[tuple[str, Any]] = [(INTERRUPTED, None)] * len(batch)
+    items = iter(range(len(batch)))
+    stopped: list[bool] = []
+
+    def drain() -> None:
+        for index in items:  # one shared iterator: each item is taken once
+            if stopped:
+                return
+            results[index] = _rlm_call(ch, batch[index], model)
+
+    def helper() -> None:
+        try:
+            drain()
+        except BaseException:  # the cell that lent this thread is being stopped
+            stopped.append(True)
+
+    lend = lend_thread()
+    helpers = [
+        threading.Thread(target=lend(helper), name=f"rlm-subcall-{n}", daemon=True)
+        for n in range(min(ch.max_concurrent, len(batch)) - 1)
+    ]
+    try:
+        for thread in helpers:
+            thread.start()
+        drain()
+    except BaseException:
+        stopped.append(True)
+        raise
+    finally:
+        for thread in helpers:
+            if thread.ident is not None:
+                thread.join()
+    return results
+
+
 def _make_helpers(ch: _Channel) -> dict[str, Any]:
     """The REPL's sub-call functions, as closures over ``ch`` only."""
 
@@ -167,9 +213,7 @@ def _make_helpers(ch: _Channel) -> dict[str, Any]:
         if isinstance(batch, str):
             return [batch]
         pending = ch.pending
-        workers = min(ch.max_concurrent, max(1, len(batch)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rlm-subcall") as pool:
-            results = list(pool.map(lambda p: _rlm_call(ch, p, model), batch))
+        results = _rlm_calls(ch, batch, model)
         pending.extend(c for _, c in results if c is not None)
         return [answer for answer, _ in results]
 

@@ -14,7 +14,9 @@ there. It provides:
   the first cell, stopped by :meth:`ReplCore.close`), the caller waits at most
   ``timeout`` seconds, the cell is interrupted by an asynchronous exception
   and, if it sits in native code, abandoned with its thread (the next cell
-  gets a fresh one) so the caller is never held;
+  gets a fresh one) so the caller is never held; a cell asked for from a
+  thread that runs a cell already (a child RLM's) runs inline in that thread,
+  with its own limit, interruption and output (see "Running cells" below);
 * the final-answer protocols: ``answer["content"]``/``answer["ready"]``
   (also ``answer.update(...)`` and rebinding ``answer`` to a dict), ``FINAL_VAR``
   and ``FINAL`` called in code (``FINAL_VAR`` wins over ``FINAL``); ``answer``
@@ -306,11 +308,33 @@ def leave_workdir(token: object) -> None:
 
 
 # ---------------------------------------------------------------------------
-# The cell thread
+# Running cells: lanes, cell threads and their supervisors
 # ---------------------------------------------------------------------------
+#
+# A cell runs on a cell thread (the REPL's, started at its first such cell) while its
+# caller waits, or *inline*, in the calling thread itself, when that thread is running a
+# cell already: a child RLM's cell, asked for by ``rlm_query`` from its parent's cell, or
+# from a thread that cell lent to ``rlm_query_batched`` (:func:`lend_thread`). That
+# thread would only wait, so a tree of runs holds one cell thread, not one per run.
+#
+# Every thread that runs cells has a lane: the jobs running on it, outermost first. An
+# interruption is an asynchronous exception, raised into a lane only while its top job's
+# code runs, never while the engine sets a cell up or tears it down. Stopping a job stops
+# what runs on top of it: the exception lands in the innermost cell (and in the threads
+# the job's cells lent), and an inline cell that ends while a job under it is being
+# stopped raises that job's exception on to its caller, so the stack unwinds into the
+# stopped job's code, where the engine catches it.
+#
+# The thread that waits for a cell thread's job supervises, meanwhile, the inline cells
+# nested in it: their time limits, interruptions and live output. It waits anyway, so an
+# inline cell costs no watchdog thread.
 
-# A job's states; changed only with its executor's lock held.
+# A job's states; changed only with _lane_lock held.
 _PENDING, _RUNNING, _FINISHED, _CANCELLED = range(4)
+#: How often a cell that is being stopped gets its exception again (seconds).
+STOP_REPEAT_SECONDS = 0.05
+
+_lane_lock = threading.Lock()
 
 
 def _raise_in(ident: int, exc_type: type[BaseException]) -> None:
@@ -339,7 +363,7 @@ class _Latch:
         self.fired = False
 
     def set(self) -> None:
-        with _latch_guard:  # set() may come from two threads (a cell's end, interrupt())
+        with _latch_guard:  # set() may come from two threads
             if self.fired:
                 return
             self.fired = True
@@ -352,44 +376,150 @@ class _Latch:
         """True once set; False when ``timeout`` seconds passed first (Ctrl-C interrupts)."""
         if self.fired:
             return True
-        if timeout is None or timeout > threading.TIMEOUT_MAX:
-            got = self._lock.acquire()
-        elif timeout > 0:
-            got = self._lock.acquire(True, timeout)
-        else:
-            got = self._lock.acquire(False)
-        if got:
+        if _acquire(self._lock, timeout):
             self._lock.release()  # stays set for every later wait
-        return got or self.fired
+            return True
+        return self.fired
+
+
+def _acquire(lock: Any, timeout: float | None) -> bool:
+    if timeout is None or timeout > threading.TIMEOUT_MAX:
+        return bool(lock.acquire())
+    if timeout > 0:
+        return bool(lock.acquire(True, timeout))
+    return bool(lock.acquire(False))
+
+
+class _Bell:
+    """A wake-up call that rings again and again: ``ring`` from any thread, ``wait`` in
+    the one thread that supervises (a ring while nobody waits is kept for the next wait)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def ring(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:  # rung already, not yet heard
+            pass
+
+    def wait(self, timeout: float | None) -> None:
+        _acquire(self._lock, timeout)
+
+
+class _Lane:
+    """The jobs running on one thread (outermost first), who supervises them, and the job
+    whose cell lent this thread (:func:`lend_thread`), if any."""
+
+    __slots__ = ("ident", "jobs", "supervisor", "lender")
+
+    def __init__(self) -> None:
+        self.ident = threading.get_ident()
+        self.jobs: list[_Job] = []
+        self.supervisor: _Supervisor | None = None
+        self.lender: _Job | None = None
+
+
+_lanes = threading.local()
+
+
+def _this_lane() -> _Lane:
+    lane = getattr(_lanes, "lane", None)
+    if lane is None:
+        lane = _lanes.lane = _Lane()
+    return lane
 
 
 class _Job:
-    """One cell handed to an executor: what to run and the latches its caller waits on
-    (``done``: the cell's code is over; ``wake``: that, or the caller was interrupted)."""
+    """One cell: what to run, its state, the exception it is being stopped with, its lane
+    and the lanes its code lent; ``done`` is set when the code is over."""
 
-    __slots__ = ("run", "done", "wake", "state")
+    __slots__ = ("run", "done", "sup", "state", "stop", "lane", "lent")
 
-    def __init__(self, run: Callable[[], None]):
-        self.run: Callable[[], None] | None = run
+    def __init__(self, run: Callable[[], None] | None, sup: _Supervisor):
+        self.run = run
         self.done = _Latch()
-        self.wake = _Latch()
+        self.sup = sup
         self.state = _PENDING
+        self.stop: type[BaseException] | None = None
+        self.lane: _Lane | None = None
+        self.lent: list[_Lane] = []
+
+
+def _stop(job: _Job, exc_type: type[BaseException]) -> None:
+    """With ``_lane_lock`` held: cancel ``job`` if it has not started, else raise
+    ``exc_type`` in what runs on top of it (and in the lanes its cells lent)."""
+    if job.state == _PENDING:
+        job.state = _CANCELLED
+        job.stop = exc_type
+    elif job.state == _RUNNING and job.lane is not None:
+        job.stop = job.stop or exc_type
+        _raise_above(job.lane, job.lane.jobs.index(job), exc_type)
+
+
+def _raise_above(lane: _Lane, start: int, exc_type: type[BaseException]) -> None:
+    jobs = lane.jobs
+    if jobs and jobs[-1].state == _RUNNING:  # a cell's code runs, not the engine around it
+        _raise_in(lane.ident, exc_type)
+    for job in jobs[start:]:
+        for lent in job.lent:
+            _raise_above(lent, 0, exc_type)
+
+
+def _stop_below(lane: _Lane, index: int) -> type[BaseException] | None:
+    """With ``_lane_lock`` held: the exception of the nearest job under position ``index``
+    of ``lane`` (then under the lanes' lenders) that is being stopped, or None."""
+    while True:
+        for job in reversed(lane.jobs[:index]):
+            if job.stop is not None and job.state == _RUNNING:
+                return job.stop
+        lender = lane.lender
+        if lender is None or lender.lane is None or lender not in lender.lane.jobs:
+            return None
+        lane, index = lender.lane, lender.lane.jobs.index(lender) + 1
+
+
+def _run_job(job: _Job, lane: _Lane, alone: bool = False) -> None:
+    """Run ``job``'s code on top of ``lane`` (``alone``: as its only job, on a cell thread),
+    once; nothing escapes, and no interruption meant for it is pending when this returns."""
+    try:
+        with _lane_lock:
+            start = job.state == _PENDING
+            if start:
+                if alone:
+                    job.lane, lane.jobs, lane.supervisor = lane, [job], job.sup
+                else:  # not when a cell under it is being stopped
+                    start = _stop_below(lane, lane.jobs.index(job)) is None
+                job.state = _RUNNING if start else _CANCELLED
+        if start:
+            job.run()  # type: ignore[misc]
+    except BaseException:  # an interruption landing in the engine's own lines
+        pass
+    job.run = None
+    while True:
+        try:
+            with _lane_lock:
+                if job.state == _RUNNING:
+                    job.state = _FINISHED
+                if alone:
+                    lane.jobs, lane.supervisor = [], None
+            _checkpoint()  # none can be raised from now on; a pending one lands here
+            return
+        except BaseException:
+            pass
 
 
 class _CellThread:
-    """The one long-lived thread that runs a :class:`ReplCore`'s cells, one job at a time.
+    """The long-lived thread that runs a :class:`ReplCore`'s cells, one job at a time.
 
-    Interruptions are asynchronous exceptions, raised only while a job's code runs (its
-    state is ``_RUNNING``, under ``_lock``). When the code is over the state becomes
-    ``_FINISHED`` under the same lock, and an exception still pending for the thread is
-    taken at a :func:`_checkpoint` inside a ``try``: a late interruption never lands in
-    the next cell nor ends the thread. A job interrupted before it started is cancelled.
     The thread holds no reference to the core between jobs.
     """
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._serve, name="rlm-cell", daemon=True)
 
     def submit(self, job: _Job) -> None:
@@ -401,56 +531,36 @@ class _CellThread:
 
     def _serve(self) -> None:
         jobs = self._jobs
+        lane = _this_lane()
         while True:
             job = jobs.get()
             if job is None:
                 return
-            while not job.wake.is_set():
+            while not job.done.is_set():
                 try:
-                    self._run(job)  # again after a stray interruption: the code runs once
+                    self._run(job, lane)  # again after a stray interruption: runs once
                 except BaseException:
                     pass
             job = None  # nothing of the cell (nor its core) is held while idle
 
-    def _run(self, job: _Job) -> None:
-        with self._lock:
-            start = job.state == _PENDING
-            if start:
-                job.state = _RUNNING
-        if start:
-            try:
-                job.run()  # type: ignore[misc]
-            except BaseException:  # an interruption landing in the engine's own lines
-                pass
-        job.run = None
-        with self._lock:
-            if job.state == _RUNNING:
-                job.state = _FINISHED
-        try:
-            _checkpoint()  # none can be raised from now on; a pending one lands here
-        except BaseException:
-            pass
+    @staticmethod
+    def _run(job: _Job, lane: _Lane) -> None:
+        _run_job(job, lane, alone=True)
         _capture.out = _capture.err = None
-        job.done.set()  # before wake: the caller reads wake without done as interrupt()
-        job.wake.set()
+        job.done.set()
+        job.sup.bell.ring()
 
-    def interrupt(self, job: _Job, exc_type: type[BaseException]) -> None:
-        """Raise ``exc_type`` in ``job``'s code if it runs now; cancel it if not started."""
-        with self._lock:
-            if job.state == _PENDING:
-                job.state = _CANCELLED
-            elif job.state == _RUNNING and self.thread.ident is not None:
-                _raise_in(self.thread.ident, exc_type)
-
-    def stop_job(self, job: _Job, exc_type: type[BaseException]) -> bool:
+    @staticmethod
+    def stop_job(job: _Job, exc_type: type[BaseException]) -> bool:
         """Interrupt ``job`` repeatedly for a short grace period. True if it stopped (or
         never started)."""
         deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
         while not job.done.is_set() and time.monotonic() < deadline:
-            self.interrupt(job, exc_type)
+            with _lane_lock:
+                _stop(job, exc_type)
             if job.state == _CANCELLED:
                 return True
-            job.done.wait(0.05)
+            job.done.wait(STOP_REPEAT_SECONDS)
         return job.done.is_set() or job.state == _CANCELLED
 
 
@@ -504,29 +614,220 @@ class _CellThreads:
             executor.thread.join(wait)
 
 
-def _wait_live(
-    job: _Job,
-    timeout: float | None,
-    out: BoundedBuffer,
-    err: BoundedBuffer,
-    on_output: Callable[[str, str], Any],
-) -> bool:
-    """``job.wake.wait(timeout)``, handing new output to ``on_output`` meanwhile."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            return job.wake.is_set()
-        step = LIVE_OUTPUT_SECONDS if left is None else min(left, LIVE_OUTPUT_SECONDS)
-        if job.wake.wait(step):
-            return True
-        for stream, buffer in (("stdout", out), ("stderr", err)):
-            text = buffer.take_live()
-            if text and on_output is not None:
-                try:
-                    on_output(stream, text)
-                except Exception:
-                    on_output = None  # type: ignore[assignment]
+class _Watch:
+    """What a supervisor knows of one cell: its job, its deadline, the stop asked for
+    (since when, and when to raise it again) and its live output."""
+
+    __slots__ = (
+        "job", "deadline", "stop", "since", "again", "out", "err", "on_output", "next_live",
+        "lock", "closed",
+    )  # fmt: skip
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.deadline: float | None = None
+        self.stop: type[BaseException] | None = None
+        self.since = self.again = 0.0
+        self.out: BoundedBuffer | None = None
+        self.err: BoundedBuffer | None = None
+        self.on_output: Callable[[str, str], Any] | None = None
+        self.next_live = 0.0
+        self.lock = threading.Lock()  # held while on_output runs
+        self.closed = False
+
+    def arm(
+        self,
+        timeout: float | None,
+        out: BoundedBuffer,
+        err: BoundedBuffer,
+        on_output: Callable[[str, str], Any] | None,
+    ) -> None:
+        now = time.monotonic()
+        self.deadline = None if timeout is None else now + timeout
+        self.out, self.err, self.on_output = out, err, on_output
+        self.next_live = now + LIVE_OUTPUT_SECONDS
+
+    def ask(self, exc_type: type[BaseException], now: float) -> None:
+        if self.stop is None:
+            self.stop, self.since, self.again = exc_type, now, now
+
+    def service(self, now: float) -> float | None:
+        """Raise the stop when it is due; returns when to look again (None: no need)."""
+        wake = None
+        if self.stop is None and self.deadline is not None:
+            if now >= self.deadline:
+                self.ask(CellTimeout, now)
+            else:
+                wake = self.deadline
+        if self.stop is not None and self.again:
+            if now >= self.again:
+                with _lane_lock:
+                    _stop(self.job, self.stop)
+                    live = self.job.state == _RUNNING
+                more = live and now - self.since < INTERRUPT_GRACE_SECONDS
+                self.again = now + STOP_REPEAT_SECONDS if more else 0.0
+            if self.again:
+                wake = self.again if wake is None else min(wake, self.again)
+        if self.on_output is not None:
+            if now >= self.next_live:
+                self.deliver()
+                self.next_live = now + LIVE_OUTPUT_SECONDS
+            if self.on_output is not None:
+                wake = self.next_live if wake is None else min(wake, self.next_live)
+        return wake
+
+    def deliver(self) -> None:
+        """Hand the output kept since the last call to ``on_output``."""
+        with self.lock:
+            for stream, buffer in (("stdout", self.out), ("stderr", self.err)):
+                text = buffer.take_live() if buffer is not None else ""
+                if text and self.on_output is not None and not self.closed:
+                    try:
+                        self.on_output(stream, text)
+                    except Exception:
+                        self.on_output = None  # not called again for this cell
+
+
+class _Supervisor:
+    """Watches a cell thread's job from the thread that waits for it, and the inline cells
+    nested in that job (:meth:`watch`). When that thread leaves with inline cells still
+    running (their cell was abandoned), a thread of its own takes over until they end."""
+
+    def __init__(self) -> None:
+        self.bell = _Bell()
+        self.interrupted: _Job | None = None  # the own job, when interrupt() was called
+        self._lock = threading.Lock()
+        self._watches: list[_Watch] = []
+        self._serving = True
+
+    def watch(self, job: _Job) -> _Watch | None:
+        """Watch an inline cell; None when nobody supervises any longer."""
+        with self._lock:
+            if not self._serving:
+                return None
+            watch = _Watch(job)
+            self._watches.append(watch)
+        return watch
+
+    def unwatch(self, watch: _Watch) -> None:
+        with watch.lock:  # no on_output call is in flight after this
+            watch.closed = True
+        with self._lock:
+            self._watches.remove(watch)
+
+    def interrupt(self, target: _Job | _Watch) -> None:
+        """Stop the own job (``target``, if it is still the one waited for) or the inline
+        cell of watch ``target``; returns at once."""
+        if isinstance(target, _Job):
+            self.interrupted = target
+        else:
+            with self._lock:
+                target.ask(CellInterrupted, time.monotonic())
+        self.bell.ring()
+
+    def wait(self, job: _Job, timeout: float | None, own: _Watch | None) -> str:
+        """Wait for ``job`` ("done"), ``interrupt()`` ("interrupted") or ``timeout``
+        seconds ("timeout"), serving the watched cells and ``own``'s live output."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if job.done.is_set():
+                return "done"
+            if self.interrupted is job:
+                return "interrupted"
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return "timeout"
+            wake = self._service(now, own)
+            if deadline is not None and (wake is None or deadline < wake):
+                wake = deadline
+            self.bell.wait(None if wake is None else wake - time.monotonic())
+
+    def _service(self, now: float, own: _Watch | None = None) -> float | None:
+        if not self._watches and own is None:
+            return None
+        with self._lock:
+            watches = list(self._watches)
+        if own is not None:
+            watches.append(own)
+        wakes = [w for w in (watch.service(now) for watch in watches) if w is not None]
+        return min(wakes) if wakes else None
+
+    def leave(self, keep: bool) -> bool:
+        """The waiting thread is done with this supervisor. True when it may serve the same
+        core's next cell (``keep``: its cell ended, and no inline cell runs); inline cells
+        still running (their cell was abandoned) get a thread that serves them until they
+        end."""
+        with self._lock:
+            if not self._watches:
+                self.interrupted = None
+                self._serving = keep  # else an abandoned cell's later cells get a thread
+                return keep
+        threading.Thread(target=self._serve_orphans, name="rlm-cell-watch", daemon=True).start()
+        return False
+
+    def _serve_orphans(self) -> None:
+        while True:
+            with self._lock:
+                if not self._watches:
+                    self._serving = False
+                    return
+            wake = self._service(time.monotonic())
+            self.bell.wait(None if wake is None else wake - time.monotonic())
+
+
+def lend_thread() -> Callable[[Callable[[], Any]], Callable[[], Any]]:
+    """Called from a running cell: a wrapper for work that the cell hands to other threads
+    and waits for (``rlm_query_batched``'s children). Cells that work runs (a child's) run
+    inline in those threads, supervised with this cell, and stopping this cell stops
+    them. Outside a cell, the work is unchanged."""
+    lane = _this_lane()
+    sup = lane.supervisor
+    lender = lane.jobs[-1] if lane.jobs else None
+    if sup is None or lender is None:
+        return lambda fn: fn
+
+    def wrap(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def lent() -> Any:
+            mine = _this_lane()
+            with _lane_lock:
+                mine.lender, mine.supervisor = lender, sup
+                lender.lent.append(mine)
+            try:
+                return fn()
+            finally:
+                with _lane_lock:
+                    lender.lent.remove(mine)
+                    mine.lender = mine.supervisor = None
+
+        return lent
+
+    return wrap
+
+
+def _stopped_note(
+    outcome: CellOutcome, err: BoundedBuffer, how: str, timeout: Any, stopped: bool
+) -> None:
+    """The text and error of a cell stopped at its limit (``how``: "timeout") or by an
+    interruption; ``stopped``: whether it stopped (else it was abandoned)."""
+    if how == "timeout":
+        outcome.timed_out = True
+        note = (
+            f"TimeoutError: the cell ran longer than its limit of {timeout:g} s and was stopped."
+            if stopped
+            else f"TimeoutError: the cell ran longer than its limit of {timeout:g} s and "
+            "did not stop (it caught the interruption or sits in native code); it may still "
+            "run in this process, and its later output is discarded."
+        )
+    else:
+        note = (
+            "Interrupted: the cell was stopped because the run was cancelled."
+            if stopped
+            else "Interrupted: the run was cancelled; the cell did not stop (it caught the "
+            "interruption or sits in native code) and may still run in this process; its "
+            "later output is discarded."
+        )
+    err.write(note + "\n")
+    outcome.error = note
 
 
 # ---------------------------------------------------------------------------
@@ -761,8 +1062,10 @@ class ReplCore:
         self._err: BoundedBuffer | None = None
         self._pending_final: tuple[str, str] | None = None  # (kind, text)
         self._answer_at_end: dict[str, Any] | None = None  # the answer dict as a cell left it
-        # Set when the running cell ends or is interrupted; None between cells.
-        self._wake: _Latch | None = None
+        # Who to ask to stop the running cell: its supervisor, and the cell's job (on a
+        # cell thread) or watch (inline); None between cells.
+        self._active: tuple[_Supervisor, _Job | _Watch] | None = None
+        self._sup: _Supervisor | None = None  # the last cell's, when it can serve the next
         self._threads = _CellThreads()
         self.fixed: dict[str, Any] = {}  # names restored after every cell (context, history...)
         self._builtins_table = self._builtins()
@@ -1001,9 +1304,9 @@ class ReplCore:
         The cell ends as if its caller had pressed Ctrl-C: its result reports
         ``Interrupted`` and the namespace stays usable. No-op between cells.
         """
-        wake = self._wake
-        if wake is not None:
-            wake.set()
+        active = self._active
+        if active is not None:
+            active[0].interrupt(active[1])
 
     def cell_still_running(self, wait: float = 0.1) -> bool:
         """True when a cell that could not be stopped still runs (it caught the
@@ -1028,13 +1331,22 @@ class ReplCore:
         Raises ``KeyboardInterrupt`` to the caller if the caller is interrupted while
         waiting (the cell is stopped first). Nothing the cell does escapes.
 
+        Called from a thread that runs a cell already (a child's cell, asked for from its
+        parent's), the cell runs inline, in that thread (see "Running cells" above);
+        stopping the cell under it then raises that cell's interruption out of this call.
+
         ``on_output(stream, text)`` (``"stdout"``/``"stderr"``), when given, gets the
         output the cell wrote while it runs, at most every :data:`LIVE_OUTPUT_SECONDS`,
-        in the caller's thread (never the cell's: what it prints is not captured); the
-        texts of one stream add up to a prefix of the outcome's. What the cell wrote
-        in its last moments is only in the outcome. A callback that raises is not
-        called again for this cell.
+        never in the cell's thread (what it prints is not captured): in the caller's, or
+        for an inline cell in the thread that supervises it; the texts of one stream add
+        up to a prefix of the outcome's. What the cell wrote in its last moments is only
+        in the outcome. A callback that raises is not called again for this cell.
         """
+        lane = _this_lane()
+        if lane.supervisor is not None:
+            outcome = _inline_cell(self, code, timeout, on_output, lane, lane.supervisor)
+            if outcome is not None:
+                return outcome
         with self._cell_lock:
             workdir = enter_workdir(self.workdir) if self.workdir else None
             try:
@@ -1048,77 +1360,137 @@ class ReplCore:
     ) -> CellOutcome:
         executor = self._threads.current()
         outcome = CellOutcome()
-        live = on_output is not None
-        self._out = out = BoundedBuffer(self.max_output_chars, live)
-        self._err = err = BoundedBuffer(self.max_output_chars, live)
-        job = _Job(functools.partial(self._execute, code, outcome, out, err))
-        self._wake = job.wake
+        out, err = self._buffers(on_output is not None)
+        sup, self._sup = self._sup or _Supervisor(), None
+        job = _Job(functools.partial(self._execute, code, outcome, out, err), sup)
+        self._active = (sup, job)
         # The routers stand in for sys.stdout/sys.stderr while this call runs. A cell
         # abandoned at its limit keeps sending print() to its discarded buffers, but what
         # it writes to sys.stdout directly after that reaches the real stream.
         _acquire_router()
         try:
-            return self._wait_cell(timeout, outcome, job, executor, out, err, on_output)
+            return _wait_cell(self, timeout, outcome, job, executor, on_output)
         finally:
             _release_router()
 
-    def _wait_cell(
-        self,
-        timeout: float | None,
-        outcome: CellOutcome,
-        job: _Job,
-        executor: _CellThread,
-        out: BoundedBuffer,
-        err: BoundedBuffer,
-        on_output: Callable[[str, str], Any] | None = None,
-    ) -> CellOutcome:
-        start = time.perf_counter()
-        try:
-            # submit() is inside the try: a Ctrl-C landing right after it must stop the
-            # cell too, or it would run on (and hold the GIL) forever.
-            executor.submit(job)
-            if on_output is None:
-                finished = job.wake.wait(timeout)
-            else:
-                finished = _wait_live(job, timeout, out, err, on_output)
-        except BaseException:
-            if not executor.stop_job(job, CellInterrupted):
-                self._threads.retire(executor)
-            self._out = self._err = self._wake = None
-            raise
-        self._wake = None
-        if finished and not job.done.is_set():  # interrupt() was called
-            stopped = executor.stop_job(job, CellInterrupted)
-            note = (
-                "Interrupted: the cell was stopped because the run was cancelled."
-                if stopped
-                else "Interrupted: the run was cancelled; the cell did not stop (it caught the "
-                "interruption or sits in native code) and may still run in this process; its "
-                "later output is discarded."
-            )
-            err.write(note + "\n")
-            outcome.error = note
-            outcome.execution_time = time.perf_counter() - start
-        elif not finished:
-            stopped = executor.stop_job(job, CellTimeout)
-            outcome.timed_out = True
-            note = (
-                f"TimeoutError: the cell ran longer than its limit of {timeout:g} s and was stopped."
-                if stopped
-                else f"TimeoutError: the cell ran longer than its limit of {timeout:g} s and "
-                "did not stop (it caught the interruption or sits in native code); it may still "
-                "run in this process, and its later output is discarded."
-            )
-            err.write(note + "\n")
-            outcome.error = note
-            outcome.execution_time = time.perf_counter() - start
-        else:
-            stopped = True
-        if not stopped:
-            self._threads.retire(executor)
+    def _buffers(self, live: bool) -> tuple[BoundedBuffer, BoundedBuffer]:
+        self._out = out = BoundedBuffer(self.max_output_chars, live)
+        self._err = err = BoundedBuffer(self.max_output_chars, live)
+        return out, err
+
+    def _settle(self, outcome: CellOutcome) -> CellOutcome:
+        """The end of a cell: its output, the scaffold back, the final answer taken."""
+        out, err = self._out, self._err
         self._out = self._err = None
-        outcome.stdout = out.getvalue()
-        outcome.stderr = err.getvalue()
+        outcome.stdout = out.getvalue() if out is not None else ""
+        outcome.stderr = err.getvalue() if err is not None else ""
         self.restore_scaffold()
         outcome.final_answer, outcome.final_kind = self._take_final_answer()
         return outcome
+
+
+def _wait_cell(
+    core: ReplCore,
+    timeout: float | None,
+    outcome: CellOutcome,
+    job: _Job,
+    executor: _CellThread,
+    on_output: Callable[[str, str], Any] | None,
+) -> CellOutcome:
+    """Hand ``job`` to ``executor`` and wait for it (supervising the inline cells nested
+    in it meanwhile); stop it at its limit or when interrupted."""
+    start = time.perf_counter()
+    out, err = core._out, core._err
+    assert out is not None and err is not None
+    sup = job.sup
+    own = None
+    if on_output is not None:
+        own = _Watch(job)
+        own.arm(None, out, err, on_output)
+    try:
+        # submit() is inside the try: a Ctrl-C landing right after it must stop the
+        # cell too, or it would run on (and hold the GIL) forever.
+        executor.submit(job)
+        how = sup.wait(job, timeout, own)
+    except BaseException:
+        stopped = executor.stop_job(job, CellInterrupted)
+        if not stopped:
+            core._threads.retire(executor)
+        core._out = core._err = core._active = None
+        core._sup = sup if sup.leave(stopped) else None
+        raise
+    core._active = None
+    stopped = True
+    if how != "done":
+        stopped = executor.stop_job(job, CellTimeout if how == "timeout" else CellInterrupted)
+        _stopped_note(outcome, err, how, timeout, stopped)
+        outcome.execution_time = time.perf_counter() - start
+    if not stopped:
+        core._threads.retire(executor)
+    core._sup = sup if sup.leave(stopped) else None  # reused by the next cell
+    return core._settle(outcome)
+
+
+def _inline_cell(
+    core: ReplCore,
+    code: str,
+    timeout: float | None,
+    on_output: Callable[[str, str], Any] | None,
+    lane: _Lane,
+    sup: _Supervisor,
+) -> CellOutcome | None:
+    """Run a cell of ``core`` in this thread, on top of ``lane``'s jobs, supervised by
+    ``sup``; None (nothing done) when ``sup`` supervises no longer."""
+    job = _Job(None, sup)
+    watch = sup.watch(job)
+    if watch is None:
+        return None
+    stop = None
+    try:
+        with _lane_lock:
+            job.lane = lane
+            lane.jobs.append(job)  # from here on, nothing is raised here until it runs
+        _checkpoint()  # an interruption raised before lands here, not in the set-up
+        with core._cell_lock:
+            workdir = enter_workdir(core.workdir) if core.workdir else None
+            try:
+                return _run_inline(core, code, timeout, on_output, job, watch)
+            finally:
+                if workdir is not None:
+                    leave_workdir(workdir)
+    finally:
+        sup.unwatch(watch)
+        with _lane_lock:
+            if job in lane.jobs:
+                lane.jobs.remove(job)
+            stop = _stop_below(lane, len(lane.jobs))
+        if stop is not None:  # a cell under this one is being stopped: on to it
+            raise stop()
+
+
+def _run_inline(
+    core: ReplCore,
+    code: str,
+    timeout: float | None,
+    on_output: Callable[[str, str], Any] | None,
+    job: _Job,
+    watch: _Watch,
+) -> CellOutcome:
+    outcome = CellOutcome()
+    out, err = core._buffers(on_output is not None)
+    job.run = functools.partial(core._execute, code, outcome, out, err)
+    saved = getattr(_capture, "out", None), getattr(_capture, "err", None)
+    watch.arm(timeout, out, err, on_output)
+    core._active = (job.sup, watch)
+    job.sup.bell.ring()  # its deadline may be the next thing to watch
+    _acquire_router()
+    try:
+        _run_job(job, job.lane)  # type: ignore[arg-type]
+    finally:
+        _capture.out, _capture.err = saved
+        core._active = None
+        _release_router()
+    if job.stop is not None:
+        how = "timeout" if job.stop is CellTimeout else "interrupted"
+        _stopped_note(outcome, err, how, timeout, True)
+    return core._settle(outcome)
