@@ -256,6 +256,32 @@ def test_stopping_the_asking_cell_stops_the_inline_one_and_unwinds_to_it(cores):
     assert outer.run_cell("1").stdout == "1\n" and inner.run_cell("2").stdout == "2\n"
 
 
+def test_an_abandoned_asking_cell_leaves_its_inline_cell_supervised(cores):
+    """Both cells swallow every interruption: the outer one is abandoned at its limit (its
+    caller gets the result at once), and a thread of its own goes on supervising the inline
+    one; once the code lets go, the inline cell ends, its stop unwinds the outer one, and
+    both threads end."""
+    outer, inner = cores
+    release = threading.Event()
+    inner.ns["release"] = release
+    stubborn = (
+        "while not release.is_set():\\n"
+        "    try:\\n"
+        "        while not release.is_set():\\n"
+        "            pass\\n"
+        "    except BaseException:\\n"
+        "        pass"
+    )
+    outcome = outer.run_cell(f"inner.run_cell('{stubborn}', timeout=0.5)", timeout=0.3)
+    assert outcome.timed_out and "did not stop" in outcome.error
+    watchers = [t for t in threading.enumerate() if t.name == "rlm-cell-watch"]
+    assert len(watchers) == 1
+    release.set()
+    watchers[0].join(10)
+    assert not watchers[0].is_alive()
+    assert not outer.cell_still_running(wait=10)
+
+
 def test_interrupting_the_asking_cell_reaches_the_inline_one(cores):
     outer, inner = cores
     started = threading.Event()
