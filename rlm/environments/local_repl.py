@@ -158,7 +158,10 @@ def _rlm_calls(ch: _Channel, batch: list[Any], model: str | None) -> list[tuple[
     ]
     try:
         for thread in helpers:
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:  # no thread could be started: fewer at once
+                break
         drain()
     except BaseException:
         stopped.append(True)
