@@ -256,7 +256,8 @@ def test_stopping_the_asking_cell_stops_the_inline_one_and_unwinds_to_it(cores):
     assert outer.run_cell("1").stdout == "1\n" and inner.run_cell("2").stdout == "2\n"
 
 
-def test_an_abandoned_asking_cell_leaves_its_inline_cell_supervised(cores):
+@pytest.mark.parametrize("inner_limit", [None, 0.5])
+def test_an_abandoned_asking_cell_leaves_its_inline_cell_supervised(cores, inner_limit):
     """Both cells swallow every interruption: the outer one is abandoned at its limit (its
     caller gets the result at once), and a thread of its own goes on supervising the inline
     one; once the code lets go, the inline cell ends, its stop unwinds the outer one, and
@@ -272,7 +273,7 @@ def test_an_abandoned_asking_cell_leaves_its_inline_cell_supervised(cores):
         "    except BaseException:\\n"
         "        pass"
     )
-    outcome = outer.run_cell(f"inner.run_cell('{stubborn}', timeout=0.5)", timeout=0.3)
+    outcome = outer.run_cell(f"inner.run_cell('{stubborn}', timeout={inner_limit})", timeout=0.3)
     assert outcome.timed_out and "did not stop" in outcome.error
     watchers = [t for t in threading.enumerate() if t.name == "rlm-cell-watch"]
     assert len(watchers) == 1

@@ -714,6 +714,7 @@ class _Supervisor:
             watch.closed = True
         with self._lock:
             self._watches.remove(watch)
+        self.bell.ring()  # a thread serving orphans ends when none is left
 
     def interrupt(self, target: _Job | _Watch) -> None:
         """Stop the own job (``target``, if it is still the one waited for) or the inline
