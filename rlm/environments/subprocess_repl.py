@@ -354,7 +354,7 @@ class _Cgroup:
 #: uid (as root: a fresh one; else 65534 mapped to this user), drops every capability, sets
 #: no_new_privs and the seccomp filter, and runs the worker under a small init that reaps.
 LAUNCHER = r"""
-import ctypes, json, os, sys
+import ctypes, json, os, select, sys
 cfg = json.loads(sys.argv[1])
 libc = ctypes.CDLL(None, use_errno=True)
 def check(ret, what):
@@ -393,7 +393,18 @@ def code(status):
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 pid = os.fork()
 if pid:
-    os._exit(code(os.waitpid(pid, 0)[1]))
+    # Wait for the sandbox, or for the host to die: then leave, and the sandbox's pid 1
+    # (killed by its death signal when this launcher goes) takes every process with it.
+    try:
+        child = os.pidfd_open(pid)
+        host = [os.pidfd_open(cfg["host_pid"])] if cfg.get("host_pid") else []
+    except (AttributeError, OSError):  # no pidfds (Linux < 5.3): wait for the sandbox only
+        os._exit(code(os.waitpid(pid, 0)[1]))
+    if host and os.getppid() != cfg["host_pid"]:
+        os._exit(137)  # the host died before we watched it
+    if child in select.select([child, *host], [], [])[0]:
+        os._exit(code(os.waitpid(pid, 0)[1]))
+    os._exit(137)
 check(libc.prctl(1, 9, 0, 0, 0), "PR_SET_PDEATHSIG")  # SIGKILL when the launcher goes
 # pid 1 of the new pid namespace: build the root.
 mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -466,6 +477,7 @@ if become is not None:  # leaving uid 0 clears every capability
     os.setgroups([])
     os.setresgid(become[1], become[1], become[1])
     os.setresuid(become[0], become[0], become[0])
+    check(libc.prctl(1, 9, 0, 0, 0), "PR_SET_PDEATHSIG")  # the uid change cleared it
 check(libc.syscall(NR[1], ctypes.byref(Hdr(0x20080522, 0)), (Data * 2)()), "capset")
 if cfg["seccomp_fd"] is not None:
     prog = os.read(cfg["seccomp_fd"], 1 << 20)
@@ -765,6 +777,7 @@ class SubprocessTransport(ProcessTransport):
                 "env": scrubbed_env(self.workdir),
             }
             cfg["argv"] = None  # the launcher runs the worker itself
+            cfg["host_pid"] = os.getpid()  # the launcher ends the sandbox if the host dies
             launcher = LAUNCHER.replace("BOOTSTRAP", repr(BOOTSTRAP), 1)
             return [self.python, "-I", "-S", "-B", "-c", launcher, json.dumps(cfg)]
         return worker
