@@ -689,6 +689,7 @@ def test_a_small_models_first_answer_goes_back_once_with_the_question():
     guess = make_rlm(["FINAL(Oslo)"] * 4, small_model=True)
     assert guess.completion(context, root_prompt=question).response == "Oslo"
     assert len(guess.client.calls) == 4
+    assert "You gave this answer before" in " ".join(m["content"] for m in root_calls(guess)[-1])
     last = " ".join(m["content"] for m in root_calls(guess)[-1])
     assert "not in the context or in any REPL output" in last
     for rlm in (

@@ -464,14 +464,27 @@ def repeated_block_note(names: list[str]) -> str:
 
 
 def check_answer_prompt(
-    answer: str, question: str | None, found: bool, searches: list[str] | None = None
+    answer: str,
+    question: str | None,
+    found: bool,
+    searches: list[str] | None = None,
+    again: bool = False,
 ) -> dict[str, str]:
     """Sends a small model's final answer back, with the question restated: small models
     often submit a step of the answer (the company, when the question asks for the
     company's city). ``found``: whether anything the run saw holds the answer;
-    ``searches``: terms for a ready-made search of the context (a string) to suggest."""
+    ``searches``: terms for a ready-made search of the context (a string) to suggest;
+    ``again``: the model gave this answer before."""
     asked = f"The question: {_preview(question, 600)}\n" if question else ""
-    unseen = "" if found else "It is not in the context or in any REPL output so far.\n"
+    if found:
+        unseen = ""
+    elif again:
+        unseen = (
+            "You gave this answer before, and still no line of the context holds it: it is "
+            "not the answer. Answer from the lines the output printed.\n"
+        )
+    else:
+        unseen = "It is not in the context or in any REPL output so far.\n"
     if searches:
         step = (
             "Print what the context says about your answer and about the names the output "

@@ -286,6 +286,7 @@ class Turns:
                 # A name: the suggested search prints it, so only the context vouches.
                 found = guide.index.in_context(answer)
         key = answer.strip().lower()
+        again = key in guide.checked
         if guide.small and (
             len(guide.checked) >= _SMALL_CHECKS or (found and key in guide.checked)
         ):
@@ -296,4 +297,4 @@ class Turns:
         if searches:
             guide.searched.extend(t for t in searches if t not in guide.searched)
             guide.chain.extend(t for t in searches if t not in guide.chain)
-        return check_answer_prompt(answer, guide.question, found, searches)
+        return check_answer_prompt(answer, guide.question, found, searches, again)
