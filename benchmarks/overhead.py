@@ -102,72 +102,60 @@ def _query_seconds(env, n: int) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
+def _paired_rounds(loopback: _Loopback, env, n: int, rounds: int) -> tuple[float, float, float]:
+    """``(bare round trips/s, llm_query calls/s, share)``: ``rounds`` rounds alternating a
+    bare loopback run and a cell of ``llm_query`` calls; rates from the medians, the share
+    the median of each round's own pair (the load changes between rounds)."""
+    loopback.seconds(n // 10)  # warm up both sides
+    _query_seconds(env, n // 10)
+    bare, query = [], []
+    for _ in range(rounds):
+        bare.append(loopback.seconds(n))
+        query.append(_query_seconds(env, n))
+    share = statistics.median(b / q for b, q in zip(bare, query, strict=True))
+    return n / statistics.median(bare), n / statistics.median(query), share
+
+
 def bench_llm_query_rate(n: int, rounds: int, isolated: bool = True) -> None:
     """``llm_query`` calls/s from a cell (scripted LM, answers at once) against a bare
-    kept-alive loopback round trip, measured in the same run, alternating round by round
-    (medians; the share is the median of each round's own): the ``local`` environment,
-    whose requests skip the socket (answered in process), and the ``subprocess`` worker,
-    whose calls cross its pipes to the host. Target (issue 15): ``local`` >= 60% of the
+    kept-alive loopback round trip measured in the same run, alternating round by round:
+    the ``local`` environment, whose requests skip the socket (answered in process), then
+    the ``subprocess`` worker, whose calls cross its pipes to the host (started only
+    then: on this two-core machine its traffic slows what follows in the process for a
+    while, which would blur the local figure). Target (issue 15): ``local`` >= 60% of the
     bare round trips/s."""
     handler = LMHandler(ScriptedLM(sub_responses=lambda m: "ok"))
     handler.start()
     request = LMRequest(prompt="q", depth=1).to_dict()
     reply = handler.handle_request(LMRequest(prompt="q", depth=1)).to_dict()
     loopback = _Loopback(request, reply)
-    envs = {"local": LocalREPL(lm_handler_address=handler.address)}
-    if isolated:
+    try:
+        local = LocalREPL(lm_handler_address=handler.address)
         try:
-            envs["subprocess"] = get_environment(
-                "subprocess", {"lm_handler_address": handler.address}
-            )
+            bare, rate, share = _paired_rounds(loopback, local, n, rounds)
+        finally:
+            local.cleanup()
+        report(
+            f"llm_query calls/s ({n:,} sequential, local)", f"{rate:,.0f}/s", ">= 10,000", "2,800/s"
+        )
+        report("bare kept-alive loopback round trips/s (same run)", f"{bare:,.0f}/s", "-", "-")
+        report("  llm_query (local) / bare round trip", f"{share:.0%}", ">= 60%", "-")
+        if not isolated:
+            return
+        try:
+            worker = get_environment("subprocess", {"lm_handler_address": handler.address})
         except ConfigurationError as exc:
             print(f"  (subprocess not measured: {exc})")
-    times: dict[str, list[float]] = {"bare": [], **{name: [] for name in envs}}
-    try:
-        loopback.seconds(n // 10)  # warm up every side once
-        for env in envs.values():
-            _query_seconds(env, n // 10)
-        for _ in range(rounds):
-            times["bare"].append(loopback.seconds(n))
-            for name, env in envs.items():
-                times[name].append(_query_seconds(env, n))
+            return
+        try:
+            bare, rate, share = _paired_rounds(loopback, worker, n, rounds)
+        finally:
+            worker.cleanup()
+        report(f"llm_query calls/s ({n:,} sequential, subprocess)", f"{rate:,.0f}/s", "-", "-")
+        report("  llm_query (subprocess) / bare round trip", f"{share:.0%}", "-", "-")
     finally:
-        for env in envs.values():
-            env.cleanup()
         loopback.close()
         handler.stop()
-    rate = {name: n / statistics.median(values) for name, values in times.items()}
-    # The share from each round's own pair (the load changes between rounds), then the median.
-    share = {
-        name: statistics.median(b / t for b, t in zip(times["bare"], values, strict=True))
-        for name, values in times.items()
-    }
-    report(
-        f"llm_query calls/s ({n:,} sequential, local)",
-        f"{rate['local']:,.0f}/s",
-        ">= 10,000",
-        "2,800/s",
-    )
-    report("bare kept-alive loopback round trips/s (same run)", f"{rate['bare']:,.0f}/s", "-", "-")
-    report(
-        "  llm_query (local) / bare round trip",
-        f"{share['local']:.0%}",
-        ">= 60%",
-        "-",
-    )
-    if "subprocess" in rate:
-        report(
-            f"llm_query calls/s ({n:,} sequential, subprocess)",
-            f"{rate['subprocess']:,.0f}/s",
-            "-",
-            "-",
-        )
-        report(
-            "  llm_query (subprocess) / bare round trip",
-            f"{share['subprocess']:.0%}",
-            "-",
-            "-",
-        )
 
 
 def bench_batched(n: int, concurrency: int) -> None:
