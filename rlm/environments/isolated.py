@@ -384,6 +384,8 @@ class IsolatedREPL(ReplHost, IsolatedEnv):
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._waiting: dict[int, list[Any]] = {}  # request id -> [event, message]
+        self._cell_id: int | None = None  # the exec id of the cell execute_code runs now
+        self._interrupted_id: int | None = None  # the last cell interrupt() was called for
         self._pool = ThreadPoolExecutor(
             max_workers=max(4, self.max_concurrent_subcalls) + 2, thread_name_prefix="rlm-isolated"
         )
@@ -589,14 +591,20 @@ class IsolatedREPL(ReplHost, IsolatedEnv):
             data = encode_frame({**reply, "value": None, "error": f"{label} failed: {exc}"})
         self._try_send_bytes(data)
 
-    def _request(self, message: dict[str, Any], wait: float | None) -> dict[str, Any] | None:
-        """Send a request with a fresh id; its answer, or None (no answer in time, or dead)."""
-        request_id = next(self._ids)
+    def _request(
+        self, message: dict[str, Any], wait: float | None, request_id: int | None = None
+    ) -> dict[str, Any] | None:
+        """Send a request with ``request_id`` (default: a fresh id); its answer, or None
+        (no answer in time, or dead)."""
+        if request_id is None:
+            request_id = next(self._ids)
         slot: list[Any] = [threading.Event(), None]
         with self._state_lock:
             self._waiting[request_id] = slot
         try:
             if self._dead is None and self._try_send({**message, "id": request_id}):
+                if message.get("type") == "exec":
+                    self._resend_interrupt(request_id)
                 slot[0].wait(wait)
             return slot[1]
         finally:
@@ -642,12 +650,24 @@ class IsolatedREPL(ReplHost, IsolatedEnv):
     def execute_code(self, code: str, timeout: float | None = None) -> REPLResult:
         """Run one cell in the worker. ``timeout`` (seconds) overrides ``cell_timeout``."""
         limit, pending = self._begin_cell(timeout)
+        cell_id = next(self._ids)
+        with self._state_lock:  # from here on, interrupt() stops this cell
+            self._cell_id = cell_id
+        try:
+            return self._execute(code, limit, pending, cell_id)
+        finally:
+            with self._state_lock:
+                self._cell_id = None
+
+    def _execute(
+        self, code: str, limit: float | None, pending: list[Any], cell_id: int
+    ) -> REPLResult:
         start = time.perf_counter()
         note = ""
         if self._dead is not None:
             note = f"The worker had stopped ({self._dead}). " + self._restart()
         wait = None if limit is None else limit + HOST_GRACE_SECONDS
-        message = self._request({"type": "exec", "code": code, "timeout": limit}, wait)
+        message = self._request({"type": "exec", "code": code, "timeout": limit}, wait, cell_id)
         if message is None:
             error = _unanswered_cell(self._dead, limit)
             note = (note + "\n" if note else "") + self._restart()
@@ -666,10 +686,32 @@ class IsolatedREPL(ReplHost, IsolatedEnv):
         return None if message is None else message.get("value")  # checked: str or None
 
     def interrupt(self) -> None:
-        """Stop the running cell, if any (from any thread; returns at once)."""
+        """Stop the running cell, if any (from any thread; returns at once).
+
+        The interrupt names the cell (its exec id), so it stops that cell whenever it
+        reaches the worker: before the cell has started there (the worker keeps it and
+        does not run the cell), while it runs, and never a later cell. It is sent by a
+        thread of its own, so it may overtake the exec frame, or go to a worker that is
+        being replaced: execute_code sends it again after the exec frame
+        (:meth:`_resend_interrupt`)."""
         if self._closed:
             return
-        threading.Thread(target=self._try_send, args=({"type": "interrupt"},), daemon=True).start()
+        with self._state_lock:
+            cell_id = self._cell_id
+            if cell_id is None:
+                return  # between cells: nothing to stop
+            self._interrupted_id = cell_id
+        message = {"type": "interrupt", "id": cell_id}
+        threading.Thread(target=self._try_send, args=(message,), daemon=True).start()
+
+    def _resend_interrupt(self, cell_id: int) -> None:
+        """Right after cell ``cell_id``'s exec frame was sent: if interrupt() was called for
+        it already, say so again on this channel (after the exec; the worker takes a cell's
+        interrupt once). An interrupt() after this check is sent after the exec frame."""
+        with self._state_lock:
+            interrupted = self._interrupted_id == cell_id
+        if interrupted:
+            self._try_send({"type": "interrupt", "id": cell_id})
 
     def cleanup(self) -> None:
         if self._closed:

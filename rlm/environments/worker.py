@@ -25,7 +25,11 @@ Host -> worker messages (``type``):
 * ``resolve``   ``{id, name}``: a variable as text (``FINAL_VAR(name)`` lines); answered by
                 ``resolved``
 * ``reply``     ``{id, value}`` or ``{id, error}``: the answer to one of our ``call`` frames
-* ``interrupt`` stop the running cell
+* ``interrupt`` ``{id}``: stop cell ``id`` (an ``exec``'s id; ids grow from cell to cell).
+                One that comes before its cell has started is kept, and that cell is not
+                run (its result says ``Interrupted``); one for a cell that has ended is
+                ignored, so it never stops the next cell. Without ``id``: the cell that runs
+                now, if any
 * ``shutdown``  exit
 
 Worker -> host messages: ``ready`` (once, at start), ``result``, ``resolved``,
@@ -60,6 +64,12 @@ SUMMARY_CHARS = 200
 #: Longest slice of a sleep in IPython cells: how late a cell that sleeps past its limit
 #: is stopped (see :func:`interruptible_sleep`).
 SLEEP_SLICE_SECONDS = 0.05
+#: How often an interruption is asked again until its cell ends: the first may come
+#: while the engine is still setting the cell up, when it would not land (see
+#: :meth:`Worker._press`).
+PRESS_SECONDS = 0.05
+#: The error of a cell whose interruption came before it started (it did not run).
+INTERRUPTED_BEFORE_START = "Interrupted: the cell was cancelled before it started."
 
 
 class Channel:
@@ -195,6 +205,14 @@ class Worker:
         self._compaction_history: list[Any] | None = None
         self.ipython: IPythonCells | None = None
         self.ipython_error: str | None = None
+        # Interruptions: which exec runs now (its id, and an event set when it ends), the
+        # highest exec id started so far, and interrupts for cells that have not started.
+        self._cell_lock = threading.Lock()
+        self._running_id: Any = None
+        self._running_done: threading.Event | None = None
+        self._pressed: threading.Event | None = None  # the cell an interrupt presses
+        self._last_exec = 0
+        self._early: set[int] = set()
 
     # -- calls to the host -----------------------------------------------------------
 
@@ -297,8 +315,7 @@ class Worker:
                         slot[1] = message
                         slot[0].set()
                 elif kind == "interrupt":
-                    if self.core is not None:
-                        self.core.interrupt()
+                    self._interrupt(message.get("id"))
                 else:
                     self._tasks.put(message)
         except Exception as exc:  # a broken frame: report on stderr and stop
@@ -309,6 +326,82 @@ class Worker:
                 for slot in self._waiting.values():
                     slot[1] = {"error": "the host closed the channel"}
                     slot[0].set()
+
+    # -- interruptions -----------------------------------------------------------------
+
+    def _interrupt(self, cell_id: Any) -> None:
+        """An ``interrupt`` frame (in the reader thread; returns at once): press the cell
+        that runs now if it is ``cell_id`` (or ``cell_id`` is None), keep one for a cell
+        not started yet, ignore one for a cell that has ended."""
+        with self._cell_lock:
+            done = self._running_done
+            if done is None or (cell_id is not None and cell_id != self._running_id):
+                if _is_id(cell_id) and cell_id > self._last_exec:
+                    self._early.add(cell_id)  # its exec has not started (or not come)
+                return
+            if self._pressed is done:
+                return  # pressed already
+            self._pressed = done
+        try:
+            threading.Thread(
+                target=self._press, args=(done,), name="rlm-worker-interrupt", daemon=True
+            ).start()
+        except RuntimeError:  # no thread to be had: one try, as before
+            with self._cell_lock:
+                if self._running_done is done and self.core is not None:
+                    self.core.interrupt()
+
+    def _press(self, done: threading.Event) -> None:
+        """Interrupt the cell that ``done`` belongs to until it ends. The engine ignores an
+        interruption until the cell is set up (between its exec frame and that point it
+        would be lost), so it is asked again every :data:`PRESS_SECONDS`; the lock keeps
+        every try on this cell, never the next one."""
+        while True:
+            with self._cell_lock:
+                if self._running_done is not done or self.core is None:
+                    return
+                self.core.interrupt()
+            if done.wait(PRESS_SECONDS):
+                return
+
+    def _begin_exec(self, cell_id: Any) -> threading.Event | None:
+        """The main thread starts exec ``cell_id``: the event its end sets, or None when
+        an interrupt for it came first (the cell is not run)."""
+        with self._cell_lock:
+            if _is_id(cell_id):
+                self._last_exec = max(self._last_exec, cell_id)
+            early = cell_id in self._early
+            self._early = {i for i in self._early if i > self._last_exec}
+            if early:
+                return None
+            self._running_id = cell_id
+            self._running_done = done = threading.Event()
+        return done
+
+    def _end_exec(self, done: threading.Event) -> None:
+        with self._cell_lock:
+            self._running_id = self._running_done = None
+        done.set()
+
+    def _run_exec(self, message: dict[str, Any]) -> None:
+        assert self.core is not None
+        done = self._begin_exec(message.get("id"))
+        if done is None:
+            outcome = repl_core.CellOutcome()
+            outcome.error = INTERRUPTED_BEFORE_START
+            outcome.stderr = INTERRUPTED_BEFORE_START + "\n"
+        else:
+            try:
+                timeout = message.get("timeout")
+                code = str(message.get("code", ""))
+                if self.ipython_error is not None:
+                    raise RuntimeError(self.ipython_error)
+                if self.ipython is not None:
+                    code = self.ipython.transform(code)
+                outcome = self.core.run_cell(code, timeout)
+            finally:
+                self._end_exec(done)
+        self.channel.send(self._result(message.get("id"), outcome))
 
     def _init(self, message: dict[str, Any]) -> None:
         self.depth = int(message.get("depth", 1))
@@ -362,14 +455,7 @@ class Worker:
         elif self.core is None:
             raise RuntimeError(f"message {kind!r} before init")
         elif kind == "exec":
-            timeout = message.get("timeout")
-            code = str(message.get("code", ""))
-            if self.ipython_error is not None:
-                raise RuntimeError(self.ipython_error)
-            if self.ipython is not None:
-                code = self.ipython.transform(code)
-            outcome = self.core.run_cell(code, timeout)
-            self.channel.send(self._result(message.get("id"), outcome))
+            self._run_exec(message)
         elif kind == "context":
             index = int(message["index"])
             self.core.set_fixed(f"context_{index}", message.get("value"))
@@ -420,6 +506,10 @@ class Worker:
                     self.channel.send({"type": "resolved", "id": message.get("id"), "value": None})
                 else:
                     print(f"rlm worker: {error}", file=sys.stderr)
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def main() -> None:
