@@ -317,6 +317,24 @@ def _malformed_record(item: BatchItem) -> dict[str, Any]:
     return _record(item.id, error=f"ConfigurationError: {item.problem}")
 
 
+def _settings(
+    rlm: Any, config: dict[str, Any] | None, engine: str, concurrency: int, log_dir: Any
+) -> tuple[dict[str, Any], str | None]:
+    """The batch's checked RLM settings and its absolute ``log_dir`` (or None)."""
+    if engine not in ENGINES:
+        from rlm.utils.exceptions import ConfigurationError
+
+        raise ConfigurationError(f"unknown batch engine {engine!r}; accepted: {list(ENGINES)}")
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+    base = dict(config or {}) if rlm is None else {**config_of(rlm), **(config or {})}
+    base.pop("depth", None)
+    if log_dir is not None and "logger" in base:
+        raise ValueError("pass either log_dir or a logger in config, not both")
+    # Absolute now: local REPL cells change the working directory while they run.
+    return base, str(Path(log_dir).absolute()) if log_dir is not None else None
+
+
 async def abatch(
     items: Any,
     output: str | Path | None = None,
@@ -339,18 +357,7 @@ async def abatch(
     override them. ``output`` (a JSON-lines path) makes the batch resumable. ``log_dir``
     gives every item its own trajectory file there (``RLMLogger(log_dir, file_name=<id>)``),
     named in its record as ``log_file``."""
-    if engine not in ENGINES:
-        from rlm.utils.exceptions import ConfigurationError
-
-        raise ConfigurationError(f"unknown batch engine {engine!r}; accepted: {list(ENGINES)}")
-    if concurrency < 1:
-        raise ValueError("concurrency must be >= 1")
-    base = dict(config or {}) if rlm is None else {**config_of(rlm), **(config or {})}
-    base.pop("depth", None)
-    if log_dir is not None and "logger" in base:
-        raise ValueError("pass either log_dir or a logger in config, not both")
-    # Absolute now: local REPL cells change the working directory while they run.
-    logs = str(Path(log_dir).absolute()) if log_dir is not None else None
+    base, logs = _settings(rlm, config, engine, concurrency, log_dir)
     parsed, base_dir = read_items(items)
     out = OutputFile(output)
     out.load(retry_failed=retry_failed)
