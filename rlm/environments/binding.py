@@ -72,6 +72,9 @@ class EnvironmentBinding:
         """Run one code block, with its cell events."""
         ledger.check_time(run, "before running a code block")
         run.emit(ev.CellStarted, cell=cell, code=code)
+        # A subscriber that saw the cell start may have cancelled the run already (a
+        # client that disconnects on cell_started): its interrupt found no cell running.
+        ledger.check_time(run, "before running a code block")
         start = time.perf_counter()
         sent = {"stdout": 0, "stderr": 0}  # characters of each stream already out
         kwargs: dict[str, Any] = {}
