@@ -154,3 +154,35 @@ def test_wakes_past_the_descriptor_cap_use_a_lock():
     finally:
         del wakes
     assert module._fd_wakes == before  # the descriptors went back with the wakes
+
+
+def test_a_forked_child_gets_descriptor_wakes_of_its_own():
+    """The parent's wakes (held by its worker threads) do not count against the child's
+    cap: a child's new wake uses a descriptor, and the child's calls work."""
+    import os
+
+    from rlm.comms import workers
+
+    release = threading.Event()
+    pool = Workers()
+    held = [pool.submit(release.wait) for _ in range(workers.MAX_FD_WAKES + 4)]
+    try:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, then leave without running the parent's cleanup
+            try:
+                wake = workers.Wake()
+                ok = wake._lock is None and workers.call(lambda: 42, 10) == 42
+                os.write(write, b"1" if ok else b"0")
+            finally:
+                os._exit(0)
+        os.close(write)
+        try:
+            assert os.read(read, 1) == b"1"
+        finally:
+            os.close(read)
+            os.waitpid(pid, 0)
+    finally:
+        release.set()
+        for future in held:
+            future.result(10)

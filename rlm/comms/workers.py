@@ -55,21 +55,25 @@ _MAX_MS = float(2**31 - 1)
 
 _fd_wakes = 0
 _fd_wakes_lock = threading.Lock()
+#: Forks so far in this process's line: a wake made before a fork gives no slot back.
+_generation = 0
 
 
-def _take_fd_slot() -> bool:
+def _take_fd_slot() -> int | None:
+    """A descriptor slot (the generation it counts in), or None when all are in use."""
     global _fd_wakes
     with _fd_wakes_lock:
         if _fd_wakes >= MAX_FD_WAKES:
-            return False
+            return None
         _fd_wakes += 1
-        return True
+        return _generation
 
 
-def _give_fd_slot() -> None:
+def _give_fd_slot(generation: int) -> None:
     global _fd_wakes
     with _fd_wakes_lock:
-        _fd_wakes -= 1
+        if generation == _generation:
+            _fd_wakes -= 1
 
 
 class Wake:
@@ -81,13 +85,14 @@ class Wake:
     condition and wait again. The descriptors are closed when the last reference goes (a
     call that outlives its caller's thread still holds its caller's wake)."""
 
-    __slots__ = ("_read", "_write", "_poll", "_lock")
+    __slots__ = ("_read", "_write", "_poll", "_lock", "_slot")
 
     def __init__(self) -> None:
         self._lock: Any = None
         self._poll: Any = None
         self._read = self._write = -1
-        if _FDS and _take_fd_slot():
+        self._slot = _take_fd_slot() if _FDS else None
+        if self._slot is not None:
             try:
                 if _EVENTFD:
                     self._read = self._write = os.eventfd(0)
@@ -139,8 +144,9 @@ class Wake:
                 os.close(fd)
             except OSError:
                 pass
-        if self._lock is None:
-            _give_fd_slot()
+        if self._lock is None and self._slot is not None:
+            _give_fd_slot(self._slot)
+            self._slot = None
 
     def __del__(self) -> None:
         if self._lock is None:
@@ -164,9 +170,10 @@ def thread_wake() -> Wake:
 def _forget_thread_wakes() -> None:
     """In a forked child: the threads' descriptors are shared with the parent; make new
     ones (the child's copies are closed as the old wakes go)."""
-    global _local, _fd_wakes_lock
+    global _local, _fd_wakes_lock, _fd_wakes, _generation
     _local = threading.local()
     _fd_wakes_lock = threading.Lock()
+    _fd_wakes, _generation = 0, _generation + 1  # the parent's wakes count no more
 
 
 os.register_at_fork(after_in_child=_forget_thread_wakes)
