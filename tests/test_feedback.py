@@ -731,3 +731,12 @@ def test_next_names_follow_the_chain_and_skip_unrelated_text():
     assert answer_searches("42", question, [hit]) == ["dramont labs"]  # no search for a number
     second = "['Amara Weiss works for Dramont Labs.', 'Dramont Labs is headquartered in Leuven.']"
     assert answer_searches("Leuven", question, [hit, second], ["dramont labs"]) == ["leuven"]
+
+
+def test_no_check_on_the_last_iteration():
+    """An answer on the last allowed turn is accepted: sending it back would leave only
+    the forced answer, which replaced a correct one."""
+    context = "Halmont Works is headquartered in Porto."
+    rlm = make_rlm(["FINAL(Porto)"], small_model=True, max_iterations=1)
+    assert rlm.completion(context, root_prompt="Where is Halmont Works?").response == "Porto"
+    assert len(rlm.client.calls) == 1

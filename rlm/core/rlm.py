@@ -485,7 +485,7 @@ class RLM(
             ledger.check_after_iteration(run, iteration, number, handler)
             answer, rejection = iteration.final_answer, None
             if answer is not None and structured is None:
-                rejection = self._unverified(run, iteration)  # verify_answer, once
+                rejection = self._unverified(run, iteration, number == self.max_iterations)
                 if rejection is None:
                     return self._finish(run, handler, env, messages, prompt, answer)
             elif answer is not None:

@@ -259,15 +259,18 @@ class Turns:
             guide.chain.extend(names)
         return repeated_block_note(names)
 
-    def _unverified(self, run: Run, iteration: RLMIteration) -> dict[str, str] | None:
+    def _unverified(
+        self, run: Run, iteration: RLMIteration, last: bool = False
+    ) -> dict[str, str] | None:
         """With ``verify_answer``: the message sending ``iteration``'s final answer back,
         once, when nothing the run saw holds it (the block that set it excluded). A small
         model's answer goes back in any case, with the question restated and a search for
         the answer and the names the outputs gave, until it repeats an answer found in
-        what the run saw, up to ``_SMALL_CHECKS`` times."""
+        what the run saw, up to ``_SMALL_CHECKS`` times. On the ``last`` iteration
+        nothing goes back (no turn would be left to act on it)."""
         guide = run.guide
         answer = iteration.final_answer
-        if guide is None or not guide.verify or answer is None:
+        if guide is None or not guide.verify or answer is None or last:
             return None
         if guide.checked and not guide.small:
             return None  # once
