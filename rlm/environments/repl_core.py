@@ -1156,11 +1156,15 @@ class ReplCore:
         """Names the model created or was given, without the helpers, callable tools and
         private names; ``answer`` only when it is not the answer dict (a 0.1.1 variable),
         or always with ``include_answer``."""
+        # One pass with the checks of _is_scaffold inlined: it runs after every cell, over
+        # a namespace that may hold thousands of names.
+        helpers, tools = self._helpers, self._tools
         return {
             k: v
             for k, v in self.ns.items()
             if not k.startswith("_")
-            and not self._is_scaffold(k, v)
+            and k not in helpers
+            and (tools.get(k, _MISSING) is not v or not callable(v))
             and (include_answer or k != "answer" or not isinstance(v, dict))
         }
 
