@@ -225,6 +225,30 @@ def test_an_inline_cell_that_catches_its_timeout_is_stopped_by_the_repeat(cores)
     assert outcome.stdout == "True\n", outcome.stderr
 
 
+def test_an_inline_cell_that_ends_long_after_its_stop_says_so(cores):
+    """An inline cell cannot be abandoned: one that swallows its stop ends when it ends,
+    and its error says it ended late instead of "was stopped"."""
+    outer, inner = cores
+    # It swallows every repeat of its stop and leaves once they have ceased (they go on
+    # for the grace, 2 s), so it ends well past the grace.
+    swallowing = (
+        "import time\\n"
+        "last = None\\n"
+        "while last is None or time.monotonic() - last < 1.5:\\n"
+        "    try:\\n"
+        "        time.sleep(0.01)\\n"
+        "    except BaseException:\\n"
+        "        last = time.monotonic()"
+    )
+    outcome = outer.run_cell(
+        f"got = inner.run_cell('{swallowing}', timeout=0.3)\nprint(got.timed_out, got.error)",
+        timeout=120,
+    )
+    assert outcome.error is None, outcome.stderr
+    assert outcome.stdout.startswith("True TimeoutError: the cell ran longer than its limit")
+    assert "after it was told to stop" in outcome.stdout and "was stopped" not in outcome.stdout
+
+
 def test_interrupting_an_inline_cell_from_another_thread(cores):
     outer, inner = cores
     started = threading.Event()

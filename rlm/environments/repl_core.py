@@ -806,14 +806,24 @@ def lend_thread() -> Callable[[Callable[[], Any]], Callable[[], Any]]:
 
 
 def _stopped_note(
-    outcome: CellOutcome, err: BoundedBuffer, how: str, timeout: Any, stopped: bool
+    outcome: CellOutcome,
+    err: BoundedBuffer,
+    how: str,
+    timeout: Any,
+    stopped: bool,
+    late: float | None = None,
 ) -> None:
     """The text and error of a cell stopped at its limit (``how``: "timeout") or by an
-    interruption; ``stopped``: whether it stopped (else it was abandoned)."""
+    interruption; ``stopped``: whether it stopped (else it was abandoned); ``late``: the
+    seconds an inline cell went on after the stop was raised, past the grace."""
     if how == "timeout":
         outcome.timed_out = True
         note = (
             f"TimeoutError: the cell ran longer than its limit of {timeout:g} s and was stopped."
+            if stopped and late is None
+            else f"TimeoutError: the cell ran longer than its limit of {timeout:g} s and "
+            f"ended {late:.1f} s after it was told to stop (it caught the interruption or sat "
+            "in native code)."
             if stopped
             else f"TimeoutError: the cell ran longer than its limit of {timeout:g} s and "
             "did not stop (it caught the interruption or sits in native code); it may still "
@@ -822,6 +832,10 @@ def _stopped_note(
     else:
         note = (
             "Interrupted: the cell was stopped because the run was cancelled."
+            if stopped and late is None
+            else "Interrupted: the run was cancelled; the cell ended "
+            f"{late:.1f} s after it was told to stop (it caught the interruption or sat in "
+            "native code)."
             if stopped
             else "Interrupted: the run was cancelled; the cell did not stop (it caught the "
             "interruption or sits in native code) and may still run in this process; its "
@@ -1331,7 +1345,8 @@ class ReplCore:
         timeout: float | None = None,
         on_output: Callable[[str, str], Any] | None = None,
     ) -> CellOutcome:
-        """Run ``code``; return at most ``timeout`` (+ a short grace) seconds later.
+        """Run ``code``; return at most ``timeout`` (+ a short grace) seconds later (an
+        inline cell, which cannot be abandoned, returns when it ends: see below).
 
         Raises ``KeyboardInterrupt`` to the caller if the caller is interrupted while
         waiting (the cell is stopped first). Nothing the cell does escapes.
@@ -1497,5 +1512,8 @@ def _run_inline(
         _release_router()
     if job.stop is not None:
         how = "timeout" if job.stop is CellTimeout else "interrupted"
-        _stopped_note(outcome, err, how, timeout, True)
+        # An inline cell cannot be abandoned: it ends when it ends, maybe past the grace.
+        after = time.monotonic() - watch.since if watch.since else 0.0
+        late = after if after > INTERRUPT_GRACE_SECONDS else None
+        _stopped_note(outcome, err, how, timeout, True, late)
     return core._settle(outcome)
