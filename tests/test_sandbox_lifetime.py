@@ -9,7 +9,6 @@ every process the host had started. Whatever is still alive is killed at the end
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import wait_exit
 from tests.test_environments import require
 
 HOST = """
@@ -59,26 +59,6 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _wait_exit(pids: set[int], timeout: float = 60.0) -> set[int]:
-    fds = {}
-    for pid in pids:
-        try:
-            fds[os.pidfd_open(pid)] = pid
-        except ProcessLookupError:
-            pass
-    alive = set(fds)
-    try:
-        while alive:
-            ready, _, _ = select.select(list(alive), [], [], timeout)
-            if not ready:
-                break
-            alive -= set(ready)
-        return {fds[fd] for fd in alive}
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
 @pytest.mark.parametrize("sandbox", ["unshare", "bwrap"])
 def test_a_killed_host_takes_its_sandbox_with_it(sandbox):
     require("subprocess")
@@ -106,7 +86,7 @@ def test_a_killed_host_takes_its_sandbox_with_it(sandbox):
         assert started, "the host started no sandbox process"
         host.kill()  # SIGKILL: no cleanup, no atexit
         host.wait()
-        assert _wait_exit(started) == set()
+        assert wait_exit(started) == set()
     finally:
         if host.poll() is None:
             host.kill()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ pytest.importorskip("uvicorn")
 from rlm.serve.app import ServeConfig, prompt_from_messages  # noqa: E402
 from rlm.serve.runner import ServerThread, check_bind, is_loopback  # noqa: E402
 from rlm.utils.exceptions import ConfigurationError  # noqa: E402
+from tests.processes import wait_exit  # noqa: E402
 
 KEY = "test-key-123"
 ANSWER = (
@@ -204,27 +204,6 @@ def _children() -> set[int]:
     return pids
 
 
-def _wait_exit(pids: set[int], timeout: float = 60) -> set[int]:
-    """Wait (on pidfds, no polling) until every pid has exited; returns those still alive."""
-    fds = {}
-    for pid in pids:
-        try:
-            fds[os.pidfd_open(pid)] = pid
-        except ProcessLookupError:
-            pass
-    alive = set(fds)
-    try:
-        while alive:
-            ready, _, _ = select.select(list(alive), [], [], timeout)
-            if not ready:
-                break
-            alive -= set(ready)
-    finally:
-        for fd in fds:
-            os.close(fd)
-    return {fds[fd] for fd in alive}
-
-
 def _spin_until_cell_started(lines) -> None:
     for line in lines:
         if line.startswith("data: ") and '"cell_started"' in line:
@@ -252,7 +231,7 @@ def test_delete_cancels_a_run_down_to_its_subprocess_cell(looping_server):
         assert workers  # the sandboxed worker runs the `while True` cell
         deleted = httpx.delete(f"{base}/rlm/runs/{run_id}", headers=headers, timeout=60)
         assert deleted.json()["status"] == "cancelled"
-    assert _wait_exit(workers) == set()  # the cell's process is gone
+    assert wait_exit(workers) == set()  # the cell's process is gone
     status = httpx.get(f"{base}/rlm/runs/{run_id}", headers=headers).json()
     assert status["status"] == "cancelled" and status["error"]["code"] == "cancelled"
     assert httpx.get(f"{base}/rlm/runs/nope", headers=headers).status_code == 404
@@ -277,7 +256,7 @@ def test_a_client_disconnect_cancels_its_run(looping_server):
         workers = _children() - before
         assert workers
     # The connection is closed: the server cancels the run and stops the cell.
-    assert _wait_exit(workers) == set()
+    assert wait_exit(workers) == set()
 
 
 def test_runs_api_result_and_events(looping_server):
