@@ -196,8 +196,10 @@ def names_in(text: str) -> list[str]:
     end = 0  # where the previous word ended
     for match in re.finditer(r"[A-Za-z0-9][A-Za-z0-9'-]*", text):
         word = match.group()
-        before = text[: match.start()].rstrip()
-        sentence_start = not before or before[-1] in ".?!:;\n"
+        i = match.start() - 1  # the last character before the word, spaces skipped
+        while i >= 0 and text[i].isspace():
+            i -= 1
+        sentence_start = i < 0 or text[i] in ".?!:;"
         gap, end = text[end : match.start()], match.end()
         if run and gap != " ":
             names.append(" ".join(run))
