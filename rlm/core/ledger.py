@@ -139,7 +139,17 @@ def check_after_iteration(run: Run, iteration: Any, number: int, handler: Any) -
             partial_answer=run.best_partial,
         )
         raise stop(run, "errors", exc, run.consecutive_errors, rlm.max_errors)
-    usage = handler.get_usage_summary()
+    if rlm.max_budget is not None or rlm.max_tokens is not None:
+        _check_spending(run, number, handler.get_usage_summary())
+    check_time(run, f"after iteration {number}")
+    if run.deadline is not None and rlm.max_timeout:
+        _warn(run, "timeout", run.elapsed(), rlm.max_timeout)
+
+
+def _check_spending(run: Run, number: int, usage: Any) -> None:
+    """Raise (or warn) when the budget or the token limit is reached (the usage summary
+    is taken only when one of them is set)."""
+    rlm = run.rlm
     spending = (
         ("budget", rlm.max_budget, usage.total_cost or 0.0, BudgetExceededError, "Budget"),
         ("tokens", rlm.max_tokens, usage.total_tokens, TokenLimitExceededError, "Token limit"),
@@ -160,6 +170,3 @@ def check_after_iteration(run: Run, iteration: Any, number: int, handler: Any) -
             )
             raise stop(run, kind, exc, used, limit)
         _warn(run, kind, used, limit)
-    check_time(run, f"after iteration {number}")
-    if run.deadline is not None and rlm.max_timeout:
-        _warn(run, "timeout", run.elapsed(), rlm.max_timeout)

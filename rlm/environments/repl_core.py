@@ -863,6 +863,24 @@ def bounded_repr(value: Any, limit: int = DISPLAY_REPR_CHARS) -> str:
     return text
 
 
+#: Cells whose code objects are kept for a cell of the same text, and the longest text kept.
+COMPILED_CACHE_CELLS = 64
+COMPILED_CACHE_CHARS = 20_000
+
+
+def _renamed(code: Any, filename: str) -> Any:
+    """``code`` (and the code objects nested in it) with ``co_filename`` ``filename``."""
+    if code is None:
+        return None
+    consts = code.co_consts
+    if any(isinstance(c, _CodeType) for c in consts):
+        consts = tuple(_renamed(c, filename) if isinstance(c, _CodeType) else c for c in consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+_CodeType = type(_renamed.__code__)
+
+
 def format_exception(exc: BaseException, skip_frames: int = 1) -> str:
     """Traceback text without the engine's own frames."""
     tb = exc.__traceback__
@@ -1073,6 +1091,8 @@ class ReplCore:
         self._tools: dict[str, Any] = {}  # custom tools as installed (name -> object)
         self._cell_lock = threading.Lock()
         self._cell_counter = 0
+        # Code objects of the last cells by their text (see _compile), oldest first.
+        self._compiled: dict[str, tuple[Any, Any]] = {}
         self._out: BoundedBuffer | None = None
         self._err: BoundedBuffer | None = None
         self._pending_final: tuple[str, str] | None = None  # (kind, text)
@@ -1277,15 +1297,26 @@ class ReplCore:
     # -- running cells -----------------------------------------------------------
 
     def _compile(self, code: str) -> tuple[Any, Any]:
+        """The cell's code objects: its body, and its last statement apart when that is an
+        expression (its value is shown). A cell whose text was compiled before (a model
+        that runs a block again) reuses those code objects under its own file name."""
         self._cell_counter += 1
         filename = f"<cell {self._cell_counter}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        compiled = self._compiled.get(code)
+        if compiled is not None:
+            return _renamed(compiled[0], filename), _renamed(compiled[1], filename)
         tree = ast.parse(code, filename=filename, mode="exec")
         last_expr = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = tree.body.pop()
             last_expr = compile(ast.Expression(last.value), filename, "eval")
-        return compile(tree, filename, "exec"), last_expr
+        body = compile(tree, filename, "exec")
+        if len(code) <= COMPILED_CACHE_CHARS:
+            if len(self._compiled) >= COMPILED_CACHE_CELLS:
+                del self._compiled[next(iter(self._compiled))]  # the oldest
+            self._compiled[code] = (body, last_expr)
+        return body, last_expr
 
     def _execute(
         self, code: str, outcome: CellOutcome, out: BoundedBuffer, err: BoundedBuffer
