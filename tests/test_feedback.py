@@ -347,6 +347,21 @@ def test_the_note_reaches_the_model_with_feedback_on_and_not_off():
     assert "matched nothing" not in last_user_text(root_calls(off)[1])
 
 
+def test_a_name_no_block_set_gets_a_note_with_feedback_on_and_not_off():
+    """A small model copies an example's last lines without the ones that set its
+    variables: the failure says which name is missing and what a block can see."""
+    code = "labels = llm_query_batched([ask + line for line in context.split()])"
+    on = make_rlm([block(code), "FINAL(x)"], feedback=True)
+    on.completion("some context")
+    shown = last_user_text(root_calls(on)[1])
+    assert "NameError: name 'ask' is not defined" in shown
+    assert "Note: `ask` is not defined." in shown and "the line that sets `ask`" in shown
+    off = make_rlm([block(code), "FINAL(x)"])
+    off.completion("some context")
+    assert "Note: `ask`" not in last_user_text(root_calls(off)[1])
+    assert feedback.undefined_name_note("ValueError: bad") is None
+
+
 def test_the_note_is_not_written_into_the_blocks_output(tmp_path):
     from rlm.logger import RLMLogger
 
@@ -547,6 +562,11 @@ def test_the_small_prompt_leaves_most_of_an_8k_window_for_the_history():
     setup = root_calls(rlm)[0]
     assert count_tokens(setup) < 700
     assert "Never write the output yourself" in setup[0]["content"]
+    tally = make_rlm(["FINAL(x)"], small_model=True, verify_answer=False)
+    from benchmarks.longcontext.tasks import QUESTIONS
+
+    tally.completion("c", root_prompt=QUESTIONS["most"])  # a tally example, kinds listed
+    assert count_tokens(root_calls(tally)[0]) < 1000
 
 
 def test_a_custom_system_prompt_is_kept_for_a_small_model():

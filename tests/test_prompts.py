@@ -85,3 +85,88 @@ def test_names_are_capitalised_runs_inside_sentences():
         "Halmont Works",
     ]
     assert names_in("Rome, Oslo. Bern") == ["Oslo"]  # "Rome" and "Bern" start sentences
+
+
+# The small-model prompt's steps follow the question (issue 13).
+
+TALLY_QUESTION = (
+    "Every line is a message about one topic, not named in it. The topics are: billing "
+    "(payments, charges, invoices), delivery (parcels, couriers) or praise. "
+    "Which topic do the most messages have? Answer with the topic only."
+)
+
+
+def test_a_counting_question_with_a_list_gets_the_tally_first():
+    from rlm.utils.prompts import small_model_steps, tally_options
+
+    assert tally_options(TALLY_QUESTION) == [
+        ("billing", "payments, charges, invoices"),
+        ("delivery", "parcels, couriers"),
+        ("praise", ""),
+    ]
+    step_2, step_3 = small_model_steps(TALLY_QUESTION)
+    assert "labels = llm_query_batched(" in step_2.split("```repl\n")[1]  # first: copied alone
+    assert "- billing: payments, charges, invoices\\n- delivery: parcels, couriers" in step_2
+    assert "\\n- praise\\n" in step_2
+    assert step_3.startswith("To find a fact")
+
+
+def test_other_questions_get_the_search_then_chunked_reading():
+    from rlm.utils.prompts import CHUNK_STEP, small_model_steps, tally_options
+
+    for question in (
+        "What is the access code for warehouse Jasper?",  # no count
+        "How many messages are about billing?",  # a count, but no list of kinds
+        "Which is the most common: see the list at the end.",  # a colon, then no list
+        None,
+    ):
+        assert tally_options(question) == []
+        step_2, step_3 = small_model_steps(question)
+        assert step_2.startswith("To find a fact") and step_3 == CHUNK_STEP
+
+
+def test_a_model_that_copies_the_tally_example_counts_every_line():
+    """The tally example is code that runs: a root model that copies it verbatim gets a
+    count of every line's label from the sub-model, through the real loop."""
+    import re
+
+    from rlm import RLM
+
+    lines = [
+        *[f"Message {n}: I was charged twice for order {n}, please refund." for n in range(3)],
+        *[f"Message {n}: The courier left my parcel {n} at the wrong door." for n in range(5)],
+        "Message 9: Thank you so much, the new dashboard is wonderful!",
+    ]
+    labels = {"charged": "Billing.", "courier": " delivery", "Thank": "praise"}
+
+    seen = []
+
+    def root(messages):
+        seen.append(messages)
+        if len(messages) <= 3:  # first turn: copy step 2's example
+            system = messages[0]["content"]
+            return re.search(r"2\. .*?(```repl\n.*?```)", system, re.S).group(1)
+        output = messages[-2]["content"]
+        return (
+            "FINAL("
+            + max(re.findall(r"'(\w+)': (\d+)", output), key=lambda kv: int(kv[1]))[0]
+            + ")"
+        )
+
+    def sub(messages):
+        line, ask = messages[-1]["content"].split("\n", 1)
+        assert line.startswith("Line: Message ") and "Which one of these is the line about?" in ask
+        return next(label for word, label in labels.items() if word in line)
+
+    rlm = RLM(
+        backend="scripted",
+        backend_kwargs={"responses": root, "sub_responses": sub, "model_name": "scripted"},
+        small_model=True,
+        verify_answer=False,
+    )
+    result = rlm.completion("\n".join(lines), root_prompt=TALLY_QUESTION)
+    assert result.response == "delivery"
+    shown = "\n".join(str(m["content"]) for m in seen[-1])
+    for counted in ("'delivery': 5", "'billing': 3", "'praise': 1"):
+        assert counted in shown
+    assert "hold none of the text" not in shown  # each prompt carries its line

@@ -209,6 +209,23 @@ def search_miss_note(code: str, stdout: str, error: str | None = None) -> str | 
     return " ".join(notes) or None
 
 
+_NAME_ERROR = re.compile(r"NameError: name '(\w+)' is not defined")
+
+
+def undefined_name_note(stderr: str) -> str | None:
+    """A note for a block that failed on a name no block has set (small models copy the
+    last lines of an example and leave out the ones that set its variables); else None."""
+    match = _NAME_ERROR.search(stderr or "")
+    if match is None:
+        return None
+    name = match.group(1)
+    return (
+        f"Note: `{name}` is not defined. A block sees `context`, the REPL's functions and "
+        f"the variables that earlier blocks set, nothing else: write the block again with "
+        f"the line that sets `{name}` in it."
+    )
+
+
 # ---------------------------------------------------------------------------
 # Is this text from the context?
 # ---------------------------------------------------------------------------

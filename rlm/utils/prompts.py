@@ -83,25 +83,37 @@ How to work:
 print(len(context))
 print(context[:500])
 ```
-2. To find a fact, search for a lowercase keyword from the question, ignoring case, and print the matching lines:
-```repl
-hits = [line for line in context.splitlines() if "{example_keyword}" in line.lower()]
-print(len(hits))
-print(hits[:10])
-```
-If nothing matches, try another or a shorter keyword. If the line you find names another person, company or thing that the question asks about through it, search for that name next, the same way, before you answer.
-3. To read long parts, split them into chunks and ask about each chunk, with the chunk inside the prompt:
-```repl
-chunks = [context[i:i + 6000] for i in range(0, len(context), 6000)]
-replies = llm_query_batched(["Question: ...\\nText:\\n" + chunk for chunk in chunks])
-print(replies)
-```
+2. {step_2}
+3. {step_3}
 4. When the output shows the answer, submit it:
 ```repl
 answer["content"] = "the answer"
 answer["ready"] = True
 ```
 Answer only from what the output shows."""
+
+#: The small-model prompt's steps 2 and 3 (:func:`small_model_steps` picks their order).
+SEARCH_STEP = """To find a fact, search for a lowercase keyword from the question, ignoring case, and print the matching lines:
+```repl
+hits = [line for line in context.splitlines() if "{example_keyword}" in line.lower()]
+print(len(hits))
+print(hits[:10])
+```
+If nothing matches, try another or a shorter keyword. If the line you find names another person, company or thing that the question asks about through it, search for that name next, the same way, before you answer."""
+
+CHUNK_STEP = """To read long parts, split them into chunks and ask about each chunk, with the chunk inside the prompt:
+```repl
+chunks = [context[i:i + 6000] for i in range(0, len(context), 6000)]
+replies = llm_query_batched(["Question: ...\\nText:\\n" + chunk for chunk in chunks])
+print(replies)
+```"""
+
+TALLY_STEP = """To count or compare lines by something they do not say in words (what each one is about), ask about every line, then count the answers:
+```repl
+labels = llm_query_batched(["Line: " + line + "\\n\\nWhich one of these is the line about?\\n{options}\\nAnswer with one word: its name." for line in context.splitlines() if line.strip()])
+names = [label.strip(" .").lower() for label in labels]
+print({name: names.count(name) for name in set(names)})
+```"""
 
 ORCHESTRATOR_ADDENDUM = (
     "You are the orchestrator: keep your own messages short, let code and sub-calls do the "
@@ -228,6 +240,82 @@ def example_keyword(question: str | None) -> str:
     return max(candidates, key=len) if candidates else "keyword"
 
 
+_TALLY_RE = re.compile(
+    r"\b(?:how many|number of|count|(?:more|less|most) (?:common|frequent|often)|"
+    r"the most|same frequency|every pair|each pair)\b",
+    re.IGNORECASE,
+)
+#: A list the question gives after a colon: "The topics are: billing (payments), ...".
+_LIST_START_RE = re.compile(r"\b(?:are|is|one of|among|from)\s*:\s*", re.IGNORECASE)
+_OPTION_RE = re.compile(r"^(?:and |or )?([A-Za-z][\w-]*(?: [\w-]+){0,3})\s*(?:\((.*)\))?$", re.S)
+
+
+def _top_level_split(text: str) -> tuple[list[str], str]:
+    """``text`` split at commas outside parentheses, up to the first sentence end
+    outside them; also returns the rest."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth = max(0, depth - 1)
+        elif depth == 0 and char == ",":
+            parts.append(text[start:i])
+            start = i + 1
+        elif depth == 0 and char in ".?!\n":
+            parts.append(text[start:i])
+            return parts, text[i:]
+    parts.append(text[start:])
+    return parts, ""
+
+
+def tally_options(question: str | None) -> list[tuple[str, str]]:
+    """The kinds a counting question sorts its entries into, as ``(name, what it
+    covers)``: the list it gives after a colon, such as ``The topics are: billing
+    (payments, charges), delivery (parcels) or praise.``; ``[]`` when the question asks
+    for no count or comparison, or gives no such list."""
+    if not question or not _TALLY_RE.search(question):
+        return []
+    for start in _LIST_START_RE.finditer(question):
+        parts, _ = _top_level_split(question[start.end() :])
+        if parts:  # "..., delivery (parcels) or praise": the last "or"/"and" joins two
+            last = parts[-1]
+            tail = last.rfind(")") + 1
+            joint = max(last.rfind(" or ", tail), last.rfind(" and ", tail))
+            if joint > 0:
+                parts[-1:] = [last[:joint], last[joint:]]
+        options = []
+        for part in parts:
+            match = _OPTION_RE.match(part.strip())
+            if match is None:
+                break
+            options.append((match.group(1), (match.group(2) or "").strip()))
+        else:
+            if len(options) >= 2:
+                return options
+    return []
+
+
+def small_model_steps(question: str | None) -> tuple[str, str]:
+    """Steps 2 and 3 of :data:`SMALL_MODEL_SYSTEM_PROMPT`, filled for ``question``: a
+    small model copies the examples, so they carry the question's own words. A question
+    that counts entries by kinds it lists gets the per-line tally first; any other gets
+    the search first, then chunked reading."""
+    search = SEARCH_STEP.replace("{example_keyword}", example_keyword(question))
+    options = tally_options(question)
+    if not options:
+        return search, CHUNK_STEP
+    listed = "\\n".join(f"- {name}: {about}" if about else f"- {name}" for name, about in options)
+    return TALLY_STEP.replace("{options}", listed), search
+
+
+def fill_small_model_prompt(text: str, question: str | None) -> str:
+    """``text`` (built from :data:`SMALL_MODEL_SYSTEM_PROMPT`) with its steps for
+    ``question``."""
+    step_2, step_3 = small_model_steps(question)
+    return text.replace("{step_2}", step_2, 1).replace("{step_3}", step_3, 1)
+
+
 def _fill_system_prompt(system_prompt: str, section: str) -> str:
     """The system prompt with the custom-tools section in place.
 
@@ -265,6 +353,8 @@ def build_rlm_system_prompt(
     tools = format_tools_for_prompt(custom_tools)
     section = f"\n\nCustom tools and data in the REPL:\n{tools}" if tools else ""
     text = _fill_system_prompt(system_prompt, section)
+    if system_prompt is SMALL_MODEL_SYSTEM_PROMPT:
+        text = fill_small_model_prompt(text, root_prompt)
     if orchestrator:
         text = f"{text}\n\n{ORCHESTRATOR_ADDENDUM}"
     description = _describe_context(query_metadata)

@@ -43,6 +43,7 @@ from rlm.utils.feedback import (
     repeated_block_note,
     search_miss_note,
     text_of,
+    undefined_name_note,
     unverified_answer_prompt,
     window_refusal,
     wrong_fence_note,
@@ -226,6 +227,7 @@ class Turns:
                 found.append(
                     search_miss_note(block.code, result.stdout, getattr(result, "error", None))
                 )
+                found.append(undefined_name_note(result.stderr))
                 prompts = [text_of(call.prompt) for call in result.rlm_calls]
                 found.append(context_free_note(prompts, guide.index))
             if result.stdout.strip():
