@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 from rlm.comms.protocol import LMRequest, send_lm_request, send_lm_request_batched
+from rlm.comms.workers import Wake
 from rlm.datatypes import REPLResult, RLMChatCompletion
 from rlm.environments.base_env import (
     BaseEnv,
@@ -424,6 +425,7 @@ class LocalREPL(ReplHost, NonIsolatedEnv):
             _make_helpers(self._channel),
             max_output_chars=self.max_output_chars,
             workdir=self.temp_dir,
+            wake=Wake,  # a descriptor on Linux: a cheaper hand-off than a lock
         )
         self._variables = _Variables(self._core)
         for name, entry in self.custom_tools.items():

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import ast
 import builtins
+import collections
 import contextlib
 import ctypes
 import functools
 import io
 import linecache
 import os
-import queue
 import sys
 import textwrap
 import threading
@@ -391,8 +391,12 @@ def _acquire(lock: Any, timeout: float | None) -> bool:
 
 
 class _Bell:
-    """A wake-up call that rings again and again: ``ring`` from any thread, ``wait`` in
-    the one thread that supervises (a ring while nobody waits is kept for the next wait)."""
+    """A wake-up call that rings again and again: ``set`` from any thread, ``wait`` in
+    the one thread that waits on it (a ring while nobody waits is kept for the next wait).
+
+    The default wake-up of the cell threads and their supervisors; a host can give
+    :class:`ReplCore` a cheaper one of the same two methods (``LocalREPL`` gives
+    ``rlm.comms.workers.Wake``, a descriptor on Linux)."""
 
     __slots__ = ("_lock",)
 
@@ -400,14 +404,18 @@ class _Bell:
         self._lock = threading.Lock()
         self._lock.acquire()
 
-    def ring(self) -> None:
+    def set(self) -> None:
         try:
             self._lock.release()
         except RuntimeError:  # rung already, not yet heard
             pass
 
-    def wait(self, timeout: float | None) -> None:
-        _acquire(self._lock, timeout)
+    def wait(self, timeout: float | None = None) -> bool:
+        return _acquire(self._lock, timeout)
+
+
+#: What makes a wake-up: ``set()`` from any thread, ``wait(timeout)`` in one.
+WakeFactory = Callable[[], Any]
 
 
 class _Lane:
@@ -518,22 +526,27 @@ class _CellThread:
     The thread holds no reference to the core between jobs.
     """
 
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+    def __init__(self, wake: WakeFactory = _Bell) -> None:
+        self._jobs: collections.deque[_Job | None] = collections.deque()
+        self._wake = wake()
         self.thread = threading.Thread(target=self._serve, name="rlm-cell", daemon=True)
 
     def submit(self, job: _Job) -> None:
-        self._jobs.put(job)
+        self._jobs.append(job)
+        self._wake.set()
 
     def stop(self) -> None:
         """Exit after the job that runs now, if any (safe to call twice)."""
-        self._jobs.put(None)
+        self._jobs.append(None)
+        self._wake.set()
 
     def _serve(self) -> None:
-        jobs = self._jobs
+        jobs, wake = self._jobs, self._wake
         lane = _this_lane()
         while True:
-            job = jobs.get()
+            while not jobs:
+                wake.wait(None)  # may return early (a set meant for an earlier wait)
+            job = jobs.popleft()
             if job is None:
                 return
             while not job.done.is_set():
@@ -548,7 +561,7 @@ class _CellThread:
         _run_job(job, lane, alone=True)
         _capture.out = _capture.err = None
         job.done.set()
-        job.sup.bell.ring()
+        job.sup.bell.set()
 
     @staticmethod
     def stop_job(job: _Job, exc_type: type[BaseException]) -> bool:
@@ -568,7 +581,8 @@ class _CellThreads:
     """A core's cell thread (started at its first cell, and again after a cell it could
     not stop kept the last one) and the threads of such cells."""
 
-    def __init__(self) -> None:
+    def __init__(self, wake: WakeFactory = _Bell) -> None:
+        self._wake = wake
         self._current: _CellThread | None = None
         self._finalizer: Any = None
         self._abandoned: list[threading.Thread] = []
@@ -579,7 +593,7 @@ class _CellThreads:
         if executor is None:
             if self._closed:
                 raise RuntimeError("this REPL engine was closed")
-            executor = self._current = _CellThread()
+            executor = self._current = _CellThread(self._wake)
             # Dropped without close() (its core collected), it still ends its thread.
             self._finalizer = weakref.finalize(self, executor.stop)
             executor.thread.start()
@@ -693,8 +707,8 @@ class _Supervisor:
     nested in that job (:meth:`watch`). When that thread leaves with inline cells still
     running (their cell was abandoned), a thread of its own takes over until they end."""
 
-    def __init__(self) -> None:
-        self.bell = _Bell()
+    def __init__(self, wake: WakeFactory = _Bell) -> None:
+        self.bell = wake()
         self.interrupted: _Job | None = None  # the own job, when interrupt() was called
         self._lock = threading.Lock()
         self._watches: list[_Watch] = []
@@ -714,7 +728,7 @@ class _Supervisor:
             watch.closed = True
         with self._lock:
             self._watches.remove(watch)
-        self.bell.ring()  # a thread serving orphans ends when none is left
+        self.bell.set()  # a thread serving orphans ends when none is left
 
     def interrupt(self, target: _Job | _Watch) -> None:
         """Stop the own job (``target``, if it is still the one waited for) or the inline
@@ -724,7 +738,7 @@ class _Supervisor:
         else:
             with self._lock:
                 target.ask(CellInterrupted, time.monotonic())
-        self.bell.ring()
+        self.bell.set()
 
     def wait(self, job: _Job, timeout: float | None, own: _Watch | None) -> str:
         """Wait for ``job`` ("done"), ``interrupt()`` ("interrupted") or ``timeout``
@@ -1076,7 +1090,8 @@ class ReplCore:
     ``context_0``) and ``history``. ``answer`` starts as a fresh answer dict and
     gets a fresh one after it was submitted (or deleted). With ``workdir``, cells
     run with that directory as the process's working directory (see
-    :func:`enter_workdir`).
+    :func:`enter_workdir`). ``wake`` makes the wake-ups of its cell thread and of the
+    thread that waits for it (default :class:`_Bell`, a lock).
     """
 
     def __init__(
@@ -1084,6 +1099,7 @@ class ReplCore:
         helpers: dict[str, Callable[..., Any]] | None = None,
         max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
         workdir: str | None = None,
+        wake: WakeFactory = _Bell,
     ):
         self.max_output_chars = max_output_chars
         self.workdir = workdir
@@ -1101,7 +1117,8 @@ class ReplCore:
         # cell thread) or watch (inline); None between cells.
         self._active: tuple[_Supervisor, _Job | _Watch] | None = None
         self._sup: _Supervisor | None = None  # the last cell's, when it can serve the next
-        self._threads = _CellThreads()
+        self._wake = wake
+        self._threads = _CellThreads(wake)
         self.fixed: dict[str, Any] = {}  # names restored after every cell (context, history...)
         self._builtins_table = self._builtins()
         self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": self._builtins_table}
@@ -1412,7 +1429,7 @@ class ReplCore:
         executor = self._threads.current()
         outcome = CellOutcome()
         out, err = self._buffers(on_output is not None)
-        sup, self._sup = self._sup or _Supervisor(), None
+        sup, self._sup = self._sup or _Supervisor(self._wake), None
         job = _Job(functools.partial(self._execute, code, outcome, out, err), sup)
         self._active = (sup, job)
         # The routers stand in for sys.stdout/sys.stderr while this call runs. A cell
@@ -1533,7 +1550,7 @@ def _run_inline(
     saved = getattr(_capture, "out", None), getattr(_capture, "err", None)
     watch.arm(timeout, out, err, on_output)
     core._active = (job.sup, watch)
-    job.sup.bell.ring()  # its deadline may be the next thing to watch
+    job.sup.bell.set()  # its deadline may be the next thing to watch
     _acquire_router()
     try:
         _run_job(job, job.lane)  # type: ignore[arg-type]
