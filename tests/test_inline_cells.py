@@ -44,7 +44,9 @@ def names() -> list[str]:
 
 def test_a_sequential_tree_runs_every_cell_in_one_thread_and_grows_no_thread_per_level():
     """Depth 4, each run asks one child with rlm_query: every run's cell runs in the root
-    cell's thread, and the deepest cell sees as many threads as the root's cell did."""
+    cell's thread, and the deepest cell sees as many threads as the first child's cell did
+    (the root's, at most one fewer: its own root calls run in its loop's thread, a child's
+    on a pool worker, which the process may have had idle already)."""
     seen: dict[int, list] = {}
 
     def script(messages):
@@ -71,10 +73,13 @@ def test_a_sequential_tree_runs_every_cell_in_one_thread_and_grows_no_thread_per
     assert rlm.completion("ctx").response == "leaf"
     assert sorted(seen) == [0, 1, 2, 3]
     root_thread, root_count, _ = seen[0][0]
+    child_count = seen[1][0][1]
+    assert root_count <= child_count <= root_count + 1
     for depth in range(4):
         thread, count, cells = seen[depth][0]
         assert thread is root_thread, f"depth {depth} ran its cell in another thread"
-        assert count == root_count, f"depth {depth} sees {count} threads, the root {root_count}"
+        expected = root_count if depth == 0 else child_count
+        assert count == expected, f"depth {depth} sees {count} threads, not {expected}"
         assert cells == 1
     assert len(leaf_threads) == 1 and leaf_threads[0].count("rlm-cell") == 1
 

@@ -4,6 +4,11 @@ runs without them."""
 
 from __future__ import annotations
 
+import threading
+
+from rlm import RLM
+from rlm.clients.llama_cpp import LlamaCppClient
+from rlm.clients.scripted import ScriptedLM
 from rlm.environments.repl_core import COMPILED_CACHE_CELLS, ReplCore
 
 FAILING = "def f():\n    return [1 / 0 for _ in range(1)]\nf()"
@@ -45,3 +50,82 @@ def test_the_compiled_cells_kept_are_bounded():
         assert core.run_cell("v0 + 1").stdout == "1\n"  # an evicted cell compiles anew
     finally:
         core.close()
+
+
+# ---------------------------------------------------------------------------
+# Where the root call runs
+# ---------------------------------------------------------------------------
+
+
+def _block(code: str) -> str:
+    return f"```repl\n{code}\n```"
+
+
+def _threads_of_root_calls(**kwargs):
+    threads: list[threading.Thread] = []
+
+    def root(messages):
+        threads.append(threading.current_thread())
+        return _block("x = 1") if len(threads) == 1 else "FINAL(done)"
+
+    rlm = RLM(backend="scripted", backend_kwargs={"responses": root}, **kwargs)
+    return rlm, threads
+
+
+def test_a_root_run_without_a_deadline_calls_its_model_in_its_own_thread():
+    rlm, threads = _threads_of_root_calls()
+    assert rlm.completion("ctx").response == "done"
+    assert threads == [threading.current_thread()] * 2
+
+
+def test_a_deadline_puts_the_root_call_on_a_worker_thread():
+    rlm, threads = _threads_of_root_calls(max_timeout=60)
+    assert rlm.completion("ctx").response == "done"
+    assert len(threads) == 2 and threading.current_thread() not in threads
+
+
+def test_a_client_can_keep_its_root_calls_off_the_loops_thread():
+    class OffThread(ScriptedLM):
+        inline_root_calls = False
+
+    rlm, threads = _threads_of_root_calls()
+    rlm.client = OffThread(responses=rlm.client._root._fn)
+    assert rlm.completion("ctx").response == "done"
+    assert len(threads) == 2 and threading.current_thread() not in threads
+    assert LlamaCppClient.inline_root_calls is False
+
+
+def test_closing_a_stream_gives_up_a_root_call_that_never_returns():
+    """A run of stream() is on a pool worker: its root call still runs on another thread,
+    so closing the stream ends the run while the call is stuck."""
+    entered, release = threading.Event(), threading.Event()
+
+    def root(messages):
+        if not any(m["role"] == "assistant" for m in messages):
+            return _block("x = 1")
+        entered.set()
+        release.wait(60)
+        return "FINAL(late)"
+
+    rlm = RLM(backend="scripted", backend_kwargs={"responses": root})
+    finished = threading.Event()
+    errors: list[str | None] = []
+
+    def watch(event):
+        if event.type == "run_finished":
+            errors.append(event.error)
+            finished.set()
+
+    rlm.subscribe(watch)
+    events = rlm.stream("ctx")
+    try:
+        for event in events:
+            if event.type == "iteration_started" and event.iteration == 2:
+                break
+        assert entered.wait(30)
+        events.close()  # cancels the run
+        assert finished.wait(30), "the run waited for the stuck root call"
+        assert not release.is_set()
+        assert errors and errors[0] is not None and "Cancellation" in errors[0]
+    finally:
+        release.set()

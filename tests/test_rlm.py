@@ -289,20 +289,23 @@ def test_sys_exit_and_keyboard_interrupt_in_blocks_never_escape():
     assert rlm.completion("c").response == "survived"
 
 
-def test_ctrl_c_during_the_root_call_gives_cancellation_error():
+@pytest.mark.parametrize("max_timeout", [None, 60])
+def test_ctrl_c_during_the_root_call_gives_cancellation_error(max_timeout):
     turn = {"n": 0}
     first = "first look\n" + block("x = 1")
 
     def root(messages):
-        # The root call runs in a helper thread; the caller waits, so Ctrl-C reaches it there.
-        assert threading.current_thread() is not threading.main_thread()
+        # Without a deadline the root call runs in the loop's thread, where Ctrl-C reaches
+        # the call itself; with one, in a helper thread while the caller waits (and gets it).
+        in_main = threading.current_thread() is threading.main_thread()
+        assert in_main is (max_timeout is None)
         turn["n"] += 1
         if turn["n"] == 1:
             return first
         _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the main thread
         return block("y = 2")
 
-    rlm = make_rlm(root, max_iterations=10)
+    rlm = make_rlm(root, max_iterations=10, max_timeout=max_timeout)
     with pytest.raises(CancellationError) as info:
         rlm.completion("c")
     assert info.value.partial_answer is not None

@@ -294,6 +294,9 @@ class LlamaCppClient(BaseLM):
 
     is_local = True
     accepts_stop = True
+    # A Ctrl-C must reach the wait for a call, never the call (its native decode runs on,
+    # and the weights are freed at exit only once it has stopped).
+    inline_root_calls = False
 
     def __init__(
         self,

@@ -159,6 +159,12 @@ class Wake:
 _local = threading.local()
 
 
+def in_pool() -> bool:
+    """Whether the calling thread is a worker of a :class:`Workers` pool (what runs there,
+    such as a run of ``stream()`` or ``acompletion()``, can be given up by its caller)."""
+    return getattr(_local, "pool", False)
+
+
 def thread_wake() -> Wake:
     """The calling thread's :class:`Wake` (made at its first use, closed with the thread)."""
     wake = getattr(_local, "wake", None)
@@ -267,6 +273,7 @@ class Workers:
             raise
 
     def _work(self, worker: _Worker) -> None:
+        _local.pool = True
         while True:
             job, worker.job = worker.job, None
             if job is not None:
