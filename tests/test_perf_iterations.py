@@ -4,11 +4,16 @@ runs without them."""
 
 from __future__ import annotations
 
+import gc
+import os
 import threading
+
+import pytest
 
 from rlm import RLM
 from rlm.clients.llama_cpp import LlamaCppClient
 from rlm.clients.scripted import ScriptedLM
+from rlm.environments.local_repl import LocalREPL
 from rlm.environments.repl_core import COMPILED_CACHE_CELLS, ReplCore
 
 FAILING = "def f():\n    return [1 / 0 for _ in range(1)]\nf()"
@@ -129,3 +134,37 @@ def test_closing_a_stream_gives_up_a_root_call_that_never_returns():
         assert errors and errors[0] is not None and "Cancellation" in errors[0]
     finally:
         release.set()
+
+
+# ---------------------------------------------------------------------------
+# Descriptors of the cell hand-off
+# ---------------------------------------------------------------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_cleanup_releases_the_descriptors_of_the_cell_hand_off_at_once():
+    """The engine refers back to itself (its helpers), so only a garbage collection would
+    free it: cleanup() itself must let go of its wake-ups' descriptors."""
+
+    def one_repl() -> None:
+        env = LocalREPL()
+        try:
+            assert env.execute_code("print(6 * 7)").stdout == "42\n"
+        finally:
+            env.cleanup()
+
+    one_repl()  # this thread's own wake-up and the pool's are made once
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        before = _open_fds()
+        for _ in range(5):
+            one_repl()
+        assert _open_fds() == before
+    finally:
+        if enabled:
+            gc.enable()

@@ -1384,6 +1384,9 @@ class ReplCore:
         """Stop the cell thread (an idle one is joined, up to ``wait`` seconds); safe to call
         twice. A cell run after this raises ``RuntimeError``."""
         self._threads.close(wait, join=not self._cell_lock.locked())
+        # The kept supervisor's wake-up may hold a descriptor: released now, not when a
+        # garbage collection finds the core (its helpers refer back to it).
+        self._sup = None
 
     # -- running cells -------------------------------------------------------------
 
