@@ -11,7 +11,6 @@ from typing import Any
 
 from rlm.clients.base_lm import BaseLM
 from rlm.clients.pricing import check_budget_prices
-from rlm.comms.workers import in_pool
 from rlm.utils.exceptions import ConfigurationError
 
 
@@ -55,35 +54,6 @@ class ClientCache:
                 check_budget_prices([root, *others])
             self._client_cache = (factory, root, others)
             return root, others
-
-    def _ask_root(
-        self,
-        run: Any,
-        handler: Any,
-        messages: list[dict[str, Any]],
-        stop: list[str] | None = None,
-    ) -> str:
-        """One root-model call. On a worker thread, so that this thread can give up on it
-        (``rlm.utils.turns.Turns._ask_root``), when that can be needed: the run has a
-        deadline (``max_timeout``, its own or a parent's), it is a child run (its parent's
-        cancellation reaches it), or it runs on a worker of the pool itself (``stream()``,
-        ``acompletion()``: their callers cancel it), or its client says so
-        (``inline_root_calls = False``: llama.cpp). Otherwise nothing can stop the run
-        while the call runs but Ctrl-C, which reaches the call in this thread instead of
-        the wait for it, and the call runs here: a hand-off less per iteration."""
-        if (
-            run.deadline is not None
-            or run.parent is not None
-            or in_pool()
-            or not getattr(self._clients()[0], "inline_root_calls", True)
-        ):
-            return super()._ask_root(run, handler, messages, stop)  # type: ignore[misc]
-        on_token = run.on_token()
-        if stop:
-            record = handler.completion_record(messages, on_token=on_token, stop=stop)
-        else:  # as rlms-era handlers are called
-            record = handler.completion_record(messages, on_token=on_token)
-        return self._measured(run, messages, record)  # type: ignore[attr-defined]
 
     @property
     def client(self) -> BaseLM:

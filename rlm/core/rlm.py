@@ -52,7 +52,6 @@ from rlm.utils.prompts import (
     build_final_answer_prompt,
     build_rlm_system_prompt,
     build_user_prompt,
-    example_keyword,
 )
 from rlm.utils.rlm_utils import collect_secrets, register_secrets
 from rlm.utils.structured import StructuredAnswer
@@ -330,11 +329,6 @@ class RLM(
             root_prompt=root_prompt,
             orchestrator=self.orchestrator,
         )
-        if (
-            system is SMALL_MODEL_SYSTEM_PROMPT
-        ):  # small models copy examples: use the question's word
-            text = messages[0]["content"].replace("{example_keyword}", example_keyword(root_prompt))
-            messages[0] = {"role": "system", "content": text}
         if self.compaction:
             messages[0] = {
                 "role": "system",

@@ -143,18 +143,25 @@ class Turns:
         stop: list[str] | None = None,
     ) -> str:
         """One root-model call (streamed when a subscriber wants tokens), abandoned if it
-        outlives ``max_timeout`` (TimeoutExceededError) or the run is cancelled meanwhile."""
-        on_token = run.on_token()
+        outlives ``max_timeout`` (TimeoutExceededError) or the run is cancelled meanwhile.
 
-        def call() -> str:
-            if stop:
-                record = handler.completion_record(messages, on_token=on_token, stop=stop)
-            else:  # as rlms-era handlers are called
-                record = handler.completion_record(messages, on_token=on_token)
-            return self._measured(run, messages, record)
-
-        # On a reused worker thread (rlm.comms.workers), so that this thread can give up.
-        future = workers.submit(call)
+        It runs on a reused worker thread (rlm.comms.workers), so that this thread can
+        give up on it, when that can be needed: the run has a deadline (``max_timeout``,
+        its own or a parent's), it is a child run (its parent's cancellation reaches
+        it), it runs on a worker of the pool itself (``stream()``, ``acompletion()``:
+        their callers cancel it), or its client says so (``inline_root_calls = False``:
+        llama.cpp, whose native decode must not take a Ctrl-C midway). Otherwise nothing
+        but Ctrl-C can stop the run while the call runs, and Ctrl-C reaches the call in
+        this thread as well as the wait for it: the call runs here, a hand-off less per
+        iteration."""
+        if (
+            run.deadline is None
+            and run.parent is None
+            and not workers.in_pool()
+            and getattr(handler.get_client(None, 0), "inline_root_calls", True)
+        ):
+            return self._root_response(run, handler, messages, stop)
+        future = workers.submit(lambda: self._root_response(run, handler, messages, stop))
         while True:
             try:
                 return future.result(
@@ -167,6 +174,20 @@ class Turns:
                     raise  # the call's own TimeoutError
             # Raises once past the deadline or cancelled; otherwise keep waiting.
             ledger.check_time(run, "while waiting for the root model")
+
+    def _root_response(
+        self,
+        run: Run,
+        handler: LMHandler,
+        messages: list[dict[str, Any]],
+        stop: list[str] | None,
+    ) -> str:
+        on_token = run.on_token()
+        if stop:
+            record = handler.completion_record(messages, on_token=on_token, stop=stop)
+        else:  # as rlms-era handlers are called
+            record = handler.completion_record(messages, on_token=on_token)
+        return self._measured(run, messages, record)
 
     @staticmethod
     def _measured(run: Run, messages: list[dict[str, Any]], record: RLMChatCompletion) -> str:
