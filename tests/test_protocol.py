@@ -416,7 +416,55 @@ def test_within_the_process_the_caller_waits_at_most_its_timeout(scripted_handle
         single = send_lm_request(handler.address, LMRequest(prompt="x"), timeout=0.2)
         assert not single.success and "timed out" in single.error
         batch = send_lm_request_batched(handler.address, ["a", "b"], timeout=0.2)
-        assert all(not r.success and "timed out" in r.error for r in batch)
+        assert all(not r.success and "not answered within the 0.2 s" in r.error for r in batch)
+    finally:
+        release.set()
+
+
+def _fast_and_stuck(release: threading.Event):
+    """Sub-answers: ``"stuck"`` waits for ``release``; any other prompt is answered at once."""
+
+    def answer(messages):
+        prompt = messages[-1]["content"]
+        if prompt == "stuck":
+            release.wait(30)
+        return "answer:" + prompt
+
+    return answer
+
+
+def test_a_batch_that_outlives_its_timeout_keeps_the_answers_it_has(scripted_handler):
+    """Loses nothing: at the caller's time limit the finished prompts keep their answers
+    and only the unfinished one fails, in this process as over a socket."""
+    release = threading.Event()
+    handler = scripted_handler(sub_responses=_fast_and_stuck(release))
+    handler.batch_max_concurrent = 2
+    try:
+        batch = send_lm_request_batched(handler.address, ["a", "stuck", "b", "c"], timeout=1.0)
+        assert [r.success for r in batch] == [True, False, True, True]
+        assert [r.chat_completion.response for r in batch if r.success] == [
+            "answer:a", "answer:b", "answer:c"
+        ]  # fmt: skip
+        assert "not answered within the 1 s the caller waits" in batch[1].error
+    finally:
+        release.set()
+
+
+def test_over_a_socket_the_handler_answers_a_batch_before_its_asker_gives_up(scripted_handler):
+    release = threading.Event()
+    handler = scripted_handler(sub_responses=_fast_and_stuck(release))
+    handler.batch_max_concurrent = 2
+    try:
+        request = LMRequest(prompts=["a", "stuck", "b"], timeout=2.0)
+        data = socket_request(handler.address, request.to_dict(), timeout=2.0)  # a real socket
+        response = LMResponse.from_dict(data)
+        assert response.success
+        answers = [c["response"] for c in data["chat_completions"]]
+        assert answers == ["answer:a", "", "answer:b"]
+        assert "not answered within" in response.chat_completions[1].error
+        # Without a timeout in the request, the handler waits for the whole batch.
+        assert LMRequest.from_dict({"prompts": ["a"], "timeout": True}).timeout is None
+        assert LMRequest.from_dict({"prompts": ["a"], "timeout": -1}).timeout is None
     finally:
         release.set()
 

@@ -249,10 +249,14 @@ def run_rlm(
         }
         for task in tasks
     ]
+    config = model.loop_config(settings.max_iterations, settings.timeout)
+    # A cell may take the whole task's time (a tally of every line by sub-calls takes
+    # 15-20 minutes on two cores), not the REPL's default 600 s.
+    config["environment_kwargs"] = {"cell_timeout": settings.timeout}
     summary = run_batch(
         items,
         path,
-        config=model.loop_config(settings.max_iterations, settings.timeout),
+        config=config,
         concurrency=settings.concurrency,
         progress=False,
         retry_failed=settings.retry_failed,

@@ -80,18 +80,30 @@ class BatchRunner:
         return self._completed(prompt, generation, start)
 
     def _run_batch(self, request: LMRequest, wait: float | None = None) -> list[RLMChatCompletion]:
-        """The records of ``request.prompts``, in order; raises TimeoutError after ``wait``
-        seconds (the batch is then cancelled)."""
-        future = self._start_batch(request)
+        """The records of ``request.prompts``, in order. After ``wait`` seconds the batch
+        is cancelled and what finished is kept: each prompt still unanswered gets a
+        failed record of its own."""
+        future, results = self._start_batch(request)
         try:
             return future.result(wait)
         except TimeoutError:
             if future.done():
                 raise
             future.cancel()
-            raise TimeoutError("timed out") from None
+        error = (
+            f"TimeoutError: not answered within the {wait:g} s the caller waits; the "
+            "batch's other answers are kept"
+        )
+        prompts = request.prompts or []
+        return [
+            record if record is not None else failed(prompt, request.model, error)
+            for prompt, record in zip(prompts, list(results), strict=True)
+        ]
 
-    def _start_batch(self, request: LMRequest) -> Future[list[RLMChatCompletion]]:
+    def _start_batch(
+        self, request: LMRequest
+    ) -> tuple[Future[list[RLMChatCompletion]], list[RLMChatCompletion | None]]:
+        """The batch started on the batch loop, and the list its records land in."""
         prompts = list(request.prompts or [])
         model, depth = request.model, request.depth
         fixed = self.batch_max_concurrent
@@ -144,7 +156,7 @@ class BatchRunner:
             return results  # type: ignore[return-value]
 
         loop = self._event_loop()  # raises first if the handler is stopped
-        return asyncio.run_coroutine_threadsafe(run_all(), loop)
+        return asyncio.run_coroutine_threadsafe(run_all(), loop), results
 
     def _attempt(self, model: str | None, depth: int) -> Callable[[Any], Any]:
         """One batch item: the guard, the call, and its observer (when there is one)."""

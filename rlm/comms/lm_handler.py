@@ -271,8 +271,13 @@ class LMHandler(BatchRunner, SocketServer):
         return response
 
     def handle_request(self, request: LMRequest) -> LMResponse:
-        """Answer an authenticated request. Never raises."""
-        return self._handle_request(request)
+        """Answer an authenticated request. Never raises. A batch whose asker says how
+        long it waits (``request.timeout``) is answered a little before that, with what
+        is done (the answer still has to cross the socket)."""
+        wait = None
+        if request.timeout is not None and request.prompts is not None:
+            wait = max(0.0, request.timeout - min(2.0, 0.1 * request.timeout))
+        return self._handle_request(request, wait)
 
     def _handle_request(self, request: LMRequest, wait: float | None = None) -> LMResponse:
         """:meth:`handle_request`; a batch is given up (and cancelled) after ``wait`` s."""

@@ -97,6 +97,9 @@ class LMRequest:
     token: str | None = None
     id: int | str | None = None
     kind: str = "llm"
+    #: Ours: the seconds the asker waits for the answer. A batch's handler then answers
+    #: just before that with what is done, each unanswered prompt failing by itself.
+    timeout: float | None = None
 
     @property
     def is_batched(self) -> bool:
@@ -119,6 +122,8 @@ class LMRequest:
             out["id"] = self.id
         if self.kind != "llm":
             out["kind"] = self.kind
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
         return out
 
     @classmethod
@@ -127,6 +132,7 @@ class LMRequest:
         depth = data.get("depth", 0)
         rid = data.get("id")
         kind = data.get("kind")
+        timeout = data.get("timeout")
         return cls(
             prompt=data.get("prompt"),
             prompts=data.get("prompts"),
@@ -139,6 +145,11 @@ class LMRequest:
             or (isinstance(rid, str) and len(rid) <= 256)
             else None,
             kind=kind if isinstance(kind, str) and kind else "llm",
+            timeout=timeout
+            if isinstance(timeout, (int, float))
+            and not isinstance(timeout, bool)
+            and 0 < timeout < float("inf")
+            else None,
         )
 
 
@@ -534,10 +545,12 @@ def send_lm_request_batched(
     timeout: float | None = 300,
     depth: int = 0,
 ) -> list[LMResponse]:
-    """Send a batch; return one response per prompt, in order. One failed item fails only itself."""
+    """Send a batch; return one response per prompt, in order. One failed item fails only
+    itself; so does an item still unanswered when ``timeout`` runs out (the handler
+    answers with the others just before)."""
     if not prompts:
         return []
-    request = LMRequest(prompts=list(prompts), model=model, depth=depth)
+    request = LMRequest(prompts=list(prompts), model=model, depth=depth, timeout=timeout)
     response = send_lm_request(address, request, timeout)
     if not response.success:
         return [LMResponse.error_response(response.error or "unknown error") for _ in prompts]
