@@ -194,7 +194,7 @@ class BaseLM(metaclass=_LMMeta):
     #: sequences for that call, added to the client's own): see :func:`with_stop`.
     accepts_stop: bool = False
     #: Whether a root call may run in the loop's own thread when nothing needs it to run
-    #: elsewhere (:meth:`rlm.clients.cache.ClientCache._ask_root`): Ctrl-C then lands in
+    #: elsewhere (:meth:`rlm.utils.turns.Turns._ask_root`): Ctrl-C then lands in
     #: the call itself. False for a client whose call must not be interrupted midway.
     inline_root_calls: bool = True
 

@@ -44,6 +44,7 @@ import textwrap
 import threading
 import time
 import traceback
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -887,12 +888,11 @@ def _renamed(code: Any, filename: str) -> Any:
     if code is None:
         return None
     consts = code.co_consts
-    if any(isinstance(c, _CodeType) for c in consts):
-        consts = tuple(_renamed(c, filename) if isinstance(c, _CodeType) else c for c in consts)
+    if any(isinstance(c, types.CodeType) for c in consts):
+        consts = tuple(
+            _renamed(c, filename) if isinstance(c, types.CodeType) else c for c in consts
+        )
     return code.replace(co_filename=filename, co_consts=consts)
-
-
-_CodeType = type(_renamed.__code__)
 
 
 def format_exception(exc: BaseException, skip_frames: int = 1) -> str:

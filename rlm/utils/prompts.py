@@ -250,9 +250,9 @@ _LIST_START_RE = re.compile(r"\b(?:are|is|one of|among|from)\s*:\s*", re.IGNOREC
 _OPTION_RE = re.compile(r"^(?:and |or )?([A-Za-z][\w-]*(?: [\w-]+){0,3})\s*(?:\((.*)\))?$", re.S)
 
 
-def _top_level_split(text: str) -> tuple[list[str], str]:
+def _top_level_split(text: str) -> list[str]:
     """``text`` split at commas outside parentheses, up to the first sentence end
-    outside them; also returns the rest."""
+    outside them."""
     parts, depth, start = [], 0, 0
     for i, char in enumerate(text):
         if char == "(":
@@ -264,9 +264,9 @@ def _top_level_split(text: str) -> tuple[list[str], str]:
             start = i + 1
         elif depth == 0 and char in ".?!\n":
             parts.append(text[start:i])
-            return parts, text[i:]
+            return parts
     parts.append(text[start:])
-    return parts, ""
+    return parts
 
 
 def tally_options(question: str | None) -> list[tuple[str, str]]:
@@ -277,7 +277,7 @@ def tally_options(question: str | None) -> list[tuple[str, str]]:
     if not question or not _TALLY_RE.search(question):
         return []
     for start in _LIST_START_RE.finditer(question):
-        parts, _ = _top_level_split(question[start.end() :])
+        parts = _top_level_split(question[start.end() :])
         if parts:  # "..., delivery (parcels) or praise": the last "or"/"and" joins two
             last = parts[-1]
             tail = last.rfind(")") + 1
