@@ -362,6 +362,40 @@ def test_a_name_no_block_set_gets_a_note_with_feedback_on_and_not_off():
     assert feedback.undefined_name_note("ValueError: bad") is None
 
 
+COUNT_QUESTION = (
+    "Every line is a message about one topic. The topics are: billing (payments), "
+    "delivery (parcels) or praise. How many messages are about billing? Answer with a number."
+)
+
+
+def test_printed_counts_of_the_listed_kinds_ask_a_small_model_to_answer_now():
+    """Small models printed the tally's counts, then searched on until their turns ran
+    out: the note restates the question and asks for the answer from the counts."""
+    code = "print({'billing': 2, 'delivery': 1, 'praise': 0})"
+    on = make_rlm([block(code), "FINAL(2)"], small_model=True, verify_answer=False)
+    assert on.completion("Message 1: refund me", root_prompt=COUNT_QUESTION).response == "2"
+    shown = last_user_text(root_calls(on)[1])
+    assert "{'billing': 2, 'delivery': 1, 'praise': 0}" in shown
+    assert "Note: these are the counts of every line's kind" in shown
+    assert "The question: Every line is a message" in shown  # restated
+    # Not for a question that lists no kinds, nor for rlms' loop (small_model off).
+    other = make_rlm([block(code), "FINAL(2)"], small_model=True, verify_answer=False)
+    other.completion("Message 1: refund me", root_prompt="How many messages are there?")
+    assert "counts of every line's kind" not in last_user_text(root_calls(other)[1])
+    off = make_rlm([block(code), "FINAL(2)"], small_model=False)
+    off.completion("Message 1: refund me", root_prompt=COUNT_QUESTION)
+    assert "counts of every line's kind" not in last_user_text(root_calls(off)[1])
+
+
+def test_the_tally_note_needs_counts_of_two_listed_kinds():
+    kinds = ["billing", "delivery", "praise"]
+    assert feedback.tally_note(kinds, None, '{"Billing": 3, "delivery": 4}') is not None
+    assert feedback.tally_note(kinds, None, "{'billing': 3}") is None  # one kind only
+    assert feedback.tally_note(kinds, None, "{'sync': 3, 'error': 4}") is None  # not listed
+    assert feedback.tally_note(kinds, None, "billing: 3, delivery: 4") is None  # no dict
+    assert feedback.tally_note([], None, "{'billing': 3, 'delivery': 4}") is None
+
+
 def test_the_note_is_not_written_into_the_blocks_output(tmp_path):
     from rlm.logger import RLMLogger
 

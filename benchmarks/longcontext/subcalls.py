@@ -32,9 +32,12 @@ from benchmarks.longcontext.run import CALIBRATION_CHARS, DEFAULT_WINDOW, embedd
 from benchmarks.longcontext.server import Tokens  # noqa: E402
 from rlm.clients import get_client  # noqa: E402
 from rlm.local_server import llama_server  # noqa: E402
+from rlm.utils.prompts import tally_ask  # noqa: E402
 
 _BULLETS = "\n".join(f"- {name}: {about}" for name, (about, _) in tasks.TOPICS.items())
 _NAMES = ", ".join(tasks.TOPIC_NAMES[:-1]) + " or " + tasks.TOPIC_NAMES[-1]
+#: The small-model prompt's tally example asks this about each line.
+_TALLY_ASK = tally_ask(tasks.QUESTIONS["most"])
 _EXAMPLES = "\n".join(
     f"Message: {text} Topic: {topic}"
     for topic, text in (
@@ -66,6 +69,9 @@ SHAPES: dict[str, Callable[[str], str]] = {
         f"Message: {m}\n\nWhich one of these topics is the message about?\n{_BULLETS}\n"
         "Answer with one word: the topic's name."
     ),
+    "the tally example's prompt (rlm.utils.prompts.tally_ask)": lambda m: (
+        f"Line: {m}\n\n{_TALLY_ASK}"
+    ),
 }
 
 
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--items", type=int, default=48, help="messages asked per shape")
     p.add_argument("--size", type=float, default=4, help="task size, in windows")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", default="", help="run only the shapes whose name has this")
     p.add_argument("--threads", type=int, default=2, help="llama_cpp.server threads")
     args = p.parse_args(argv)
     if args.items < 1:
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         client.completion("Say hi.")  # load the weights before timing
         for name, shape in SHAPES.items():
+            if args.only and args.only not in name:
+                continue
             start, right = time.perf_counter(), 0
             for text, gold in items:
                 right += label_of(client.completion(shape(text))) == gold

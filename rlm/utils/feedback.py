@@ -8,6 +8,7 @@ Pure functions over text, code and REPL results (no RLM, no client):
 * :func:`cut_after_first_block`, :func:`close_open_fence` -- a response ends at the end
   of its first complete ```repl block (:data:`BLOCK_END_STOP` is the stop sequence).
 * :func:`search_miss_note` -- a search that matched nothing, said plainly.
+* :func:`tally_note` -- counts by the question's kinds were printed: answer now.
 * :class:`TextIndex` -- does a piece of text come from the context (or an output seen
   since)? Bounded work on huge contexts: a few sampled segments, each one substring test.
 * :func:`context_free_note` -- ``llm_query`` prompts that hold none of the context.
@@ -223,6 +224,27 @@ def undefined_name_note(stderr: str) -> str | None:
         f"Note: `{name}` is not defined. A block sees `context`, the REPL's functions and "
         f"the variables that earlier blocks set, nothing else: write the block again with "
         f"the line that sets `{name}` in it."
+    )
+
+
+_COUNT = re.compile(r"['\"]([^'\"]{1,40})['\"]:\s*\d+")
+
+
+def tally_note(kinds: list[str], question: str | None, stdout: str) -> str | None:
+    """For a block that printed counts (``{'billing': 3, ...}``) of at least two of the
+    ``kinds`` a counting question lists: the counts are what the question needs, so the
+    note restates it and asks for the answer now (small models otherwise search on);
+    else None."""
+    if len(kinds) < 2:
+        return None
+    counted = {name.strip().lower() for name in _COUNT.findall(stdout or "")}
+    if len(counted & {kind.lower() for kind in kinds}) < 2:
+        return None
+    asked = f" The question: {_preview(question, 600)}" if question else ""
+    return (
+        "Note: these are the counts of every line's kind, which is what the question "
+        f'needs.{asked} Answer it from the counts now: set answer["content"] and then '
+        'answer["ready"] = True.'
     )
 
 

@@ -9,6 +9,7 @@ tokens, so an 8k window keeps room for the history.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -110,10 +111,13 @@ print(replies)
 
 TALLY_STEP = """To count or compare lines by something they do not say in words (what each one is about), ask about every line, then count the answers:
 ```repl
-labels = llm_query_batched(["Line: " + line + "\\n\\nWhich one of these is the line about?\\n{options}\\nAnswer with one word: its name." for line in context.splitlines() if line.strip()])
+labels = llm_query_batched(["Line: " + line + "\\n\\n{ask}" for line in context.splitlines() if line.strip()])
 names = [label.strip(" .").lower() for label in labels]
 print({name: names.count(name) for name in set(names)})
 ```"""
+
+#: What the tally asks about each line, after ``"Line: " + line + "\n\n"``.
+TALLY_ASK = "Which one of these {kinds} is the line about?\n{options}\nAnswer with one word: the {kind}'s name."
 
 ORCHESTRATOR_ADDENDUM = (
     "You are the orchestrator: keep your own messages short, let code and sub-calls do the "
@@ -269,13 +273,26 @@ def _top_level_split(text: str) -> list[str]:
     return parts
 
 
-def tally_options(question: str | None) -> list[tuple[str, str]]:
-    """The kinds a counting question sorts its entries into, as ``(name, what it
-    covers)``: the list it gives after a colon, such as ``The topics are: billing
-    (payments, charges), delivery (parcels) or praise.``; ``[]`` when the question asks
-    for no count or comparison, or gives no such list."""
+#: The word a list of kinds follows: "The topics are:" gives "topics".
+_KIND_WORD_RE = re.compile(r"\b([A-Za-z]{3,}s)\s+(?:are|is)\s*:\s*$", re.IGNORECASE)
+
+
+def _singular(word: str) -> str:
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith(("sses", "shes", "ches", "xes")):
+        return word[:-2]
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
+
+
+def tally_kinds(question: str | None) -> tuple[str, list[tuple[str, str]]]:
+    """What a counting question sorts its entries into: the plural word it calls them by
+    (``"topics"`` for ``The topics are: ...``; ``"kinds"`` when it names none),
+    and the kinds it lists after a colon, as ``(name, what it covers)``, such as
+    ``billing (payments, charges), delivery (parcels) or praise.``. The list is ``[]``
+    when the question asks for no count or comparison, or gives no such list."""
     if not question or not _TALLY_RE.search(question):
-        return []
+        return "kinds", []
     for start in _LIST_START_RE.finditer(question):
         parts = _top_level_split(question[start.end() :])
         if parts:  # "..., delivery (parcels) or praise": the last "or"/"and" joins two
@@ -292,8 +309,24 @@ def tally_options(question: str | None) -> list[tuple[str, str]]:
             options.append((match.group(1), (match.group(2) or "").strip()))
         else:
             if len(options) >= 2:
-                return options
-    return []
+                word = _KIND_WORD_RE.search(question[: start.end()])
+                return (word.group(1).lower() if word else "kinds"), options
+    return "kinds", []
+
+
+def tally_options(question: str | None) -> list[tuple[str, str]]:
+    """The kinds of :func:`tally_kinds` alone."""
+    return tally_kinds(question)[1]
+
+
+def tally_ask(question: str | None) -> str | None:
+    """:data:`TALLY_ASK` for ``question``'s kinds, or None when it lists none."""
+    kinds, options = tally_kinds(question)
+    if not options:
+        return None
+    listed = "\n".join(f"- {name}: {about}" if about else f"- {name}" for name, about in options)
+    ask = TALLY_ASK.replace("{kinds}", kinds).replace("{kind}", _singular(kinds))
+    return ask.replace("{options}", listed)
 
 
 def small_model_steps(question: str | None) -> tuple[str, str]:
@@ -302,11 +335,11 @@ def small_model_steps(question: str | None) -> tuple[str, str]:
     that counts entries by kinds it lists gets the per-line tally first; any other gets
     the search first, then chunked reading."""
     search = SEARCH_STEP.replace("{example_keyword}", example_keyword(question))
-    options = tally_options(question)
-    if not options:
+    ask = tally_ask(question)
+    if ask is None:
         return search, CHUNK_STEP
-    listed = "\\n".join(f"- {name}: {about}" if about else f"- {name}" for name, about in options)
-    return TALLY_STEP.replace("{options}", listed), search
+    # The example is code: the text goes in as the body of a "..." string literal.
+    return TALLY_STEP.replace("{ask}", json.dumps(ask, ensure_ascii=False)[1:-1]), search
 
 
 def fill_small_model_prompt(text: str, question: str | None) -> str:

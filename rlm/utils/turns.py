@@ -42,12 +42,14 @@ from rlm.utils.feedback import (
     next_names,
     repeated_block_note,
     search_miss_note,
+    tally_note,
     text_of,
     undefined_name_note,
     unverified_answer_prompt,
     window_refusal,
     wrong_fence_note,
 )
+from rlm.utils.prompts import tally_options
 from rlm.utils.token_utils import CHARS_PER_TOKEN, count_tokens
 
 if TYPE_CHECKING:
@@ -96,6 +98,8 @@ class Guide:
     chain: list[str] = field(default_factory=list)
     #: The previous block's code, whitespace collapsed (a repeat gets a note).
     last_code: str | None = None
+    #: The kinds a counting question lists (:func:`~rlm.utils.prompts.tally_options`).
+    kinds: list[str] = field(default_factory=list)
 
 
 class Turns:
@@ -120,6 +124,7 @@ class Turns:
             verify=small if self.verify_answer is None else bool(self.verify_answer),
             question=root_prompt,
             text_context=isinstance(prompt, str),
+            kinds=[name for name, _ in tally_options(root_prompt)] if small else [],
         )
         if small and window is not None:
             # A small window: short outputs, and the history compacted before it overflows.
@@ -249,6 +254,7 @@ class Turns:
                     search_miss_note(block.code, result.stdout, getattr(result, "error", None))
                 )
                 found.append(undefined_name_note(result.stderr))
+                found.append(tally_note(guide.kinds, guide.question, result.stdout))
                 prompts = [text_of(call.prompt) for call in result.rlm_calls]
                 found.append(context_free_note(prompts, guide.index))
             if result.stdout.strip():
