@@ -353,6 +353,34 @@ def test_async_path(backend):
     assert len(stub.requests) == 1
 
 
+@pytest.mark.parametrize("backend", ["openai", "anthropic"])
+def test_a_batch_loops_async_sdk_client_is_closed_with_the_loop(backend):
+    """Each handler's batch loop builds its own async SDK client; it is closed when the
+    loop ends, not left to be collected on a later loop, where closing its pool fails
+    ("Task exception was never retrieved ... Event loop is closed"), and a later loop
+    that happens to get the same id never reuses it."""
+    from rlm.core.comms_utils import send_lm_request_batched
+    from rlm.core.lm_handler import LMHandler
+
+    with StubServer(responder(backend, "batched pong")) as stub:
+        client = make(backend, stub.url)
+        built = []
+        for _ in range(2):  # two handlers in turn: two loops, each with its own client
+            handler = LMHandler(client)
+            handler.start()
+            try:
+                replies = send_lm_request_batched(handler.address, ["a", "b"])
+                assert [r.chat_completion.response for r in replies] == ["batched pong"] * 2
+                built.extend(client._clients._async.values())
+            finally:
+                handler.stop()  # returns at once; the batch loop ends in its own thread
+            handler._loop_thread.join(10)
+            assert len(client._clients._async) == 0  # forgotten with its loop
+        assert len(built) == 2 and built[0] is not built[1]
+        assert all(sdk.is_closed() for sdk in built)
+        assert len(stub.requests) == 4
+
+
 # -- faults ------------------------------------------------------------------------------
 
 ALL = ["openai", "azure_openai", "anthropic", "gemini", "litellm", "portkey"]

@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import threading
+import weakref
 from abc import ABCMeta
 from collections import defaultdict
 from collections.abc import Callable
@@ -630,12 +631,34 @@ def check_sdk_options(client: str, options: dict[str, Any], sdk: Any, own: str) 
 # ---------------------------------------------------------------------------
 
 
+#: The SDK clients that built an async client on each event loop (see
+#: :func:`close_loop_clients`); entries go with their loop.
+_LOOP_USERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakSet[SDKClients]]
+_LOOP_USERS = weakref.WeakKeyDictionary()
+_LOOP_USERS_LOCK = threading.Lock()
+
+
+async def close_loop_clients() -> None:
+    """Close the async SDK clients built on the running event loop: the loop that owns
+    them is about to close. Left open, each one's connection pool is collected later,
+    on whatever loop then runs, where closing it fails ("Event loop is closed")."""
+    loop = asyncio.get_running_loop()
+    with _LOOP_USERS_LOCK:
+        users = list(_LOOP_USERS.pop(loop, ()))
+    for clients in users:
+        try:
+            await clients.aclose_loop(loop)
+        except Exception:  # a pool that fails to close must not stop the others closing
+            continue
+
+
 class SDKClients:
     """A provider SDK's clients, built on first use from one set of arguments (``args``):
     one sync client, and one async client per event loop (an SDK's async client belongs to
-    the loop it first ran on). ``factories`` are the (sync, async) SDK classes, looked up
-    when the client is constructed, so a patch of the SDK active then is the one used.
-    ``client`` and ``async_client`` (:class:`SDKClientAttribute`) read and replace them."""
+    the loop it first ran on, and is forgotten, or closed by :func:`close_loop_clients`,
+    with it). ``factories`` are the (sync, async) SDK classes, looked up when the client
+    is constructed, so a patch of the SDK active then is the one used. ``client`` and
+    ``async_client`` (:class:`SDKClientAttribute`) read and replace them."""
 
     def __init__(
         self,
@@ -650,7 +673,10 @@ class SDKClients:
         self.args: dict[str, Any] = {**args, **options}
         self.sync: Any = None
         self.async_override: Any = None  # an async client the user assigned
-        self._async: dict[int | None, Any] = {}
+        # Keyed by the loop itself, not its id: a new loop can reuse a closed one's id.
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]
+        self._async = weakref.WeakKeyDictionary()
+        self._no_loop: Any = None  # built outside any running loop
         self._lock = threading.Lock()
 
     def get_sync(self) -> Any:
@@ -665,21 +691,41 @@ class SDKClients:
         """The async client the user assigned, else one built per running event loop
         (an async SDK client is bound to the loop it was made on)."""
         try:
-            loop_id: int | None = id(asyncio.get_running_loop())
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
-            loop_id = None
+            loop = None
         with self._lock:
-            client = self.async_override or self._async.get(loop_id)
+            if self.async_override is not None:
+                return self.async_override
+            if loop is None:
+                if self._no_loop is None:
+                    self._no_loop = self.factories[1](**self.args)
+                return self._no_loop
+            client = self._async.get(loop)
             if client is None:
-                client = self._async[loop_id] = self.factories[1](**self.args)
+                client = self._async[loop] = self.factories[1](**self.args)
+                with _LOOP_USERS_LOCK:
+                    _LOOP_USERS.setdefault(loop, weakref.WeakSet()).add(self)
         return client
+
+    async def aclose_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close and forget the async client built on ``loop`` (the running one)."""
+        with self._lock:
+            client = self._async.pop(loop, None)
+        close = getattr(client, "close", None)
+        if close is not None:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
 
     def close(self) -> None:
         """Close the sync client and forget the async ones (built again when needed)."""
         sync, self.sync = self.sync, None
         if sync is not None and hasattr(sync, "close"):
             sync.close()
-        self._async.clear()
+        with self._lock:
+            self._async.clear()
+            self._no_loop = None
 
 
 class SDKClientAttribute:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from rlm.clients.base_lm import Generation, acall_client
+from rlm.clients.base_lm import Generation, acall_client, close_loop_clients
 from rlm.comms import adaptive
 from rlm.comms.protocol import LMRequest
 from rlm.datatypes import RLMChatCompletion, UsageSummary
@@ -193,4 +193,5 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
             task.cancel()
         if pending:
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(close_loop_clients())  # while their loop still runs
         loop.close()
