@@ -313,6 +313,33 @@ def test_report_only_tables_what_the_folder_holds_and_runs_nothing(tmp_path):
     assert table.stdout.count("| niah | 1x |") == 2 and "| niah | 4x |" not in table.stdout
 
 
+def test_kvcache_adds_up_the_servers_prefix_hits_and_evaluation_times(tmp_path, capsys):
+    """The lines llama_cpp.server writes per request (CI also reads a real run's log)."""
+    from benchmarks.longcontext import kvcache
+
+    log = tmp_path / "llama-server.log"
+    log.write_text(
+        "llama_perf_context_print: prompt eval time =  1000.00 ms /   100 tokens "
+        "(   10.00 ms per token,   100.00 tokens per second)\n"
+        "Llama.generate: 90 prefix-match hit, remaining 10 prompt tokens to eval\n"
+        "llama_perf_context_print: prompt eval time =   100.00 ms /    10 tokens "
+        "(   10.00 ms per token,   100.00 tokens per second)\n"
+    )
+    assert kvcache.read(log.read_text()) == {
+        "requests": 2,
+        "reused": 90,
+        "evaluated": 110,
+        "eval_s": 1.1,
+        "s_per_token": 0.01,
+    }
+    assert kvcache.main([str(log)]) == 0
+    shown = capsys.readouterr().out
+    assert "| reused from the slot's prefix | 90 (45%) |" in shown
+    assert "| with reuse off, at least | 2 s (+1 s) |" in shown
+    (tmp_path / "empty.log").write_text("INFO: started\n")
+    assert kvcache.main([str(tmp_path / "empty.log")]) == 1
+
+
 def test_the_output_folder_is_required(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run.main(["--oracle"])
