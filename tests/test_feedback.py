@@ -382,6 +382,13 @@ def test_printed_counts_of_the_listed_kinds_ask_a_small_model_to_answer_now():
     other = make_rlm([block(code), "FINAL(2)"], small_model=True, verify_answer=False)
     other.completion("Message 1: refund me", root_prompt="How many messages are there?")
     assert "counts of every line's kind" not in last_user_text(root_calls(other)[1])
+    pairs = make_rlm([block(code), "FINAL(2)"], small_model=True, verify_answer=False)
+    pairs.completion(
+        "Message 1: refund me",
+        root_prompt=COUNT_QUESTION.split(" How many")[0]
+        + " List every pair of users who both wrote about billing.",
+    )  # the kinds are listed, but counts do not answer a question about pairs
+    assert "counts of every line's kind" not in last_user_text(root_calls(pairs)[1])
     off = make_rlm([block(code), "FINAL(2)"], small_model=False)
     off.completion("Message 1: refund me", root_prompt=COUNT_QUESTION)
     assert "counts of every line's kind" not in last_user_text(root_calls(off)[1])

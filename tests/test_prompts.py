@@ -125,6 +125,8 @@ def test_the_tally_names_the_kinds_as_the_question_does_and_stays_valid_code():
     assert "the category's name" in tally_ask("How many? The categories are: a, b or c.")
     assert "the kind's name" in tally_ask("How many are there? Pick one of: a, b or c.")
     assert tally_ask("What is the access code?") is None
+    pairs = "List every pair of users who both wrote about billing. The topics are: a, b or c."
+    assert "one of these topics" in tally_ask(pairs)  # pairs need each line's kind too
     # Quotes, backslashes and newlines in the kinds still make one valid string literal.
     question = 'How many? The labels are: a (say "hi"), b (C:\\temp) or c.'
     code = small_model_steps(question)[0].split("```repl\n")[1].split("```")[0]

@@ -244,11 +244,14 @@ def example_keyword(question: str | None) -> str:
     return max(candidates, key=len) if candidates else "keyword"
 
 
-_TALLY_RE = re.compile(
+#: A question that counts or compares entries ...
+_COUNT_RE = re.compile(
     r"\b(?:how many|number of|count|(?:more|less|most) (?:common|frequent|often)|"
-    r"the most|same frequency|every pair|each pair)\b",
+    r"the most|same frequency)\b",
     re.IGNORECASE,
 )
+#: ... or lists pairs of them (the tally labels each entry for these too).
+_PAIRS_RE = re.compile(r"\b(?:every|each|all) pairs?\b", re.IGNORECASE)
 #: A list the question gives after a colon: "The topics are: billing (payments), ...".
 _LIST_START_RE = re.compile(r"\b(?:are|is|one of|among|from)\s*:\s*", re.IGNORECASE)
 _OPTION_RE = re.compile(r"^(?:and |or )?([A-Za-z][\w-]*(?: [\w-]+){0,3})\s*(?:\((.*)\))?$", re.S)
@@ -291,7 +294,7 @@ def tally_kinds(question: str | None) -> tuple[str, list[tuple[str, str]]]:
     and the kinds it lists after a colon, as ``(name, what it covers)``, such as
     ``billing (payments, charges), delivery (parcels) or praise.``. The list is ``[]``
     when the question asks for no count or comparison, or gives no such list."""
-    if not question or not _TALLY_RE.search(question):
+    if not question or not (_COUNT_RE.search(question) or _PAIRS_RE.search(question)):
         return "kinds", []
     for start in _LIST_START_RE.finditer(question):
         parts = _top_level_split(question[start.end() :])
@@ -312,6 +315,12 @@ def tally_kinds(question: str | None) -> tuple[str, list[tuple[str, str]]]:
                 word = _KIND_WORD_RE.search(question[: start.end()])
                 return (word.group(1).lower() if word else "kinds"), options
     return "kinds", []
+
+
+def counts_answer(question: str | None) -> bool:
+    """Whether counts of the entries by kind answer ``question`` (a count, the most
+    common kind, a comparison), and not a list of pairs."""
+    return bool(question and _COUNT_RE.search(question) and not _PAIRS_RE.search(question))
 
 
 def tally_options(question: str | None) -> list[tuple[str, str]]:

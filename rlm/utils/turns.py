@@ -49,7 +49,7 @@ from rlm.utils.feedback import (
     window_refusal,
     wrong_fence_note,
 )
-from rlm.utils.prompts import tally_options
+from rlm.utils.prompts import counts_answer, tally_options
 from rlm.utils.token_utils import CHARS_PER_TOKEN, count_tokens
 
 if TYPE_CHECKING:
@@ -98,7 +98,8 @@ class Guide:
     chain: list[str] = field(default_factory=list)
     #: The previous block's code, whitespace collapsed (a repeat gets a note).
     last_code: str | None = None
-    #: The kinds a counting question lists (:func:`~rlm.utils.prompts.tally_options`).
+    #: The kinds a counting question lists (:func:`~rlm.utils.prompts.tally_options`),
+    #: when their counts answer it (:func:`~rlm.utils.prompts.counts_answer`).
     kinds: list[str] = field(default_factory=list)
 
 
@@ -124,7 +125,9 @@ class Turns:
             verify=small if self.verify_answer is None else bool(self.verify_answer),
             question=root_prompt,
             text_context=isinstance(prompt, str),
-            kinds=[name for name, _ in tally_options(root_prompt)] if small else [],
+            kinds=[name for name, _ in tally_options(root_prompt)]
+            if small and counts_answer(root_prompt)
+            else [],
         )
         if small and window is not None:
             # A small window: short outputs, and the history compacted before it overflows.
