@@ -368,39 +368,57 @@ COUNT_QUESTION = (
 )
 
 
-def test_printed_counts_of_the_listed_kinds_ask_a_small_model_to_answer_now():
+MESSAGES = "Message 1: refund me\n\nMessage 2: where is my parcel\nMessage 3: thanks!"
+TALLY = (
+    "labels = llm_query_batched(['Line: ' + line for line in context.splitlines() if line.strip()])\n"
+    "print({'billing': 1, 'delivery': 1, 'praise': 1})"
+)
+
+
+def tally_shown(code: str, question: str = COUNT_QUESTION, small: bool = True) -> str:
+    rlm = make_rlm(
+        [block(code), "FINAL(1)"],
+        sub_responses=lambda messages: "billing",
+        small_model=small,
+        verify_answer=False,
+    )
+    assert rlm.completion(MESSAGES, root_prompt=question).response == "1"
+    return last_user_text(root_calls(rlm)[1])
+
+
+def test_counts_after_asking_about_every_line_ask_a_small_model_to_answer_now():
     """Small models printed the tally's counts, then searched on until their turns ran
     out: the note restates the question and asks for the answer from the counts."""
-    code = "print({'billing': 2, 'delivery': 1, 'praise': 0})"
-    on = make_rlm([block(code), "FINAL(2)"], small_model=True, verify_answer=False)
-    assert on.completion("Message 1: refund me", root_prompt=COUNT_QUESTION).response == "2"
-    shown = last_user_text(root_calls(on)[1])
-    assert "{'billing': 2, 'delivery': 1, 'praise': 0}" in shown
+    shown = tally_shown(TALLY)
+    assert "{'billing': 1, 'delivery': 1, 'praise': 1}" in shown
     assert "Note: these are the counts of every line's kind" in shown
     assert "The question: Every line is a message" in shown  # restated
-    # Not for a question that lists no kinds, nor for rlms' loop (small_model off).
-    other = make_rlm([block(code), "FINAL(2)"], small_model=True, verify_answer=False)
-    other.completion("Message 1: refund me", root_prompt="How many messages are there?")
-    assert "counts of every line's kind" not in last_user_text(root_calls(other)[1])
-    pairs = make_rlm([block(code), "FINAL(2)"], small_model=True, verify_answer=False)
-    pairs.completion(
-        "Message 1: refund me",
-        root_prompt=COUNT_QUESTION.split(" How many")[0]
-        + " List every pair of users who both wrote about billing.",
-    )  # the kinds are listed, but counts do not answer a question about pairs
-    assert "counts of every line's kind" not in last_user_text(root_calls(pairs)[1])
-    off = make_rlm([block(code), "FINAL(2)"], small_model=False)
-    off.completion("Message 1: refund me", root_prompt=COUNT_QUESTION)
-    assert "counts of every line's kind" not in last_user_text(root_calls(off)[1])
+
+
+def test_no_tally_note_for_counts_the_question_cannot_be_answered_from():
+    note = "counts of every line's kind"
+    # Counts of keywords (no sub-call read the lines), and of a sample of them.
+    assert note not in tally_shown("print({'billing': 2, 'delivery': 1})")
+    sample = "llm_query_batched(['Line: ' + context.splitlines()[0]])\nprint({'billing': 1, 'praise': 0})"
+    assert note not in tally_shown(sample)
+    # A question that lists no kinds, one about pairs, and rlms' loop (small_model off).
+    assert note not in tally_shown(TALLY, "How many messages are there?")
+    pairs = (
+        COUNT_QUESTION.split(" How many")[0] + " List every pair of users who wrote about billing."
+    )
+    assert note not in tally_shown(TALLY, pairs)  # kinds listed; counts do not list pairs
+    assert note not in tally_shown(TALLY, small=False)
 
 
 def test_the_tally_note_needs_counts_of_two_listed_kinds():
     kinds = ["billing", "delivery", "praise"]
-    assert feedback.tally_note(kinds, None, '{"Billing": 3, "delivery": 4}') is not None
-    assert feedback.tally_note(kinds, None, "{'billing': 3}") is None  # one kind only
-    assert feedback.tally_note(kinds, None, "{'sync': 3, 'error': 4}") is None  # not listed
-    assert feedback.tally_note(kinds, None, "billing: 3, delivery: 4") is None  # no dict
-    assert feedback.tally_note([], None, "{'billing': 3, 'delivery': 4}") is None
+    every = {"asked": 3, "lines": 3}
+    assert feedback.tally_note(kinds, None, '{"Billing": 3, "delivery": 4}', **every)
+    assert feedback.tally_note(kinds, None, "{'billing': 3}", **every) is None  # one kind
+    assert feedback.tally_note(kinds, None, "{'sync': 3, 'error': 4}", **every) is None
+    assert feedback.tally_note(kinds, None, "billing: 3, delivery: 4", **every) is None
+    assert feedback.tally_note([], None, "{'billing': 3, 'delivery': 4}", **every) is None
+    assert feedback.tally_note(kinds, None, "{'billing': 3, 'delivery': 4}", 2, 3) is None
 
 
 def test_the_note_is_not_written_into_the_blocks_output(tmp_path):

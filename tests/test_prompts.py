@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from rlm.core.types import QueryMetadata
 from rlm.utils.prompts import RLM_SYSTEM_PROMPT, build_rlm_system_prompt
 
@@ -132,6 +134,37 @@ def test_the_tally_names_the_kinds_as_the_question_does_and_stays_valid_code():
     code = small_model_steps(question)[0].split("```repl\n")[1].split("```")[0]
     ask = ast.parse(code).body[0].value.args[0].elt.right.value  # "Line: " + line + ask
     assert ask == "\n\n" + tally_ask(question)
+
+
+@pytest.mark.parametrize(
+    "listed, kinds",
+    [
+        (
+            "billing (payments), delivery (parcels) or praise (thanks)",
+            ["billing", "delivery", "praise"],
+        ),
+        ("billing (payments, charges) or delivery (parcels)", ["billing", "delivery"]),
+        ("billing, delivery or praise (thanks)", ["billing", "delivery", "praise"]),
+        ("rock and roll, jazz or blues", ["rock and roll", "jazz", "blues"]),
+        ("praise (compliments and thanks), billing (fees or charges)", ["praise", "billing"]),
+    ],
+)
+def test_the_last_or_outside_parentheses_joins_the_last_two_kinds(listed, kinds):
+    from rlm.utils.prompts import tally_options
+
+    question = f"How many messages are about billing? The topics are: {listed}."
+    assert [name for name, _ in tally_options(question)] == kinds
+
+
+def test_the_kinds_word_is_made_singular_by_the_common_rules_or_left_as_kind():
+    from rlm.utils.prompts import _singular, tally_kinds
+
+    plurals = ["topics", "categories", "boxes", "statuses", "movies", "series", "news"]
+    singulars = ["topic", "category", "box", "status", "movie", "series", "news"]
+    assert [_singular(w) for w in plurals] == singulars
+    assert _singular("this") == "kind"
+    # Only a plural before "are:" names the kinds ("The status is:" is no plural).
+    assert tally_kinds("How many? The status is: open, closed or stale.")[0] == "kinds"
 
 
 def test_other_questions_get_the_search_then_chunked_reading():

@@ -230,12 +230,15 @@ def undefined_name_note(stderr: str) -> str | None:
 _COUNT = re.compile(r"['\"]([^'\"]{1,40})['\"]:\s*\d+")
 
 
-def tally_note(kinds: list[str], question: str | None, stdout: str) -> str | None:
-    """For a block that printed counts (``{'billing': 3, ...}``) of at least two of the
-    ``kinds`` a counting question lists: the counts are what the question needs, so the
-    note restates it and asks for the answer now (small models otherwise search on);
-    else None."""
-    if len(kinds) < 2:
+def tally_note(
+    kinds: list[str], question: str | None, stdout: str, asked: int = 0, lines: int = 0
+) -> str | None:
+    """For a block that asked a sub-model about (nearly) every one of the context's
+    ``lines`` (``asked`` sub-calls) and printed counts (``{'billing': 3, ...}``) of at
+    least two of the ``kinds`` a counting question lists: those counts are what the
+    question needs, so the note restates it and asks for the answer now (small models
+    otherwise search on); else None (counts of keywords, or of a sample, get none)."""
+    if len(kinds) < 2 or lines <= 0 or asked < 0.9 * lines:
         return None
     counted = {name.strip().lower() for name in _COUNT.findall(stdout or "")}
     if len(counted & {kind.lower() for kind in kinds}) < 2:

@@ -276,34 +276,57 @@ def _top_level_split(text: str) -> list[str]:
     return parts
 
 
-#: The word a list of kinds follows: "The topics are:" gives "topics".
-_KIND_WORD_RE = re.compile(r"\b([A-Za-z]{3,}s)\s+(?:are|is)\s*:\s*$", re.IGNORECASE)
+def _last_joint(text: str) -> int:
+    """Where the last " or " / " and " outside parentheses starts in ``text``; -1 when
+    there is none (``praise (compliments and thanks)`` has none)."""
+    depth, found = 0, -1
+    for i, char in enumerate(text):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth = max(0, depth - 1)
+        elif depth == 0 and char == " " and text.startswith((" or ", " and "), i):
+            found = i
+    return found
+
+
+#: The plural word a list of kinds follows: "The topics are:" gives "topics".
+_KIND_WORD_RE = re.compile(r"\b([A-Za-z]{3,}s)\s+are\s*:\s*$", re.IGNORECASE)
+#: Plurals whose singular the rules of :func:`_singular` would get wrong.
+_SAME_SINGULAR = frozenset(["news", "series", "species", "means"])
+_IRREGULAR = {"movies": "movie", "cookies": "cookie", "ties": "tie", "pies": "pie"}
 
 
 def _singular(word: str) -> str:
-    if word.endswith("ies"):
+    """The singular of a plural noun, for the common English rules (``categories``,
+    ``boxes``, ``statuses``, ``topics``); ``kind`` where the word is no plural it knows."""
+    if word in _SAME_SINGULAR:
+        return word
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if word.endswith("ies") and len(word) > 4:
         return word[:-3] + "y"
-    if word.endswith(("sses", "shes", "ches", "xes")):
+    if word.endswith(("sses", "shes", "ches", "xes", "uses")):
         return word[:-2]
-    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return "kind"
 
 
 def tally_kinds(question: str | None) -> tuple[str, list[tuple[str, str]]]:
-    """What a counting question sorts its entries into: the plural word it calls them by
-    (``"topics"`` for ``The topics are: ...``; ``"kinds"`` when it names none),
-    and the kinds it lists after a colon, as ``(name, what it covers)``, such as
-    ``billing (payments, charges), delivery (parcels) or praise.``. The list is ``[]``
-    when the question asks for no count or comparison, or gives no such list."""
+    """What a question that counts, compares or pairs entries sorts them into: the
+    plural word it calls them by (``"topics"`` for ``The topics are: ...``; ``"kinds"``
+    when it names none), and the kinds it lists after a colon, as ``(name, what it
+    covers)``, such as ``billing (payments, charges), delivery (parcels) or praise.``.
+    The list is ``[]`` for any other question, or one that gives no such list."""
     if not question or not (_COUNT_RE.search(question) or _PAIRS_RE.search(question)):
         return "kinds", []
     for start in _LIST_START_RE.finditer(question):
         parts = _top_level_split(question[start.end() :])
         if parts:  # "..., delivery (parcels) or praise": the last "or"/"and" joins two
-            last = parts[-1]
-            tail = last.rfind(")") + 1
-            joint = max(last.rfind(" or ", tail), last.rfind(" and ", tail))
+            joint = _last_joint(parts[-1])
             if joint > 0:
-                parts[-1:] = [last[:joint], last[joint:]]
+                parts[-1:] = [parts[-1][:joint], parts[-1][joint:]]
         options = []
         for part in parts:
             match = _OPTION_RE.match(part.strip())

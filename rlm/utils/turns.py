@@ -69,6 +69,10 @@ _SMALL_CHECKS = 3
 _ANSWER_TOKENS = 512
 
 
+#: The start of a line that is not blank.
+_NON_BLANK_LINE = re.compile(r"^[^\S\n]*\S", re.M)
+
+
 @dataclass
 class Guide:
     """What one run does beyond rlms' loop (all off: rlms' behaviour)."""
@@ -101,6 +105,8 @@ class Guide:
     #: The kinds a counting question lists (:func:`~rlm.utils.prompts.tally_options`),
     #: when their counts answer it (:func:`~rlm.utils.prompts.counts_answer`).
     kinds: list[str] = field(default_factory=list)
+    #: The context's non-blank lines, which such a tally asks about (a string context).
+    lines: int = 0
 
 
 class Turns:
@@ -125,10 +131,11 @@ class Turns:
             verify=small if self.verify_answer is None else bool(self.verify_answer),
             question=root_prompt,
             text_context=isinstance(prompt, str),
-            kinds=[name for name, _ in tally_options(root_prompt)]
-            if small and counts_answer(root_prompt)
-            else [],
         )
+        if small and isinstance(prompt, str) and counts_answer(root_prompt):
+            guide.kinds = [name for name, _ in tally_options(root_prompt)]
+            if guide.kinds:  # counted without a list of the lines (the context may be huge)
+                guide.lines = sum(1 for _ in _NON_BLANK_LINE.finditer(prompt))
         if small and window is not None:
             # A small window: short outputs, and the history compacted before it overflows.
             guide.output_chars = max(2_000, window // 2)
@@ -257,9 +264,12 @@ class Turns:
                     search_miss_note(block.code, result.stdout, getattr(result, "error", None))
                 )
                 found.append(undefined_name_note(result.stderr))
-                found.append(tally_note(guide.kinds, guide.question, result.stdout))
                 prompts = [text_of(call.prompt) for call in result.rlm_calls]
                 found.append(context_free_note(prompts, guide.index))
+                asked = len(result.rlm_calls)
+                found.append(
+                    tally_note(guide.kinds, guide.question, result.stdout, asked, guide.lines)
+                )
             if result.stdout.strip():
                 guide.recent = [*guide.recent[-(_RECENT_OUTPUTS - 1) :], result.stdout[-4000:]]
             code = " ".join(block.code.split())
