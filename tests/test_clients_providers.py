@@ -381,6 +381,48 @@ def test_a_batch_loops_async_sdk_client_is_closed_with_the_loop(backend):
         assert len(stub.requests) == 4
 
 
+def test_a_users_own_async_client_is_left_open_and_one_failing_close_stops_no_other():
+    from rlm.clients.base_lm import SDKClients, close_loop_clients
+    from rlm.core.comms_utils import send_lm_request_batched
+    from rlm.core.lm_handler import LMHandler
+
+    with StubServer(responder("openai", "own pong")) as stub:
+        client = make("openai", stub.url)
+        own = type(client.async_client)(api_key="k", base_url=f"{stub.url}/v1", max_retries=0)
+        client.async_client = own  # the user's: theirs to close
+        handler = LMHandler(client)
+        handler.start()
+        try:
+            assert send_lm_request_batched(handler.address, ["a"])[0].chat_completion.response
+        finally:
+            handler.stop()
+        handler._loop_thread.join(10)
+        assert not own.is_closed()
+
+    class Pool:  # an SDK's async client, as far as closing goes
+        closed = 0
+
+        def __init__(self, fail=False):
+            self.fail = fail
+
+        async def close(self):
+            if self.fail:
+                raise OSError("reset by peer")
+            Pool.closed += 1
+
+    failing = SDKClients("x", "", (Pool, lambda: Pool(fail=True)), {})
+    fine = [SDKClients("x", "", (Pool, Pool), {}) for _ in range(2)]
+
+    async def build_then_close():
+        for sdk in (failing, *fine):
+            sdk.get_async()
+        await close_loop_clients()
+        return [len(sdk._async) for sdk in (failing, *fine)]
+
+    assert asyncio.run(build_then_close()) == [0, 0, 0]
+    assert Pool.closed == 2
+
+
 # -- faults ------------------------------------------------------------------------------
 
 ALL = ["openai", "azure_openai", "anthropic", "gemini", "litellm", "portkey"]

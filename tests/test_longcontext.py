@@ -338,6 +338,8 @@ def test_kvcache_adds_up_the_servers_prefix_hits_and_evaluation_times(tmp_path, 
     assert "| with reuse off, at least | 2 s (+1 s) |" in shown
     (tmp_path / "empty.log").write_text("INFO: started\n")
     assert kvcache.main([str(tmp_path / "empty.log")]) == 1
+    (tmp_path / "zero.log").write_text("prompt eval time =     0.00 ms /     0 tokens\n")
+    assert kvcache.main([str(tmp_path / "zero.log")]) == 1  # no tokens: said, no crash
 
 
 def test_the_output_folder_is_required(capsys):

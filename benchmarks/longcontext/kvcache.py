@@ -10,7 +10,8 @@ eval``) and what evaluating the rest took (``prompt eval time = T ms / M tokens`
 script adds them up: the prompt tokens reused and evaluated, the time evaluating took,
 and the time the reused tokens would have taken at the run's own measured cost per token
 (an estimate of the run with reuse off: it leaves out that a longer evaluation costs more
-per token, so it is a lower bound).
+per token, so it is a lower bound). A request whose whole prompt was cached already logs
+no token count (``full prompt already cached``), so its tokens are not counted as reused.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         p.error(f"cannot read {args.log}: {exc.strerror}")
     t = read(text)
-    if not t["requests"]:
+    if not t["requests"] or not t["reused"] + t["evaluated"]:
         print(f"{args.log}: no request timings in this log", file=sys.stderr)
         return 1
     total = t["reused"] + t["evaluated"]

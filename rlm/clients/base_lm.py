@@ -15,6 +15,7 @@ implemented.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import json
 import os
@@ -631,8 +632,8 @@ def check_sdk_options(client: str, options: dict[str, Any], sdk: Any, own: str) 
 # ---------------------------------------------------------------------------
 
 
-#: The SDK clients that built an async client on each event loop (see
-#: :func:`close_loop_clients`); entries go with their loop.
+#: The SDK clients that built an async client on each event loop, for
+#: :func:`close_loop_clients` (weak both ways: nothing here keeps a loop or client alive).
 _LOOP_USERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakSet[SDKClients]]
 _LOOP_USERS = weakref.WeakKeyDictionary()
 _LOOP_USERS_LOCK = threading.Lock()
@@ -655,8 +656,10 @@ async def close_loop_clients() -> None:
 class SDKClients:
     """A provider SDK's clients, built on first use from one set of arguments (``args``):
     one sync client, and one async client per event loop (an SDK's async client belongs to
-    the loop it first ran on, and is forgotten, or closed by :func:`close_loop_clients`,
-    with it). ``factories`` are the (sync, async) SDK classes, looked up when the client
+    the loop it first ran on). The batch loop's client is closed when that loop ends
+    (:func:`close_loop_clients`); one built on a loop of the caller's
+    (``asyncio.run(client.acompletion(...))``) stays, with its connection pool, until
+    :meth:`close`. ``factories`` are the (sync, async) SDK classes, looked up when the client
     is constructed, so a patch of the SDK active then is the one used. ``client`` and
     ``async_client`` (:class:`SDKClientAttribute`) read and replace them."""
 
@@ -673,7 +676,8 @@ class SDKClients:
         self.args: dict[str, Any] = {**args, **options}
         self.sync: Any = None
         self.async_override: Any = None  # an async client the user assigned
-        # Keyed by the loop itself, not its id: a new loop can reuse a closed one's id.
+        # Keyed by the loop itself, not its id: a new loop can reuse a closed one's id. (A
+        # client's open connections refer to their loop, so that loop lives as long.)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]
         self._async = weakref.WeakKeyDictionary()
         self._no_loop: Any = None  # built outside any running loop
@@ -715,7 +719,7 @@ class SDKClients:
         close = getattr(client, "close", None)
         if close is not None:
             result = close()
-            if asyncio.iscoroutine(result):
+            if inspect.isawaitable(result):
                 await result
 
     def close(self) -> None:
