@@ -395,6 +395,18 @@ def test_counts_after_asking_about_every_line_ask_a_small_model_to_answer_now():
     assert "The question: Every line is a message" in shown  # restated
 
 
+def test_counts_that_hold_few_of_the_answers_ask_for_the_tally_again():
+    """The copied prompt lost its last line and the answers were sentences: counting the
+    few that named a kind would give a wrong answer, so the note says so."""
+    code = TALLY.replace(
+        "{'billing': 1, 'delivery': 1, 'praise': 1}", "{'billing': 1, 'praise': 1, 'other': 1}"
+    )
+    shown = tally_shown(code)
+    assert "answer it from the counts" not in shown.lower()
+    assert "Note: only 2 of the 3 answers name one of the listed kinds" in shown
+    assert 'Each prompt must end with the line "Answer with one word: the topic\'s name."' in shown
+
+
 def test_no_tally_note_for_counts_the_question_cannot_be_answered_from():
     note = "counts of every line's kind"
     # Counts of keywords (no sub-call read the lines), and of a sample of them.

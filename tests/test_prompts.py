@@ -193,7 +193,8 @@ def test_a_model_that_copies_the_tally_example_counts_every_line():
         *[f"Message {n}: The courier left my parcel {n} at the wrong door." for n in range(5)],
         "Message 9: Thank you so much, the new dashboard is wonderful!",
     ]
-    labels = {"charged": "Billing.", "courier": " delivery", "Thank": "praise"}
+    # Answers as a small sub-model gives them: each counts as the first listed name in it.
+    labels = {"charged": "Billing.", "courier": " delivery", "Thank": "It is about praise."}
 
     seen = []
 

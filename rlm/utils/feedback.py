@@ -227,26 +227,47 @@ def undefined_name_note(stderr: str) -> str | None:
     )
 
 
-_COUNT = re.compile(r"['\"]([^'\"]{1,40})['\"]:\s*\d+")
+_COUNT = re.compile(r"['\"]([^'\"]{1,40})['\"]:\s*(\d+)")
 
 
 def tally_note(
-    kinds: list[str], question: str | None, stdout: str, asked: int = 0, lines: int = 0
+    kinds: list[str],
+    question: str | None,
+    stdout: str,
+    asked: int = 0,
+    lines: int = 0,
+    ask_end: str = "",
 ) -> str | None:
     """For a block that asked a sub-model about (nearly) every one of the context's
     ``lines`` (``asked`` sub-calls) and printed counts (``{'billing': 3, ...}``) of at
-    least two of the ``kinds`` a counting question lists: those counts are what the
-    question needs, so the note restates it and asks for the answer now (small models
-    otherwise search on); else None (counts of keywords, or of a sample, get none)."""
+    least two of the ``kinds`` a counting question lists; else None (counts of keywords,
+    or of a sample, get none).
+
+    When the listed kinds hold most answers, those counts are what the question needs:
+    the note restates it and asks for the answer now (small models otherwise search on).
+    When they do not (the copied prompt lost its last line, ``ask_end``, and the answers
+    are sentences), the note says how few were counted and asks for the tally again with
+    that line."""
     if len(kinds) < 2 or lines <= 0 or asked < 0.9 * lines:
         return None
-    counted = {name.strip().lower() for name in _COUNT.findall(stdout or "")}
-    if len(counted & {kind.lower() for kind in kinds}) < 2:
+    listed = {kind.lower() for kind in kinds}
+    counts: dict[str, int] = {}
+    for name, count in _COUNT.findall(stdout or ""):
+        if name.strip().lower() in listed:
+            counts[name.strip().lower()] = int(count)
+    if len(counts) < 2:
         return None
-    asked = f" The question: {_preview(question, 600)}" if question else ""
+    if sum(counts.values()) < 0.8 * asked:
+        end = f" Each prompt must end with the line {ask_end!r}." if ask_end else ""
+        return (
+            f"Note: only {sum(counts.values())} of the {asked} answers name one of the "
+            f"listed kinds, so these counts are not the answer.{end} Ask about every "
+            "line again, with the whole prompt of the example."
+        )
+    restated = f" The question: {_preview(question, 600)}" if question else ""
     return (
         "Note: these are the counts of every line's kind, which is what the question "
-        f'needs.{asked} Answer it from the counts now: set answer["content"] and then '
+        f'needs.{restated} Answer it from the counts now: set answer["content"] and then '
         'answer["ready"] = True.'
     )
 

@@ -112,7 +112,7 @@ print(replies)
 TALLY_STEP = """To count or compare lines by something they do not say in words (what each one is about), ask about every line, then count the answers:
 ```repl
 labels = llm_query_batched(["Line: " + line + "\\n\\n{ask}" for line in context.splitlines() if line.strip()])
-names = [label.strip(" .").lower() for label in labels]
+names = [next((k for k in {names} if k in label.lower()), "other") for label in labels]
 print({name: names.count(name) for name in set(names)})
 ```"""
 
@@ -370,8 +370,11 @@ def small_model_steps(question: str | None) -> tuple[str, str]:
     ask = tally_ask(question)
     if ask is None:
         return search, CHUNK_STEP
-    # The example is code: the text goes in as the body of a "..." string literal.
-    return TALLY_STEP.replace("{ask}", json.dumps(ask, ensure_ascii=False)[1:-1]), search
+    # The example is code: the text goes in as the body of a "..." string literal, and
+    # the names (each answer counts as the first one it holds) as a list literal.
+    names = json.dumps([name.lower() for name, _ in tally_options(question)], ensure_ascii=False)
+    step = TALLY_STEP.replace("{names}", names)
+    return step.replace("{ask}", json.dumps(ask, ensure_ascii=False)[1:-1]), search
 
 
 def fill_small_model_prompt(text: str, question: str | None) -> str:

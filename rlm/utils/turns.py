@@ -49,7 +49,7 @@ from rlm.utils.feedback import (
     window_refusal,
     wrong_fence_note,
 )
-from rlm.utils.prompts import counts_answer, tally_options
+from rlm.utils.prompts import counts_answer, tally_ask, tally_options
 from rlm.utils.token_utils import CHARS_PER_TOKEN, count_tokens
 
 if TYPE_CHECKING:
@@ -107,6 +107,8 @@ class Guide:
     kinds: list[str] = field(default_factory=list)
     #: The context's non-blank lines, which such a tally asks about (a string context).
     lines: int = 0
+    #: The last line of the tally's prompt ("Answer with one word: the topic's name.").
+    ask_end: str = ""
 
 
 class Turns:
@@ -136,6 +138,7 @@ class Turns:
             guide.kinds = [name for name, _ in tally_options(root_prompt)]
             if guide.kinds:  # counted without a list of the lines (the context may be huge)
                 guide.lines = sum(1 for _ in _NON_BLANK_LINE.finditer(prompt))
+                guide.ask_end = (tally_ask(root_prompt) or "").rsplit("\n", 1)[-1]
         if small and window is not None:
             # A small window: short outputs, and the history compacted before it overflows.
             guide.output_chars = max(2_000, window // 2)
@@ -268,7 +271,14 @@ class Turns:
                 found.append(context_free_note(prompts, guide.index))
                 asked = len(result.rlm_calls)
                 found.append(
-                    tally_note(guide.kinds, guide.question, result.stdout, asked, guide.lines)
+                    tally_note(
+                        guide.kinds,
+                        guide.question,
+                        result.stdout,
+                        asked,
+                        guide.lines,
+                        guide.ask_end,
+                    )
                 )
             if result.stdout.strip():
                 guide.recent = [*guide.recent[-(_RECENT_OUTPUTS - 1) :], result.stdout[-4000:]]
