@@ -307,8 +307,10 @@ def test_report_only_tables_what_the_folder_holds_and_runs_nothing(tmp_path):
     first = _run("--oracle", "--families", "niah", "--sizes", "1", "--seeds", "0", "--out", out)
     assert first.returncode == 0, first.stderr[-3000:]
     wider = ["--oracle", "--families", "niah", "--sizes", "1,4", "--seeds", "0,1", "--out", out]
-    table = _run(*wider, "--report-only")
+    written = (tmp_path / "out" / "results.md").read_text()
+    table = _run(*wider, "--report-only", "--timeout", "5")
     assert table.returncode == 0, table.stderr[-3000:]
+    assert (tmp_path / "out" / "results.md").read_text() == written  # the run's, kept
     assert "[rlm] 0 of 4 tasks to run" in table.stderr and "score" not in table.stderr
     assert table.stdout.count("| niah | 1x |") == 2 and "| niah | 4x |" not in table.stdout
 

@@ -117,11 +117,18 @@ def markdown(table: list[Row]) -> str:
 
 
 def write(
-    out_dir: Path, table: list[Row], entries: list[dict[str, Any]], settings: dict[str, Any]
+    out_dir: Path,
+    table: list[Row],
+    entries: list[dict[str, Any]],
+    settings: dict[str, Any],
+    save: bool = True,
 ) -> str:
-    """results.md and results.json in ``out_dir``; returns the Markdown."""
+    """results.md and results.json in ``out_dir`` (unless not ``save``); returns the
+    Markdown."""
     lines = [f"- {key}: {value}" for key, value in settings.items()]
     text = "# Long-context benchmark\n\n" + "\n".join(lines) + "\n\n" + markdown(table)
+    if not save:
+        return text
     (out_dir / "results.md").write_text(text, encoding="utf-8")
     data = {"settings": settings, "cells": [asdict(r) for r in table], "tasks": entries}
     (out_dir / "results.json").write_text(json.dumps(data, indent=1, default=str), "utf-8")

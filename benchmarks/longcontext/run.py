@@ -457,17 +457,19 @@ def run(args: argparse.Namespace) -> int:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall time of this run": f"{wall:.1f} s",
     }
-    text = report.write(out, table, entries, summary)
+    # --report-only writes nothing: its settings are this command's, not the run's.
+    text = report.write(out, table, entries, summary, save=not args.report_only)
     print(text)
-    paths, why_not = report.plot(out, table, label)
-    if why_not:
-        print(f"No plots: {why_not}.", file=sys.stderr)
-    for path in paths:
-        print(f"plot: {path}", file=sys.stderr)
-    print(
-        f"results: {out / 'results.md'}, {out / 'results.json'}; wall time {wall:.1f} s",
-        file=sys.stderr,
-    )
+    if not args.report_only:
+        paths, why_not = report.plot(out, table, label)
+        if why_not:
+            print(f"No plots: {why_not}.", file=sys.stderr)
+        for path in paths:
+            print(f"plot: {path}", file=sys.stderr)
+        print(
+            f"results: {out / 'results.md'}, {out / 'results.json'}; wall time {wall:.1f} s",
+            file=sys.stderr,
+        )
     missed = _below(table, args.min_score)
     for line in missed:
         print(f"run.py: below --min-score: {line}", file=sys.stderr)
