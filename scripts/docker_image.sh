@@ -13,8 +13,9 @@ IMAGE="${1:-rlm-python:local}"
 DEADLINE_S="${RLM_DOCKERD_DEADLINE_S:-60}"
 PY="${PYTHON:-python3}"
 
-engine() {  # engine ping | engine has IMAGE | engine import IMAGE (tar on stdin)
-  "$PY" - "$@" <<'PYEOF'
+# The program goes in with -c: a here-document on the python command would take the place
+# of its stdin, which `engine import` reads the image's tar from.
+ENGINE_PY="$(cat <<'PYEOF'
 import sys
 import docker
 
@@ -24,9 +25,9 @@ try:
 except docker.errors.DockerException:
     sys.exit(1)
 api = client.api
-if op == "has":
+if op == "has":  # an empty image (an import that got no tar) counts as missing
     try:
-        api.inspect_image(sys.argv[2])
+        sys.exit(0 if api.inspect_image(sys.argv[2]).get("Size") else 1)
     except docker.errors.ImageNotFound:
         sys.exit(1)
 elif op == "import":
@@ -34,8 +35,13 @@ elif op == "import":
     api.import_image_from_stream(
         sys.stdin.buffer, repository=repo, tag=tag or "latest", changes=['CMD ["python3"]']
     )
-    api.inspect_image(sys.argv[2])
+    if not api.inspect_image(sys.argv[2]).get("Size"):
+        sys.exit(f"the imported image {sys.argv[2]} is empty")
 PYEOF
+)"
+
+engine() {  # engine ping | engine has IMAGE | engine import IMAGE (tar on stdin)
+  "$PY" -c "$ENGINE_PY" "$@"
 }
 
 if ! "$PY" -c "import docker" 2>/dev/null; then
