@@ -253,14 +253,16 @@ def tally_note(
     listed = {kind.lower() for kind in kinds}
     counts: dict[str, int] = {}
     for name, count in _COUNT.findall(stdout or ""):
-        if name.strip().lower() in listed:
-            counts[name.strip().lower()] = int(count)
+        name = name.strip().lower()
+        if name in listed:
+            counts[name] = int(count)
+    counted = sum(counts.values())
     if len(counts) < 2:
         return None
-    if sum(counts.values()) < 0.8 * asked:
+    if counted < 0.8 * asked:
         end = f" Each prompt must end with the line {ask_end!r}." if ask_end else ""
         return (
-            f"Note: only {sum(counts.values())} of the {asked} answers name one of the "
+            f"Note: only {counted} of the {asked} answers name one of the "
             f"listed kinds, so these counts are not the answer.{end} Ask about every "
             "line again, with the whole prompt of the example."
         )

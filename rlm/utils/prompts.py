@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from rlm.datatypes import QueryMetadata
@@ -257,19 +258,28 @@ _LIST_START_RE = re.compile(r"\b(?:are|is|one of|among|from)\s*:\s*", re.IGNOREC
 _OPTION_RE = re.compile(r"^(?:and |or )?([A-Za-z][\w-]*(?: [\w-]+){0,3})\s*(?:\((.*)\))?$", re.S)
 
 
-def _top_level_split(text: str) -> list[str]:
-    """``text`` split at commas outside parentheses, up to the first sentence end
-    outside them."""
-    parts, depth, start = [], 0, 0
+def _outside_parentheses(text: str) -> Iterator[tuple[int, str]]:
+    """The characters of ``text`` outside parentheses (the parentheses left out), with
+    their positions."""
+    depth = 0
     for i, char in enumerate(text):
         if char == "(":
             depth += 1
         elif char == ")":
             depth = max(0, depth - 1)
-        elif depth == 0 and char == ",":
+        elif depth == 0:
+            yield i, char
+
+
+def _top_level_split(text: str) -> list[str]:
+    """``text`` split at commas outside parentheses, up to the first sentence end
+    outside them."""
+    parts, start = [], 0
+    for i, char in _outside_parentheses(text):
+        if char == ",":
             parts.append(text[start:i])
             start = i + 1
-        elif depth == 0 and char in ".?!\n":
+        elif char in ".?!\n":
             parts.append(text[start:i])
             return parts
     parts.append(text[start:])
@@ -279,13 +289,9 @@ def _top_level_split(text: str) -> list[str]:
 def _last_joint(text: str) -> int:
     """Where the last " or " / " and " outside parentheses starts in ``text``; -1 when
     there is none (``praise (compliments and thanks)`` has none)."""
-    depth, found = 0, -1
-    for i, char in enumerate(text):
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth = max(0, depth - 1)
-        elif depth == 0 and char == " " and text.startswith((" or ", " and "), i):
+    found = -1
+    for i, char in _outside_parentheses(text):
+        if char == " " and text.startswith((" or ", " and "), i):
             found = i
     return found
 
@@ -353,7 +359,10 @@ def tally_options(question: str | None) -> list[tuple[str, str]]:
 
 def tally_ask(question: str | None) -> str | None:
     """:data:`TALLY_ASK` for ``question``'s kinds, or None when it lists none."""
-    kinds, options = tally_kinds(question)
+    return _ask_of(*tally_kinds(question))
+
+
+def _ask_of(kinds: str, options: list[tuple[str, str]]) -> str | None:
     if not options:
         return None
     listed = "\n".join(f"- {name}: {about}" if about else f"- {name}" for name, about in options)
@@ -367,12 +376,13 @@ def small_model_steps(question: str | None) -> tuple[str, str]:
     that counts entries by kinds it lists gets the per-line tally first; any other gets
     the search first, then chunked reading."""
     search = SEARCH_STEP.replace("{example_keyword}", example_keyword(question))
-    ask = tally_ask(question)
+    kinds, options = tally_kinds(question)
+    ask = _ask_of(kinds, options)
     if ask is None:
         return search, CHUNK_STEP
     # The example is code: the text goes in as the body of a "..." string literal, and
     # the names (each answer counts as the first one it holds) as a list literal.
-    names = json.dumps([name.lower() for name, _ in tally_options(question)], ensure_ascii=False)
+    names = json.dumps([name.lower() for name, _ in options], ensure_ascii=False)
     step = TALLY_STEP.replace("{names}", names)
     return step.replace("{ask}", json.dumps(ask, ensure_ascii=False)[1:-1]), search
 

@@ -135,10 +135,11 @@ class Turns:
             text_context=isinstance(prompt, str),
         )
         if small and isinstance(prompt, str) and counts_answer(root_prompt):
-            guide.kinds = [name for name, _ in tally_options(root_prompt)]
-            if guide.kinds:  # counted without a list of the lines (the context may be huge)
+            ask = tally_ask(root_prompt)
+            if ask is not None:  # lines counted without a list of them (a huge context)
+                guide.kinds = [name for name, _ in tally_options(root_prompt)]
                 guide.lines = sum(1 for _ in _NON_BLANK_LINE.finditer(prompt))
-                guide.ask_end = (tally_ask(root_prompt) or "").rsplit("\n", 1)[-1]
+                guide.ask_end = ask.rsplit("\n", 1)[-1]
         if small and window is not None:
             # A small window: short outputs, and the history compacted before it overflows.
             guide.output_chars = max(2_000, window // 2)
