@@ -365,7 +365,10 @@ def tally_ask(question: str | None) -> str | None:
 def _ask_of(kinds: str, options: list[tuple[str, str]]) -> str | None:
     if not options:
         return None
-    listed = "\n".join(f"- {name}: {about}" if about else f"- {name}" for name, about in options)
+    # Each kind as the question wrote it, "name (about)": the root model copies the
+    # example's text and, given "name: about", it ended the last kind as the question did,
+    # with ")." or ".", and lost the line after it (OOLONG seeds 0 and 1).
+    listed = "\n".join(f"- {name} ({about})" if about else f"- {name}" for name, about in options)
     ask = TALLY_ASK.replace("{kinds}", kinds).replace("{kind}", _singular(kinds))
     return ask.replace("{options}", listed)
 
