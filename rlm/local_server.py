@@ -101,15 +101,18 @@ def llama_server(
     log_path: str | os.PathLike[str] | None = None,
     extra_args: Sequence[str] = (),
     startup_timeout: float = 300.0,
+    launcher: Sequence[str] = ("-m", "llama_cpp.server"),
 ) -> Iterator[str]:
     """Run ``llama_cpp.server`` on ``model_path``; yields its ``/v1`` base URL.
 
     The server's output goes to ``log_path`` (appended), or to a temporary file that is
-    removed on exit. ``extra_args`` are more ``llama_cpp.server`` options.
+    removed on exit. ``extra_args`` are more ``llama_cpp.server`` options. ``launcher``
+    is what follows the interpreter in the command: a script that takes the server's
+    options and starts it another way (``benchmarks/longcontext/noreuse_server.py``).
     """
     port = free_port()
     command = [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, *launcher,
         "--model", str(model_path),
         "--host", "127.0.0.1",
         "--port", str(port),

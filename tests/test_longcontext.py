@@ -283,6 +283,8 @@ def test_the_oracle_grid_scores_one_through_the_runner_and_resumes(tmp_path):
         (["--min-score", "rlm"], "--min-score wants ARM=SCORE with ARM one of ['direct', 'rlm']"),
         (["--min-score", "rlm=high"], "--min-score 'rlm=high': 'high' is not a number"),
         (["--min-score", "rlm=2"], "scores run from 0 to 1"),
+        (["--kv-reuse", "off"], "--kv-reuse off turns reuse off in the embedded model's server"),
+        (["--kv-reuse", "maybe"], "argument --kv-reuse: invalid choice: 'maybe'"),
     ],
 )
 def test_a_bad_argument_is_refused_with_a_clear_message(argv, message, capsys, tmp_path):
@@ -342,6 +344,54 @@ def test_kvcache_adds_up_the_servers_prefix_hits_and_evaluation_times(tmp_path, 
     assert kvcache.main([str(tmp_path / "empty.log")]) == 1
     (tmp_path / "zero.log").write_text("prompt eval time =     0.00 ms /     0 tokens\n")
     assert kvcache.main([str(tmp_path / "zero.log")]) == 1  # no tokens: said, no crash
+
+
+@pytest.mark.real_model
+def test_kv_reuse_off_evaluates_every_prompt_whole_on_the_real_server(tmp_path, capsys):
+    """The two servers the runner starts (--kv-reuse on, off), each asked the same two
+    prompts that share a long prefix: only the first reuses it, and kvcache.py tables
+    both logs side by side."""
+    try:
+        from tests.llama_server import llama_server, real_model_or_skip
+    except ImportError:  # tests/ is not a package: pytest put it on sys.path
+        from llama_server import llama_server, real_model_or_skip
+    from benchmarks.longcontext import kvcache
+    from rlm.clients.openai import OpenAIClient
+
+    path = real_model_or_skip("fastapi", "uvicorn", "sse_starlette", "pydantic_settings")
+    shared = "Numbers: " + " ".join(str(n) for n in range(60)) + "."
+    prompts = [f"{shared} Which number comes first?", f"{shared} Which number comes last?"]
+    evaluated = {}
+    for name, launcher in (("on", ("-m", "llama_cpp.server")), ("off", run._NO_REUSE)):
+        log = tmp_path / name / "llama-server.log"
+        with llama_server(path, n_ctx=1024, log_path=log, launcher=launcher) as url:
+            client = OpenAIClient(
+                base_url=url,
+                api_key="local",
+                model_name="embedded",
+                sampling_args={"temperature": 0, "max_tokens": 2},
+                timeout=300,
+            )
+            try:
+                for prompt in prompts:
+                    client.completion(prompt)
+            finally:
+                client.close()
+        totals = kvcache.read(log.read_text())
+        assert totals["requests"] == 2, log.read_text()[-2000:]
+        evaluated[name] = totals
+    assert evaluated["on"]["reused"] > 60  # the shared numbers, evaluated once
+    assert evaluated["off"]["reused"] == 0
+    assert "prefix reuse is off" in (tmp_path / "off" / "llama-server.log").read_text()
+    # Same prompts, same tokens: what one reused, the other evaluated.
+    on, off = evaluated["on"], evaluated["off"]
+    assert on["reused"] + on["evaluated"] == off["evaluated"]
+    assert kvcache.main([str(tmp_path / "on" / "llama-server.log"),
+                         str(tmp_path / "off" / "llama-server.log")]) == 0  # fmt: skip
+    table = capsys.readouterr().out
+    assert table.startswith("| measure | on | off |\n|---|---:|---:|\n")
+    assert f"| reused from the slot's prefix | {on['reused']:,} (" in table
+    assert "| 0 (0%) |" in table
 
 
 def test_the_output_folder_is_required(capsys):

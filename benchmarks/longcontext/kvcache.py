@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What the llama.cpp KV cache saved in a run, read from its server's log.
 
-    python3 benchmarks/longcontext/kvcache.py OUT/llama-server.log
+    python3 benchmarks/longcontext/kvcache.py OUT/llama-server.log [OFF/llama-server.log]
 
 ``llama_cpp.server`` keeps the last prompt's evaluated tokens in its slot and evaluates
 only what follows the longest prefix a new prompt shares with it. For each request its
@@ -12,6 +12,10 @@ and the time the reused tokens would have taken at the run's own measured cost p
 (an estimate of the run with reuse off: it leaves out that a longer evaluation costs more
 per token, so it is a lower bound). A request whose whole prompt was cached already logs
 no token count (``full prompt already cached``), so its tokens are not counted as reused.
+
+Given two or more logs, it tables them side by side: a run and its twin with
+``--kv-reuse off`` (whose server evaluates every prompt whole) show what reuse saved,
+measured rather than estimated.
 """
 
 from __future__ import annotations
@@ -44,28 +48,60 @@ def read(text: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "log", type=Path, help="a llama_cpp.server log (the runner's OUT/llama-server.log)"
+        "logs",
+        metavar="log",
+        type=Path,
+        nargs="+",
+        help="a llama_cpp.server log (the runner's OUT/llama-server.log); two or more are "
+        "tabled side by side, e.g. a run and its --kv-reuse off twin",
     )
     args = p.parse_args(argv)
-    try:
-        text = args.log.read_text(errors="replace")
-    except OSError as exc:
-        p.error(f"cannot read {args.log}: {exc.strerror}")
-    t = read(text)
-    if not t["requests"] or not t["reused"] + t["evaluated"]:
-        print(f"{args.log}: no request timings in this log", file=sys.stderr)
-        return 1
-    total = t["reused"] + t["evaluated"]
-    saved = t["reused"] * t["s_per_token"]
-    print(f"| measure | {args.log.parent.name or args.log.name} |")
-    print("|---|---:|")
-    print(f"| requests | {t['requests']:,} |")
-    print(f"| prompt tokens | {total:,} |")
-    print(f"| reused from the slot's prefix | {t['reused']:,} ({t['reused'] / total:.0%}) |")
-    print(f"| evaluated | {t['evaluated']:,} |")
-    print(f"| evaluation time | {t['eval_s']:,.0f} s ({t['s_per_token'] * 1000:.1f} ms/token) |")
-    print(f"| with reuse off, at least | {t['eval_s'] + saved:,.0f} s (+{saved:,.0f} s) |")
+    columns: list[tuple[str, dict[str, float]]] = []
+    for log in args.logs:
+        try:
+            text = log.read_text(errors="replace")
+        except OSError as exc:
+            p.error(f"cannot read {log}: {exc.strerror}")
+        t = read(text)
+        if not t["requests"] or not t["reused"] + t["evaluated"]:
+            print(f"{log}: no request timings in this log", file=sys.stderr)
+            return 1
+        columns.append((log.parent.name or log.name, t))
+    rows: list[tuple[str, list[str]]] = []
+    for label, cell in _ROWS:
+        rows.append((label, [cell(t) for _, t in columns]))
+    print("| measure | " + " | ".join(name for name, _ in columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for label, cells in rows:
+        print(f"| {label} | " + " | ".join(cells) + " |")
     return 0
+
+
+def _total(t: dict[str, float]) -> float:
+    return t["reused"] + t["evaluated"]
+
+
+def _saved(t: dict[str, float]) -> float:
+    return t["reused"] * t["s_per_token"]
+
+
+_ROWS = (
+    ("requests", lambda t: f"{t['requests']:,}"),
+    ("prompt tokens", lambda t: f"{_total(t):,}"),
+    (
+        "reused from the slot's prefix",
+        lambda t: f"{t['reused']:,} ({t['reused'] / _total(t):.0%})",
+    ),
+    ("evaluated", lambda t: f"{t['evaluated']:,}"),
+    (
+        "evaluation time",
+        lambda t: f"{t['eval_s']:,.0f} s ({t['s_per_token'] * 1000:.1f} ms/token)",
+    ),
+    (
+        "with reuse off, at least",
+        lambda t: f"{t['eval_s'] + _saved(t):,.0f} s (+{_saved(t):,.0f} s)",
+    ),
+)
 
 
 if __name__ == "__main__":

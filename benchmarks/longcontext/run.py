@@ -149,6 +149,13 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         help="an extra argument for llama_cpp.server (repeatable), e.g. --server-arg=--cache",
     )
+    p.add_argument(
+        "--kv-reuse",
+        choices=("on", "off"),
+        default="on",
+        help="the embedded model's server reuses the KV cache of the prompt prefix it holds "
+        "(on), or evaluates every prompt whole (off: noreuse_server.py)",
+    )
     return p
 
 
@@ -210,6 +217,11 @@ def check(args: argparse.Namespace) -> argparse.Namespace:
         )
     if (args.backend or args.base_url) and not args.model:
         raise UsageError("--backend/--base-url need --model (the model name to ask for)")
+    if args.kv_reuse == "off" and (args.oracle or _provider(args)):
+        raise UsageError(
+            "--kv-reuse off turns reuse off in the embedded model's server; with --oracle "
+            "or --backend/--model/--base-url no such server runs"
+        )
     if "rlms" in args.arms and not args.rlms_python:
         raise UsageError(
             f"the rlms arm needs --rlms-python PATH or RLM_RLMS_PYTHON; make one: {RLMS_HINT}"
@@ -318,6 +330,7 @@ def model_for(args: argparse.Namespace, out: Path, start: bool) -> Iterator[arms
         args.threads,
         log_path=out / "llama-server.log",
         extra_args=args.server_arg,
+        launcher=_NO_REUSE if args.kv_reuse == "off" else ("-m", "llama_cpp.server"),
     ) as url:
         kwargs = {
             "model_name": model_name_from_path(path),
@@ -327,9 +340,14 @@ def model_for(args: argparse.Namespace, out: Path, start: bool) -> Iterator[arms
             "sampling_args": _sampling(args),
         }
         label = (
-            f"{model_name_from_path(path)} (embedded GGUF on llama_cpp.server, n_ctx {args.window})"
+            f"{model_name_from_path(path)} (embedded GGUF on llama_cpp.server, n_ctx {args.window}"
+            f"{', KV-cache reuse off' if args.kv_reuse == 'off' else ''})"
         )
         yield arms.Model("openai", kwargs, args.window, label)
+
+
+#: The launcher of a server that evaluates every prompt whole (``--kv-reuse off``).
+_NO_REUSE = (str(Path(__file__).resolve().parent / "noreuse_server.py"),)
 
 
 def _provider(args: argparse.Namespace) -> bool:
