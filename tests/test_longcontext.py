@@ -346,6 +346,27 @@ def test_kvcache_adds_up_the_servers_prefix_hits_and_evaluation_times(tmp_path, 
     assert kvcache.main([str(tmp_path / "zero.log")]) == 1  # no tokens: said, no crash
 
 
+def test_kv_reuse_off_is_refused_where_it_would_mean_nothing_or_mix_runs(tmp_path, capsys):
+    def refused(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            run.main(["--kv-reuse", "off", *argv])
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    provider = ["--backend", "openai", "--model", "m", "--out", str(tmp_path / "p")]
+    assert "no such server runs" in refused(*provider)
+    cache = ["--server-arg=--cache", "--server-arg=True", "--out", str(tmp_path / "c")]
+    assert "the RAM cache would save and load every prompt's state" in refused(*cache)
+    # A folder whose server reused the prefix (its log has timings, and no mark of the
+    # reuse-off server) is not resumed with reuse off: the two would mix.
+    (tmp_path / "on").mkdir()
+    (tmp_path / "on" / "llama-server.log").write_text("prompt eval time = 1.00 ms / 1 tokens\n")
+    grid = ["--families", "niah", "--sizes", "1", "--seeds", "0", "--arms", "rlm"]
+    err = refused(*grid, "--out", str(tmp_path / "on"))
+    assert "holds a run with --kv-reuse on; resume it with --kv-reuse on" in err
+    assert not (tmp_path / "on" / "runs").exists()  # refused before anything ran
+
+
 @pytest.mark.real_model
 def test_kv_reuse_off_evaluates_every_prompt_whole_on_the_real_server(tmp_path, capsys):
     """The two servers the runner starts (--kv-reuse on, off), each asked the same two

@@ -28,5 +28,6 @@ def _generate_from_scratch(self, tokens, *args, **kwargs):  # type: ignore[no-un
 
 if __name__ == "__main__":
     llama_cpp.Llama.generate = _generate_from_scratch  # type: ignore[method-assign]
+    # run.py looks for this line (_NO_REUSE_MARK) before it resumes a folder.
     print("noreuse_server: prefix reuse is off (every prompt is evaluated whole)", flush=True)
     sys.exit(main())

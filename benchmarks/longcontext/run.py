@@ -222,6 +222,12 @@ def check(args: argparse.Namespace) -> argparse.Namespace:
             "--kv-reuse off turns reuse off in the embedded model's server; with --oracle "
             "or --backend/--model/--base-url no such server runs"
         )
+    if args.kv_reuse == "off" and any(a.split("=")[0] == "--cache" for a in args.server_arg):
+        raise UsageError(
+            "--kv-reuse off with --server-arg=--cache: the RAM cache would save and load every "
+            "prompt's state, which the reuse-off server then throws away (a cost the "
+            "control arm must not pay)"
+        )
     if "rlms" in args.arms and not args.rlms_python:
         raise UsageError(
             f"the rlms arm needs --rlms-python PATH or RLM_RLMS_PYTHON; make one: {RLMS_HINT}"
@@ -348,6 +354,23 @@ def model_for(args: argparse.Namespace, out: Path, start: bool) -> Iterator[arms
 
 #: The launcher of a server that evaluates every prompt whole (``--kv-reuse off``).
 _NO_REUSE = (str(Path(__file__).resolve().parent / "noreuse_server.py"),)
+#: What that server writes first in its log.
+_NO_REUSE_MARK = "noreuse_server: prefix reuse is off"
+
+
+def _same_reuse(log: Path, kv_reuse: str) -> None:
+    """Refuse to resume a folder whose server ran with the other ``--kv-reuse``: its log,
+    appended to by every run, would mix the two (and so would its task records)."""
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return
+    was = "off" if _NO_REUSE_MARK in text else "on"
+    if "prompt eval time" in text and was != kv_reuse:
+        raise UsageError(
+            f"{log.parent} holds a run with --kv-reuse {was}; resume it with --kv-reuse {was}, "
+            f"or give --kv-reuse {kv_reuse} its own --out folder"
+        )
 
 
 def _provider(args: argparse.Namespace) -> bool:
@@ -406,6 +429,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
+    if not (args.oracle or _provider(args) or args.report_only):
+        _same_reuse(out / "llama-server.log", args.kv_reuse)  # before its server is started
     rlms_version = None
     if "rlms" in args.arms:
         try:

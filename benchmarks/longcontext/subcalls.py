@@ -38,7 +38,8 @@ _BULLETS = "\n".join(f"- {name}: {about}" for name, (about, _) in tasks.TOPICS.i
 _NAMES = ", ".join(tasks.TOPIC_NAMES[:-1]) + " or " + tasks.TOPIC_NAMES[-1]
 #: The small-model prompt's tally example asks this about each line.
 _TALLY_ASK = tally_ask(tasks.QUESTIONS["most"])
-_TALLY_ASK_COLON = re.sub(r"^- (\w+) \((.*)\)$", r"- \1: \2", _TALLY_ASK, flags=re.M)
+#: The same, with the kinds listed as "- name: about", as it was before 1c56d22.
+_TALLY_ASK_COLON = "\n".join([_TALLY_ASK.splitlines()[0], _BULLETS, _TALLY_ASK.splitlines()[-1]])
 _EXAMPLES = "\n".join(
     f"Message: {text} Topic: {topic}"
     for topic, text in (
@@ -73,7 +74,7 @@ SHAPES: dict[str, Callable[[str], str]] = {
     "the tally example's prompt (rlm.utils.prompts.tally_ask)": lambda m: (
         f"Line: {m}\n\n{_TALLY_ASK}"
     ),
-    "the same, kinds as 'name: about' (the tally before)": lambda m: (
+    "the same, kinds as 'name: about' (the tally until 1c56d22)": lambda m: (
         f"Line: {m}\n\n{_TALLY_ASK_COLON}"
     ),
 }
