@@ -395,6 +395,36 @@ def test_counts_after_asking_about_every_line_ask_a_small_model_to_answer_now():
     assert "The question: Every line is a message" in shown  # restated
 
 
+def test_the_counts_are_restated_each_turn_until_an_answer_comes():
+    """After the answer-now note, small models searched on for eight turns, the counts
+    ever further back: each later turn restates them, until an answer is submitted."""
+    search = "print([l for l in context.splitlines() if 'zzz' in l.lower()])"
+    rlm = make_rlm(
+        [block(TALLY), block(search), block(search), "FINAL(1)"],
+        sub_responses=lambda messages: "billing",
+        small_model=True,
+        verify_answer=False,
+    )
+    assert rlm.completion(MESSAGES, root_prompt=COUNT_QUESTION).response == "1"
+    calls = root_calls(rlm)
+    assert "Note: turn 1 printed" not in last_user_text(calls[1])  # the note itself, then
+    for later in calls[2:4]:
+        shown = later[-2]["content"]  # the REPL output of the search, with its notes
+        assert "Note: turn 1 printed the counts of every line's kind:\n{'billing': 1," in shown
+        assert "The question: Every line is a message" in shown
+        assert 'Answer it from the counts now: set answer["content"]' in shown
+    # A tally whose counts do not answer (the answers were sentences) is not restated.
+    few = TALLY.replace("'delivery': 1, 'praise': 1", "'praise': 1, 'other': 1")
+    again = make_rlm(
+        [block(few), block(search), "FINAL(1)"],
+        sub_responses=lambda messages: "billing",
+        small_model=True,
+        verify_answer=False,
+    )
+    again.completion(MESSAGES, root_prompt=COUNT_QUESTION)
+    assert "printed the counts" not in last_user_text(root_calls(again)[2])
+
+
 def test_counts_that_hold_few_of_the_answers_ask_for_the_tally_again():
     """The copied prompt lost its last line and the answers were sentences: counting the
     few that named a kind would give a wrong answer, so the note says so."""

@@ -75,6 +75,11 @@ def test_the_search_example_uses_what_the_question_names():
     assert example_keyword("How many entries are about cats?") == "entries"
     assert example_keyword("Is it here? What, in Rome, Oslo or Bern?") == "rome"
     assert example_keyword(None) == example_keyword("What is it?") == "keyword"
+    # A quoted word is searched for without its quotes: "message'" matched no line, and
+    # the model that copied the search repeated it for eight turns (OOLONG seed 1).
+    oolong = "Every line that starts with 'Message' is a message about one topic."
+    assert example_keyword(oolong) == "message"
+    assert example_keyword("Who wrote the e-mail that isn't signed?") == "e-mail"
 
 
 def test_names_are_capitalised_runs_inside_sentences():
@@ -87,6 +92,7 @@ def test_names_are_capitalised_runs_inside_sentences():
         "Halmont Works",
     ]
     assert names_in("Rome, Oslo. Bern") == ["Oslo"]  # "Rome" and "Bern" start sentences
+    assert names_in("Ask O'Brien about 'Zephyr' tonight.") == ["O'Brien", "Zephyr"]
 
 
 # The small-model prompt's steps follow the question (issue 13).

@@ -266,11 +266,31 @@ def tally_note(
             f"listed kinds, so these counts are not the answer.{end} Ask about every "
             "line again, with the whole prompt of the example."
         )
+    return TALLY_ANSWER_NOTE + _answer_from_counts(question)
+
+
+#: How :func:`tally_note` starts when the counts answer the question.
+TALLY_ANSWER_NOTE = (
+    "Note: these are the counts of every line's kind, which is what the question needs."
+)
+
+
+def _answer_from_counts(question: str | None) -> str:
     restated = f" The question: {_preview(question, 600)}" if question else ""
     return (
-        "Note: these are the counts of every line's kind, which is what the question "
-        f'needs.{restated} Answer it from the counts now: set answer["content"] and then '
+        f'{restated} Answer it from the counts now: set answer["content"] and then '
         'answer["ready"] = True.'
+    )
+
+
+def tally_reminder(counts: str, turn: int, question: str | None) -> str:
+    """For each turn after the one whose counts got :func:`tally_note`'s answer-now note,
+    while no answer comes: those counts again (what turn ``turn`` printed), and the
+    question. Small models searched on for eight turns after the note, the counts ever
+    further back in their history."""
+    return (
+        f"Note: turn {turn} printed the counts of every line's kind:\n{_preview(counts, 600)}\n"
+        f"They are what the question needs.{_answer_from_counts(question)}"
     )
 
 

@@ -204,6 +204,11 @@ _STOPWORDS = frozenset(
 )
 
 
+#: A word: an apostrophe or a hyphen only inside it ("don't", "e-mail"). A quoted word
+#: ('Message') once kept its closing quote, and the search for it matched nothing.
+_WORD = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|['-](?=[A-Za-z0-9]))*")
+
+
 def names_in(text: str) -> list[str]:
     """The names in ``text``, in order: runs of capitalised words (single spaces between
     them) that do not start a sentence and are not stopwords, such as ``Amara Weiss``.
@@ -211,7 +216,7 @@ def names_in(text: str) -> list[str]:
     names: list[str] = []
     run: list[str] = []
     end = 0  # where the previous word ended
-    for match in re.finditer(r"[A-Za-z0-9][A-Za-z0-9'-]*", text):
+    for match in _WORD.finditer(text):
         word = match.group()
         i = match.start() - 1  # the last character before the word, spaces skipped
         while i >= 0 and text[i].isspace():
@@ -240,7 +245,7 @@ def example_keyword(question: str | None) -> str:
     names = names_in(question or "")
     if names:
         return max(names, key=len).lower()
-    words = re.findall(r"[a-z0-9][a-z0-9'-]*", (question or "").lower())
+    words = _WORD.findall((question or "").lower())
     candidates = [w for w in words if w not in _STOPWORDS and len(w) > 2]
     return max(candidates, key=len) if candidates else "keyword"
 

@@ -31,6 +31,7 @@ from rlm.core.run import Run
 from rlm.datatypes import RLMChatCompletion, RLMIteration
 from rlm.utils.feedback import (
     BLOCK_END_STOP,
+    TALLY_ANSWER_NOTE,
     TextIndex,
     answer_searches,
     check_answer_prompt,
@@ -43,6 +44,7 @@ from rlm.utils.feedback import (
     repeated_block_note,
     search_miss_note,
     tally_note,
+    tally_reminder,
     text_of,
     undefined_name_note,
     unverified_answer_prompt,
@@ -109,6 +111,9 @@ class Guide:
     lines: int = 0
     #: The last line of the tally's prompt ("Answer with one word: the topic's name.").
     ask_end: str = ""
+    #: The turn whose tally printed counts that answer the question, and its output:
+    #: restated each later turn until an answer comes.
+    tally: tuple[int, str] | None = None
 
 
 class Turns:
@@ -271,16 +276,13 @@ class Turns:
                 prompts = [text_of(call.prompt) for call in result.rlm_calls]
                 found.append(context_free_note(prompts, guide.index))
                 asked = len(result.rlm_calls)
-                found.append(
-                    tally_note(
-                        guide.kinds,
-                        guide.question,
-                        result.stdout,
-                        asked,
-                        guide.lines,
-                        guide.ask_end,
-                    )
+                tally = tally_note(
+                    guide.kinds, guide.question, result.stdout, asked, guide.lines, guide.ask_end
                 )
+                found.append(tally)
+                if tally is not None:  # the newest tally is the one to answer from
+                    answers = tally.startswith(TALLY_ANSWER_NOTE)
+                    guide.tally = (run.iteration, result.stdout.strip()) if answers else None
             if result.stdout.strip():
                 guide.recent = [*guide.recent[-(_RECENT_OUTPUTS - 1) :], result.stdout[-4000:]]
             code = " ".join(block.code.split())
@@ -293,6 +295,10 @@ class Turns:
             label = f"(block {number}) " if len(blocks) > 1 else ""
             notes.extend(label + note for note in found if note)
             guide.index.add([result.stdout, *(c.response for c in result.rlm_calls)])
+        if guide.tally is not None and iteration.final_answer is None:
+            turn, counts = guide.tally
+            if turn != run.iteration:
+                notes.append(tally_reminder(counts, turn, guide.question))
         if guide.feedback and not blocks and iteration.final_answer is None:
             note = wrong_fence_note(iteration.response)
             if note is not None:
