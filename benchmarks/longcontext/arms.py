@@ -253,6 +253,11 @@ def run_rlm(
     # A cell may take the whole task's time (a tally of every line by sub-calls takes
     # 15-20 minutes on two cores), not the REPL's default 600 s.
     config["environment_kwargs"] = {"cell_timeout": settings.timeout}
+    # The model's window, which an OpenAI-compatible server does not report: with it the
+    # loop cuts outputs and compacts the history before the window overflows (without
+    # it, a ten-turn OOLONG task asked for 9,511 tokens of an 8,192-token window). rlms
+    # has no such argument.
+    config["context_window"] = model.window
     summary = run_batch(
         items,
         path,

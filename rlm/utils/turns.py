@@ -298,7 +298,7 @@ class Turns:
         if guide.tally is not None and iteration.final_answer is None:
             turn, counts = guide.tally
             if turn != run.iteration:
-                notes.append(tally_reminder(counts, turn, guide.question))
+                notes.append(tally_reminder(counts, turn))
         if guide.feedback and not blocks and iteration.final_answer is None:
             note = wrong_fence_note(iteration.response)
             if note is not None:
