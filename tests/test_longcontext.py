@@ -339,7 +339,7 @@ def test_kvcache_adds_up_the_servers_prefix_hits_and_evaluation_times(tmp_path, 
     assert kvcache.main([str(log)]) == 0
     shown = capsys.readouterr().out
     assert "| reused from the slot's prefix | 90 (45%) |" in shown
-    assert "| with reuse off, at least | 2 s (+1 s) |" in shown
+    assert "| with reuse off, estimated | 2 s (+1 s) |" in shown
     (tmp_path / "empty.log").write_text("INFO: started\n")
     assert kvcache.main([str(tmp_path / "empty.log")]) == 1
     (tmp_path / "zero.log").write_text("prompt eval time =     0.00 ms /     0 tokens\n")
