@@ -285,10 +285,9 @@ def _answer_from_counts(question: str | None) -> str:
 
 def tally_reminder(counts: str, turn: int) -> str:
     """For each turn after the one whose counts got :func:`tally_note`'s answer-now note,
-    while no answer comes: those counts again (what turn ``turn`` printed), and the
-    question. Small models searched on for eight turns after the note, the counts ever
-    further back in their history."""
-    # Short: it comes every turn, and the turn's prompt restates the question already.
+    while no answer comes: those counts again (what turn ``turn`` printed), without the
+    question, which each turn's prompt restates. Small models searched on for eight turns
+    after the note, the counts ever further back in their history."""
     return (
         f"Note: turn {turn} printed the counts of every line's kind:\n{_preview(counts, 300)}\n"
         f"They are what the question needs.{_answer_from_counts(None)}"
