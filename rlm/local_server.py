@@ -22,7 +22,10 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["LlamaServerError", "free_port", "llama_server"]
+__all__ = ["LLAMA_SERVER", "LlamaServerError", "free_port", "llama_server"]
+
+#: What follows the interpreter in the server's command: ``python -m llama_cpp.server``.
+LLAMA_SERVER = ("-m", "llama_cpp.server")
 
 
 class LlamaServerError(RuntimeError):
@@ -101,7 +104,7 @@ def llama_server(
     log_path: str | os.PathLike[str] | None = None,
     extra_args: Sequence[str] = (),
     startup_timeout: float = 300.0,
-    launcher: Sequence[str] = ("-m", "llama_cpp.server"),
+    launcher: Sequence[str] = LLAMA_SERVER,
 ) -> Iterator[str]:
     """Run ``llama_cpp.server`` on ``model_path``; yields its ``/v1`` base URL.
 

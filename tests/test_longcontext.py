@@ -383,7 +383,7 @@ def test_kv_reuse_off_evaluates_every_prompt_whole_on_the_real_server(tmp_path, 
     shared = "Numbers: " + " ".join(str(n) for n in range(60)) + "."
     prompts = [f"{shared} Which number comes first?", f"{shared} Which number comes last?"]
     evaluated = {}
-    for name, launcher in (("on", ("-m", "llama_cpp.server")), ("off", run._NO_REUSE)):
+    for name, launcher in (("on", run.LLAMA_SERVER), ("off", run._NO_REUSE)):
         log = tmp_path / name / "llama-server.log"
         with llama_server(path, n_ctx=1024, log_path=log, launcher=launcher) as url:
             client = OpenAIClient(

@@ -68,13 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{log}: no request timings in this log", file=sys.stderr)
             return 1
         columns.append((log.parent.name or log.name, t))
-    rows: list[tuple[str, list[str]]] = []
-    for label, cell in _ROWS:
-        rows.append((label, [cell(t) for _, t in columns]))
     print("| measure | " + " | ".join(name for name, _ in columns) + " |")
     print("|---|" + "---:|" * len(columns))
-    for label, cells in rows:
-        print(f"| {label} | " + " | ".join(cells) + " |")
+    for label, cell in _ROWS:
+        print(f"| {label} | " + " | ".join(cell(t) for _, t in columns) + " |")
     return 0
 
 

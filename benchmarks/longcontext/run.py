@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.longcontext import arms, oracle, report, tasks  # noqa: E402
 from benchmarks.longcontext.server import Tokens  # noqa: E402
-from rlm.local_server import LlamaServerError, llama_server  # noqa: E402
+from rlm.local_server import LLAMA_SERVER, LlamaServerError, llama_server  # noqa: E402
 
 DEFAULT_WINDOW = 8192  # the embedded model's n_ctx (rlm/clients/llama_cpp.py)
 CALIBRATION_CHARS = 16000  # the sample a tokenizer measures characters per token on
@@ -336,7 +336,7 @@ def model_for(args: argparse.Namespace, out: Path, start: bool) -> Iterator[arms
         args.threads,
         log_path=out / "llama-server.log",
         extra_args=args.server_arg,
-        launcher=_NO_REUSE if args.kv_reuse == "off" else ("-m", "llama_cpp.server"),
+        launcher=_NO_REUSE if args.kv_reuse == "off" else LLAMA_SERVER,
     ) as url:
         kwargs = {
             "model_name": model_name_from_path(path),

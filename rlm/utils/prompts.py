@@ -367,6 +367,13 @@ def tally_ask(question: str | None) -> str | None:
     return _ask_of(*tally_kinds(question))
 
 
+def tally_plan(question: str | None) -> tuple[str | None, list[str]]:
+    """The tally's prompt (:func:`tally_ask`) and the kinds' names, from one parse of
+    ``question``; ``(None, [])`` when it lists no kinds."""
+    kinds, options = tally_kinds(question)
+    return _ask_of(kinds, options), [name for name, _ in options]
+
+
 def _ask_of(kinds: str, options: list[tuple[str, str]]) -> str | None:
     if not options:
         return None
@@ -384,14 +391,13 @@ def small_model_steps(question: str | None) -> tuple[str, str]:
     that counts entries by kinds it lists gets the per-line tally first; any other gets
     the search first, then chunked reading."""
     search = SEARCH_STEP.replace("{example_keyword}", example_keyword(question))
-    kinds, options = tally_kinds(question)
-    ask = _ask_of(kinds, options)
+    ask, names = tally_plan(question)
     if ask is None:
         return search, CHUNK_STEP
     # The example is code: the text goes in as the body of a "..." string literal, and
     # the names (each answer counts as the first one it holds) as a list literal.
-    names = json.dumps([name.lower() for name, _ in options], ensure_ascii=False)
-    step = TALLY_STEP.replace("{names}", names)
+    listed = json.dumps([name.lower() for name in names], ensure_ascii=False)
+    step = TALLY_STEP.replace("{names}", listed)
     return step.replace("{ask}", json.dumps(ask, ensure_ascii=False)[1:-1]), search
 
 

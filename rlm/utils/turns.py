@@ -51,7 +51,7 @@ from rlm.utils.feedback import (
     window_refusal,
     wrong_fence_note,
 )
-from rlm.utils.prompts import counts_answer, tally_ask, tally_options
+from rlm.utils.prompts import counts_answer, tally_plan
 from rlm.utils.token_utils import CHARS_PER_TOKEN, count_tokens
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class Guide:
     chain: list[str] = field(default_factory=list)
     #: The previous block's code, whitespace collapsed (a repeat gets a note).
     last_code: str | None = None
-    #: The kinds a counting question lists (:func:`~rlm.utils.prompts.tally_options`),
+    #: The kinds a counting question lists (:func:`~rlm.utils.prompts.tally_plan`),
     #: when their counts answer it (:func:`~rlm.utils.prompts.counts_answer`).
     kinds: list[str] = field(default_factory=list)
     #: The context's non-blank lines, which such a tally asks about (a string context).
@@ -140,9 +140,9 @@ class Turns:
             text_context=isinstance(prompt, str),
         )
         if small and isinstance(prompt, str) and counts_answer(root_prompt):
-            ask = tally_ask(root_prompt)
+            ask, kinds = tally_plan(root_prompt)
             if ask is not None:  # lines counted without a list of them (a huge context)
-                guide.kinds = [name for name, _ in tally_options(root_prompt)]
+                guide.kinds = kinds
                 guide.lines = sum(1 for _ in _NON_BLANK_LINE.finditer(prompt))
                 guide.ask_end = ask.rsplit("\n", 1)[-1]
         if small and window is not None:
