@@ -413,6 +413,11 @@ def test_the_counts_are_restated_each_turn_until_an_answer_comes():
         assert "Note: turn 1 printed the counts of every line's kind:\n{'billing': 1," in shown
         assert "The question:" not in shown  # the turn's own prompt restates it
         assert 'Answer it from the counts now: set answer["content"]' in shown
+    # The repeated search offers no search of its own: the counts are the way on.
+    repeat = calls[3][-2]["content"]
+    assert "same code as your previous block" in repeat
+    assert "the counts the tally printed answer the question" in repeat
+    assert "for name in" not in repeat
     # A tally whose counts do not answer (the answers were sentences) is not restated.
     few = TALLY.replace("'delivery': 1, 'praise': 1", "'praise': 1, 'other': 1")
     again = make_rlm(

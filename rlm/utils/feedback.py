@@ -533,12 +533,18 @@ def search_code(terms: list[str]) -> str:
     )
 
 
-def repeated_block_note(names: list[str]) -> str:
-    """For a block that repeats the previous one: the same code prints the same output."""
+def repeated_block_note(names: list[str], counted: bool = False) -> str:
+    """For a block that repeats the previous one: the same code prints the same output.
+    ``names``: a search to offer for them; ``counted``: a tally printed counts that
+    answer the question (:func:`tally_note`), so no search is offered: small models
+    followed the offered searches away from the counts."""
     note = (
         "Note: this is the same code as your previous block, so it printed the same "
-        "output. Do not run it again: submit the answer the output shows"
+        "output. Do not run it again: "
     )
+    if counted:
+        return note + "the counts the tally printed answer the question."
+    note += "submit the answer the output shows"
     if not names:
         return note + ", or search for something else."
     return (

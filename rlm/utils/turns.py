@@ -310,7 +310,10 @@ class Turns:
     @staticmethod
     def _repeat_note(guide: Guide) -> str:
         """The note for a block that repeats the previous one, with a search for the
-        names its output gave that no suggested search has covered yet."""
+        names its output gave that no suggested search has covered yet; none once a
+        tally's counts answer the question (small models followed it away from them)."""
+        if guide.tally is not None:
+            return repeated_block_note([], counted=True)
         names: list[str] = []
         if guide.text_context:
             names = next_names(guide.question, guide.recent, guide.searched, guide.chain)
