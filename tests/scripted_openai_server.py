@@ -178,8 +178,13 @@ class ScriptedOpenAIServer:
     made of a bad reply.
     """
 
-    def __init__(self, policy: Callable[[ModelCall], str]):
+    def __init__(self, policy: Callable[[ModelCall], str], window: int | None = None):
         self.policy = policy
+        #: With a window (tokens, estimated as the usage is), a longer prompt is refused
+        #: as llama.cpp's server refuses it (HTTP 400, ``context_length_exceeded``), the
+        #: policy not asked; the refused requests' messages are in :attr:`refused`.
+        self.window = window
+        self.refused: list[list[dict[str, Any]]] = []
         self._lock = threading.Lock()
         self._records: list[_Record] = []
         self._server: ThreadingHTTPServer | None = None
@@ -297,6 +302,17 @@ class ScriptedOpenAIServer:
     def _answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         messages = body.get("messages") or []
         model = str(body.get("model") or "")
+        prompt_tokens = sum(_estimate_tokens(_text(m.get("content"))) + 4 for m in messages)
+        if self.window is not None and prompt_tokens > self.window:
+            with self._lock:
+                self.refused.append(messages)
+            message = (
+                f"This model's maximum context length is {self.window} tokens. However, you "
+                f"requested {prompt_tokens} tokens ({prompt_tokens} in the messages, None in "
+                "the completion). Please reduce the length of the messages or completion."
+            )
+            error = {"message": message, "type": "invalid_request_error", "param": "messages"}
+            return 400, {"error": {**error, "code": "context_length_exceeded"}}
         call = ModelCall(messages=messages, model=model, body=body)
         try:
             reply = self.policy(call)
@@ -313,7 +329,6 @@ class ScriptedOpenAIServer:
                 text = text[: text.index(marker)]
         with self._lock:
             self._records.append(_Record(call, text, None))
-        prompt_tokens = sum(_estimate_tokens(_text(m.get("content"))) + 4 for m in messages)
         completion_tokens = _estimate_tokens(text)
         return 200, {
             "id": f"chatcmpl-scripted-{len(self._records)}",

@@ -31,7 +31,7 @@ from rlm.local_model import (
     get_variant,
     verify_model,
 )
-from rlm.utils.exceptions import ConfigurationError
+from rlm.utils.exceptions import ConfigurationError, ContextOverflowError
 
 try:
     from tests.llama_server import LlamaServerError, llama_server, real_model_or_skip
@@ -525,6 +525,8 @@ def test_client_names_both_numbers_when_the_prompt_is_too_long(gguf: Path, no_ll
         client.completion("long")
     assert isinstance(info.value.__cause__, ValueError)
     assert (info.value.prompt_tokens, info.value.n_ctx) == (9000, 8192)
+    # What the loop meets by dropping old turns, as it meets a provider's refusal.
+    assert isinstance(info.value, ContextOverflowError) and info.value.window == 8192
 
 
 def test_client_configuration_errors(gguf: Path, no_llama_import, tmp_path: Path) -> None:

@@ -125,6 +125,76 @@ def test_a_mapped_error_pickles_as_the_rlm_class():
     assert str(copy) == str(info.value) and copy.status_code == 429
 
 
+#: What each provider answers (HTTP 400) to a prompt longer than the model's window,
+#: and the window it names. LiteLLM and Portkey speak OpenAI's wire format.
+OVERFLOWS = {
+    "openai": (
+        {
+            "error": {
+                "message": "This model's maximum context length is 8192 tokens. However, you "
+                "requested 9000 tokens (8000 in the messages, 1000 in the completion).",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+        },
+        8192,
+    ),
+    "anthropic": (
+        {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "message": "prompt is too long: 210000 tokens > 200000 maximum",
+            },
+        },
+        200_000,
+    ),
+    "gemini": (
+        {
+            "error": {
+                "code": 400,
+                "message": "The input token count (1200000) exceeds the maximum number of "
+                "tokens allowed (1048576).",
+                "status": "INVALID_ARGUMENT",
+            }
+        },
+        1_048_576,
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", SDKS)
+def test_a_prompt_too_long_for_the_window_is_its_own_error(backend):
+    """The loop drops old turns on this error (tests/test_history_trim.py): every SDK's
+    refusal maps to it, with the window the message names; other 400s do not."""
+    body, window = OVERFLOWS.get(backend, OVERFLOWS["openai"])
+    with StubServer(responder(backend)) as stub:
+        stub.faults.append(Fault(status=400, body=body))
+        with pytest.raises(exc_mod.ProviderContextLengthError) as info:
+            client_for(backend, stub.url).generate("hi")
+        stub.faults.append(Fault(status=400))
+        with pytest.raises(exc_mod.ProviderBadRequestError) as plain:
+            client_for(backend, stub.url).generate("hi")
+    error = info.value
+    check_mapped(error, exc_mod.ProviderContextLengthError)
+    assert isinstance(error, exc_mod.ContextOverflowError)
+    assert isinstance(error, exc_mod.ProviderBadRequestError)  # what was caught before
+    assert error.window == window and error.status_code == 400
+    assert not isinstance(plain.value, exc_mod.ContextOverflowError)
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is exc_mod.ProviderContextLengthError and copy.window == window
+
+
+def test_the_overflow_wordings_and_their_windows():
+    said = exc_mod.context_overflow
+    assert said("Requested tokens (9000) exceed context window of 8192") == (True, 8192)
+    assert said("Your input exceeds the context window of this model.") == (True, None)
+    assert said("code: context_length_exceeded") == (True, None)
+    assert said("This model's maximum context length is 131,072 tokens.") == (True, 131072)
+    assert said("invalid model name") == (False, None)
+
+
 @pytest.mark.parametrize(
     "error",
     [

@@ -377,6 +377,7 @@ _BY_NAME: dict[str, type[ProviderError]] = {
     "TransportError": _exc.ProviderConnectionError,
     "ServiceUnavailableError": _exc.ProviderServerError,
     "InternalServerError": _exc.ProviderServerError,
+    "ContextWindowExceededError": _exc.ProviderContextLengthError,  # LiteLLM's
     "BadRequestError": _exc.ProviderBadRequestError,
     "NotFoundError": _exc.ProviderBadRequestError,
     "UnprocessableEntityError": _exc.ProviderBadRequestError,
@@ -434,6 +435,9 @@ def map_provider_error(exc: BaseException, model: str | None = None) -> Provider
         return None
     status = _status_of(exc)
     rlm_cls = _rlm_class(exc, status)
+    overflow, window = _exc.context_overflow(str(exc))
+    if overflow and issubclass(rlm_cls, _exc.ProviderBadRequestError):
+        rlm_cls = _exc.ProviderContextLengthError
     detail = " ".join(str(exc).split())
     if len(detail) > 300:
         detail = detail[:300] + "..."
@@ -453,6 +457,8 @@ def map_provider_error(exc: BaseException, model: str | None = None) -> Provider
     error.__dict__.update(getattr(exc, "__dict__", {}))
     error.args = (message,)
     error.provider, error.model, error.status_code, error.original = package, model, status, exc
+    if isinstance(error, _exc.ContextOverflowError):
+        error.window = window
     return error
 
 

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from rlm.clients.base_lm import BaseLM, Generation, Messages, with_stop
-from rlm.utils.exceptions import ConfigurationError, RLMError
+from rlm.utils.exceptions import ConfigurationError, ContextOverflowError, RLMError
 
 _INSTALL_HINT = (
     'install it with: CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" '
@@ -77,12 +77,12 @@ _CONTEXT_RE = re.compile(r"Requested tokens \((\d+)\) exceed context window of (
 _QUANT_RE = re.compile(r"[-._](?:i?q\d[\w]*|f16|f32|bf16)$", re.IGNORECASE)
 
 
-class ContextWindowExceededError(RLMError, ValueError):
-    """The prompt does not fit in the model's context window (``n_ctx``)."""
+class ContextWindowExceededError(ContextOverflowError, ValueError):
+    """The prompt does not fit in the model's context window (``n_ctx``, also ``window``)."""
 
     def __init__(self, prompt_tokens: int | None, n_ctx: int, model: str):
         self.prompt_tokens = prompt_tokens
-        self.n_ctx = n_ctx
+        self.n_ctx = self.window = n_ctx
         counted = f"{prompt_tokens:,} tokens" if prompt_tokens is not None else "more tokens"
         super().__init__(
             f"The prompt has {counted} but the local model {model!r} was loaded with a "

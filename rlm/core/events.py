@@ -15,6 +15,7 @@ The contract, in the order a run emits them::
     run_started
       compaction_status? compacted?  (before an iteration, with compaction=True)
       iteration_started
+        history_trimmed*             (the model refused a prompt too long for its window)
         root_token*                  (as the root model streams, when it can)
         cell_started  cell_output*  cell_finished       (per code block)
         subcall_started ... subcall_finished            (llm_query, each batch item,
@@ -225,6 +226,19 @@ class Compacted(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class HistoryTrimmed(Event):
+    """The model refused a root call whose prompt did not fit its context window: the
+    ``dropped`` oldest messages of the history gave way to a note, and the call is made
+    again. ``window``: the window (tokens) when the refusal gave it; ``tokens``: the
+    history's estimated size now."""
+
+    type: ClassVar[str] = "history_trimmed"
+    dropped: int
+    window: int | None = None
+    tokens: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class FinalAnswer(Event):
     type: ClassVar[str] = "final_answer"
     answer: str
@@ -248,6 +262,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         LimitStopped,
         CompactionStatus,
         Compacted,
+        HistoryTrimmed,
         FinalAnswer,
     )
 }

@@ -42,7 +42,7 @@ from rlm.environments.binding import EnvironmentBinding
 from rlm.logger import RLMLogger, VerbosePrinter
 from rlm.logger.subscriptions import Subscriptions
 from rlm.recursion.children import Recursion, _call_observer
-from rlm.utils.compaction import Compaction
+from rlm.utils.compaction import Compaction, ask_fitting
 from rlm.utils.exceptions import CancellationError
 from rlm.utils.parsing import find_code_blocks, find_final_answer, format_iteration
 from rlm.utils.prompts import (
@@ -342,8 +342,9 @@ class RLM(
         self, run: Run, handler: LMHandler, env: BaseEnv, messages: list[dict[str, Any]]
     ) -> RLMIteration:
         start = time.perf_counter()
-        prompt_snapshot = list(messages)
-        response = self._ask_turn(run, handler, prompt_snapshot)
+        response, prompt_snapshot = ask_fitting(
+            run, messages, lambda sent: self._ask_turn(run, handler, sent)
+        )
         if response.strip():
             run.best_partial = response
         blocks: list[CodeBlock] = []
@@ -445,7 +446,7 @@ class RLM(
     ) -> RLMChatCompletion:
         context_count = env.get_context_count() if env_supports(env, "persistence") else 1
         history_count = env.get_history_count() if env_supports(env, "persistence") else 0
-        setup_length = len(messages)
+        setup_length = run.history_start = len(messages)
         compactions = 0
         guide = run.guide = run.guide or Guide()
         for number in range(1, self.max_iterations + 1):
@@ -515,9 +516,13 @@ class RLM(
     ) -> RLMChatCompletion:
         """Out of iterations: ask once for the best answer from what was learned."""
         answer_format = None if structured is None else structured.answer_format
-        final_messages = [*messages, build_final_answer_prompt(root_prompt, answer_format)]
         start = time.perf_counter()
-        response = self._ask_root(run, handler, final_messages)
+        response, final_messages = ask_fitting(
+            run,
+            messages,
+            lambda sent: self._ask_root(run, handler, sent),
+            (build_final_answer_prompt(root_prompt, answer_format),),
+        )
         answer = find_final_answer(response, environment=env) or response.strip()
         record = RLMIteration(
             prompt=final_messages,

@@ -1,21 +1,97 @@
-"""Compaction: once the root model's history fills ``compaction_threshold_pct`` of its
-context window, it is summarised and restarted from the summary.
+"""The root model's history and its context window.
+
+* Compaction: once the history fills ``compaction_threshold_pct`` of the window, it is
+  summarised and restarted from the summary.
+* Trimming: a root call the model refuses as too long for its window
+  (:class:`~rlm.utils.exceptions.ContextOverflowError`, whatever the provider) is made
+  again without the history's oldest turns, a note in their place. This covers servers
+  that do not report their window, where compaction cannot start in time.
 
 :class:`Compaction` is a base class of :class:`rlm.core.rlm.RLM`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rlm.core import events as ev
 from rlm.core.run import Run
 from rlm.environments import BaseEnv, env_supports
+from rlm.utils.exceptions import ContextOverflowError
 from rlm.utils.prompts import build_after_compaction_prompt, build_compaction_prompt
 from rlm.utils.token_utils import context_window_for, count_tokens
 
 if TYPE_CHECKING:
     from rlm.comms.lm_handler import LMHandler
+
+
+#: How often one root call is made again with a shorter history.
+MAX_TRIMS = 3
+#: With the window known, the history is cut to this share of it (the estimate of its
+#: tokens is rough, and the answer needs room).
+TRIM_TARGET = 0.7
+
+
+def trimmed_note(dropped: int, window: int | None) -> dict[str, str]:
+    size = f" ({window:,} tokens)" if window else ""
+    return {
+        "role": "user",
+        "content": (
+            f"Note: the {dropped} oldest messages of this conversation were removed: with "
+            f"them, it no longer fit the model's context window{size}. The REPL still "
+            "holds every variable they set; print one to see what it holds."
+        ),
+    }
+
+
+def trim_history(run: Run, messages: list[dict[str, Any]], window: int | None) -> bool:
+    """Drop the oldest turns of ``messages`` (the root history; its turns start at
+    ``run.history_start``, its last message stays) in place, a note in their place: down
+    to :data:`TRIM_TARGET` of ``window`` when it is known, else the older half. The cut
+    ends before an assistant message (a turn's start). False when nothing is left."""
+    start = run.history_start
+    first = start + (1 if run.dropped_messages else 0)  # after an earlier trim's note
+    end = len(messages) - 1
+    if end <= first:
+        return False
+    if window:
+        sizes = [count_tokens([message]) for message in messages]
+        cut, left = first, sum(sizes[:start]) + sum(sizes[first:])
+        while cut < end and left > TRIM_TARGET * window:
+            left -= sizes[cut]
+            cut += 1
+    else:
+        cut = first + max(1, (end - first) // 2)
+    while cut < end and messages[cut].get("role") != "assistant":
+        cut += 1
+    run.dropped_messages += cut - first
+    messages[start:cut] = [trimmed_note(run.dropped_messages, window)]
+    run.measured_tokens = None
+    if window:
+        run.refused_window = min(window, run.refused_window or window)
+    run.emit(ev.HistoryTrimmed, dropped=cut - first, window=window, tokens=count_tokens(messages))
+    return True
+
+
+def ask_fitting(
+    run: Run,
+    messages: list[dict[str, Any]],
+    ask: Callable[[list[dict[str, Any]]], str],
+    tail: tuple[dict[str, Any], ...] = (),
+) -> tuple[str, list[dict[str, Any]]]:
+    """``ask(messages + tail)``, and what was sent; when the model refuses the prompt as
+    too long for its window, :func:`trim_history` and again, up to :data:`MAX_TRIMS`
+    times. The refusal is raised when nothing is left to drop."""
+    trims = 0
+    while True:
+        sent = [*messages, *tail]
+        try:
+            return ask(sent), sent
+        except ContextOverflowError as exc:
+            if trims == MAX_TRIMS or not trim_history(run, messages, exc.window):
+                raise
+            trims += 1
 
 
 class Compaction:
@@ -39,16 +115,24 @@ class Compaction:
         """Summarise and restart the history once it fills ``compaction_threshold_pct`` of the
         window, ``reserve`` tokens (what one more iteration may add) counted in."""
         window = context_window_for(self.client, self.context_window)
+        if run.refused_window:  # the model said it is smaller
+            window = min(window, run.refused_window)
         threshold = int(self.compaction_threshold_pct * window)
         tokens = self._history_tokens(run, messages)
         run.emit(ev.CompactionStatus, tokens=tokens, threshold=threshold, window=window)
         if tokens + reserve < threshold:
             return messages, compactions
         compactions += 1
-        summary = self._ask_root(run, handler, [*messages, build_compaction_prompt()])
+        summary, _ = ask_fitting(
+            run,
+            messages,
+            lambda sent: self._ask_root(run, handler, sent),
+            (build_compaction_prompt(),),
+        )
         if env_supports(env, "compaction"):
             env.append_compaction_entry({"type": "summary", "content": summary})
         run.measured_tokens = None
+        run.dropped_messages = 0  # the restart holds no trimmed-history note
         run.emit(
             ev.Compacted, tokens_before=tokens, threshold=threshold, summary_chars=len(summary)
         )

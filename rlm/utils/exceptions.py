@@ -7,6 +7,7 @@ constructor signatures of the public ``rlms`` package and all carry
 
 from __future__ import annotations
 
+import re
 from dataclasses import InitVar, dataclass
 from typing import Any, ClassVar
 
@@ -201,10 +202,57 @@ class ProviderBadRequestError(ProviderError):
     kind = "bad request"
 
 
+class ContextOverflowError(RLMError):
+    """The prompt does not fit the model's context window.
+
+    ``window``: the window's size in tokens, when the model or provider said it (else
+    None). The RLM loop meets it by dropping the oldest turns of its history and asking
+    again (see :class:`~rlm.core.events.HistoryTrimmed`); it reaches the caller when
+    nothing is left to drop.
+    """
+
+    window: int | None = None
+
+
+class ProviderContextLengthError(ProviderBadRequestError, ContextOverflowError):
+    """The provider refused the request because the prompt does not fit the model's
+    window: OpenAI's and llama.cpp's server's ``context_length_exceeded``, vLLM's
+    "maximum context length", Anthropic's "prompt is too long", Gemini's "exceeds the
+    maximum number of tokens allowed". ``window`` is the size the message gives."""
+
+    kind = "prompt too long for the model's context window"
+
+
 class ProviderServerError(ProviderError):
     """The provider failed (HTTP 500 and above)."""
 
     kind = "server error"
+
+
+#: How providers say that a prompt does not fit; the group, when there is one, is the
+#: window in tokens. OpenAI, vLLM and llama.cpp's server; llama.cpp itself and OpenAI's
+#: newer wording; Anthropic; Gemini; the error code alone.
+_OVERFLOW = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"maximum context length is ([\d,]+) tokens",
+        r"exceeds? (?:the )?context window(?: of (?:this model|n_ctx=)?([\d,]+))?",
+        r"prompt is too long: [\d,]+ tokens > ([\d,]+)",
+        r"exceeds the maximum number of tokens allowed \(([\d,]+)\)",
+        r"context_length_exceeded",
+    )
+]
+
+
+def context_overflow(text: str) -> tuple[bool, int | None]:
+    """Whether a provider's error message ``text`` says the prompt does not fit the
+    model's context window, and the window (tokens) when it gives one."""
+    for pattern in _OVERFLOW:
+        match = pattern.search(text)
+        if match is not None:
+            size = match.group(1) if match.groups() else None
+            return True, int(size.replace(",", "")) if size else None
+    return False, None
 
 
 def _rebuild_provider_error(
@@ -212,6 +260,8 @@ def _rebuild_provider_error(
 ) -> ProviderError:
     error = cls(message)
     error.provider, error.status_code = provider, status
+    if isinstance(error, ContextOverflowError):
+        error.window = context_overflow(message)[1]
     return error
 
 
@@ -233,5 +283,7 @@ __all__ = [
     "ProviderConnectionError",
     "ProviderTimeoutError",
     "ProviderBadRequestError",
+    "ProviderContextLengthError",
+    "ContextOverflowError",
     "ProviderServerError",
 ]
