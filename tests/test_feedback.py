@@ -430,6 +430,25 @@ def test_the_counts_are_restated_each_turn_until_an_answer_comes():
     assert "printed the counts" not in last_user_text(root_calls(again)[2])
 
 
+def test_a_reply_without_a_block_after_the_counts_still_gets_them_restated():
+    """Seed 2 of OOLONG 4x: after the counts, four replies of prose with no block and no
+    answer got no note at all (notes rode on a REPL output there was none of)."""
+    prose = "I have looked at the counts. The next step is to look at the counts."
+    rlm = make_rlm(
+        [block(TALLY), prose, "FINAL(1)"],
+        sub_responses=lambda messages: "billing",
+        small_model=True,
+        verify_answer=False,
+    )
+    assert rlm.completion(MESSAGES, root_prompt=COUNT_QUESTION).response == "1"
+    third = root_calls(rlm)[2]
+    assert third[-3] == {"role": "assistant", "content": prose}
+    note = third[-2]
+    assert note["role"] == "user"
+    assert note["content"].startswith("Note: turn 1 printed the counts of every line's kind:")
+    assert 'Answer it from the counts now: set answer["content"]' in note["content"]
+
+
 def test_counts_that_hold_few_of_the_answers_ask_for_the_tally_again():
     """The copied prompt lost its last line and the answers were sentences: counting the
     few that named a kind would give a wrong answer, so the note says so."""

@@ -306,6 +306,8 @@ class Turns:
         if notes and len(new_messages) > 1:
             last = new_messages[-1]
             new_messages[-1] = {**last, "content": last["content"] + "\n\n" + "\n".join(notes)}
+        elif notes:  # a reply without a block has no REPL output to carry them
+            new_messages.append({"role": "user", "content": "\n".join(notes)})
 
     @staticmethod
     def _repeat_note(guide: Guide) -> str:
