@@ -17,9 +17,15 @@ from rlm.core import events as ev
 from rlm.utils.exceptions import ContextOverflowError, ProviderContextLengthError
 
 try:
-    from tests.scripted_openai_server import ROOT, ModelCall, ScriptedOpenAIServer, repl_reply
+    from tests.scripted_openai_server import (
+        ROOT,
+        SUMMARY,
+        ModelCall,
+        ScriptedOpenAIServer,
+        repl_reply,
+    )
 except ImportError:  # pragma: no cover - tests/ on sys.path
-    from scripted_openai_server import ROOT, ModelCall, ScriptedOpenAIServer, repl_reply
+    from scripted_openai_server import ROOT, SUMMARY, ModelCall, ScriptedOpenAIServer, repl_reply
 
 FILLER = "print('FILLER:', 'x' * 4000)"
 NOTE = "oldest messages of this conversation were removed"
@@ -122,3 +128,71 @@ def test_without_a_window_the_older_half_goes_and_later_trims_share_one_note():
     assert [m["content"] for m in messages[3:]] == ["Turn 4 of 9."]
     assert not trim_history(run, messages, None)  # nothing left to drop
     assert [e.dropped for e in events if isinstance(e, ev.HistoryTrimmed)] == [4, 3, 2]
+
+
+def test_a_refusal_our_estimate_calls_a_fit_still_drops_the_older_half():
+    """The model counts more than our four characters per token (code, numbers): a
+    trim to 70% of its window by our estimate would drop nothing, and the same prompt
+    would be refused again."""
+    from rlm.core.run import Run
+    from rlm.utils.compaction import trim_history
+
+    run = Run(None)
+    run.history_start = 1
+    messages = [{"role": "system", "content": "sys"}]
+    for n in range(1, 5):
+        messages += [
+            {"role": "user", "content": f"Turn {n}"},
+            {"role": "assistant", "content": f"code {n}"},
+            {"role": "user", "content": f"output {n}"},
+        ]
+    messages.append({"role": "user", "content": "Turn 5"})
+    assert trim_history(run, messages, 100_000)
+    assert [m["content"] for m in messages[2:4]] == ["code 3", "output 3"]
+    assert "the 7 oldest messages" in messages[1]["content"]
+
+
+def test_a_refusal_teaches_compaction_the_window():
+    """``context_window`` says 100,000 tokens and the server holds 3,000: compaction
+    waits for the wrong size until the refusal names the right one; from then on the
+    history is summarised in time, and every later call carries the summary."""
+    summary = "SUMMARY: the value is in the variable secret."
+
+    def compacting(call: ModelCall) -> str:
+        return summary if call.kind == SUMMARY else policy(call)
+
+    events: list[ev.Event] = []
+    with ScriptedOpenAIServer(compacting, window=3_000) as server:
+        rlm = make_rlm(server, events, max_iterations=8, compaction=True, context_window=100_000)
+        result = rlm.completion("a small context")
+        calls, refused = server.calls, server.refused
+    assert result.response == "k-42" and len(refused) == 1
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.index("HistoryTrimmed") < kinds.index("Compacted")
+    status = [e for e in events if isinstance(e, ev.CompactionStatus)]
+    assert status[0].window == 100_000 and status[-1].window == 3_000
+    compacted = next(i for i, c in enumerate(calls) if c.kind == SUMMARY)
+    assert all(summary in c.written for c in calls[compacted + 1 :])
+
+
+def test_after_compaction_a_trim_keeps_the_summary():
+    """After a compaction the turns start after its summary (``history_start``): a trim
+    drops the turns after it, never the summary."""
+    from rlm.core.run import Run
+    from rlm.utils.compaction import trim_history
+
+    run = Run(None)
+    run.history_start = 3  # the system prompt, the summary, the after-compaction prompt
+    messages = [
+        {"role": "system", "content": "sys"},
+        {"role": "assistant", "content": "SUMMARY"},
+        {"role": "user", "content": "Go on from the summary."},
+        {"role": "user", "content": "Turn 5"},
+        {"role": "assistant", "content": "code 5"},
+        {"role": "user", "content": "output 5"},
+        {"role": "user", "content": "Turn 6"},
+    ]
+    assert trim_history(run, messages, None)
+    assert [m["content"] for m in messages[:3]] == ["sys", "SUMMARY", "Go on from the summary."]
+    assert "the 1 oldest messages" in messages[3]["content"]
+    assert [m["content"] for m in messages[4:]] == ["code 5", "output 5", "Turn 6"]

@@ -186,9 +186,61 @@ def test_a_prompt_too_long_for_the_window_is_its_own_error(backend):
     assert type(copy) is exc_mod.ProviderContextLengthError and copy.window == window
 
 
+@pytest.mark.parametrize("backend", ["openai", "anthropic", "litellm"])
+def test_a_streamed_call_refused_as_too_long_is_not_sent_again(backend):
+    """These clients answer a 400 to a streamed request by asking again without
+    streaming (servers that cannot stream); a prompt too long would only be refused
+    again."""
+    body = OVERFLOWS.get(backend, OVERFLOWS["openai"])[0]
+    with StubServer(responder(backend)) as stub:
+        stub.faults.append(Fault(status=400, body=body))
+        stub.faults.append(Fault(status=400, body=body))
+        with pytest.raises(exc_mod.ProviderContextLengthError):
+            client_for(backend, stub.url).generate_stream("hi", lambda text: None)
+        assert len(stub.requests) == 1
+
+
+def test_only_the_providers_own_words_count():
+    """A 400 whose body echoes the request (a REPL output quoting an earlier refusal)
+    is not an overflow; llama.cpp's own server's refusal is, with its window."""
+    echo = {
+        "error": {"message": "invalid value for 'temperature'", "type": "invalid_request_error"},
+        "input": "REPL output: maximum context length is 4096 tokens (context_length_exceeded)",
+    }
+    llama_server = {
+        "error": {
+            "code": 400,
+            "message": "request (13392 tokens) exceeds the available context size (8192 "
+            "tokens), try increasing it",
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": 13392,
+            "n_ctx": 8192,
+        }
+    }
+    with StubServer(openai_chat("pong")) as stub:
+        stub.faults.append(Fault(status=400, body=echo))
+        with pytest.raises(exc_mod.ProviderBadRequestError) as plain:
+            client_for("openai", stub.url).generate("hi")
+        stub.faults.append(Fault(status=400, body=llama_server))
+        with pytest.raises(exc_mod.ProviderContextLengthError) as info:
+            client_for("openai", stub.url).generate("hi")
+    assert not isinstance(plain.value, exc_mod.ContextOverflowError)
+    assert info.value.window == 8192
+
+
 def test_the_overflow_wordings_and_their_windows():
     said = exc_mod.context_overflow
     assert said("Requested tokens (9000) exceed context window of 8192") == (True, 8192)
+    assert said("input length and `max_tokens` exceed context limit: 197000 + 8192 > 200000") == (
+        True,
+        200000,
+    )
+    assert said("40000 tokens, too large for model with 32768 maximum context length") == (
+        True,
+        32768,
+    )
+    assert said("the input exceeds the context window of 128k tokens") == (True, None)
+    assert said("maximum context length is , tokens") == (False, None)
     assert said("Your input exceeds the context window of this model.") == (True, None)
     assert said("code: context_length_exceeded") == (True, None)
     assert said("This model's maximum context length is 131,072 tokens.") == (True, 131072)

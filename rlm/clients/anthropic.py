@@ -26,6 +26,7 @@ from rlm.clients.base_lm import (
     SDKClientAttribute,
     SDKClients,
     content_text,
+    refusal_overflow,
     require_model_name,
     required_setting,
     setting_from,
@@ -162,7 +163,9 @@ class AnthropicClient(BaseLM):
         with contextlib.ExitStack() as stack:
             try:
                 stream = stack.enter_context(self._clients.get_sync().messages.stream(**args))
-            except (anthropic.BadRequestError, anthropic.UnprocessableEntityError):
+            except (anthropic.BadRequestError, anthropic.UnprocessableEntityError) as exc:
+                if refusal_overflow(exc)[0]:
+                    raise  # the prompt, not the stream: it would be refused again
                 # A server that refuses to stream answers in one piece.
                 return self._generate(messages, model)
             for text in stream.text_stream:

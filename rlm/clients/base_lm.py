@@ -421,6 +421,37 @@ def _rlm_class(exc: BaseException, status: int | None) -> type[ProviderError]:
     return ProviderError
 
 
+def _own_message(exc: BaseException) -> str:
+    """The provider's own words in an SDK's exception: the error object's ``message``,
+    ``code`` and ``type`` (OpenAI's and Anthropic's ``body``, Gemini's ``message``), not
+    the whole text, which may echo the request (and a REPL output quoting an earlier
+    refusal); ``str(exc)`` for an SDK that keeps no such fields."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            return " ".join(str(error.get(key) or "") for key in ("message", "code", "type"))
+        if isinstance(error, str):
+            return error
+    message = getattr(exc, "message", None)
+    if isinstance(message, str) and type(exc).__module__.startswith("google"):
+        return message
+    return str(exc)
+
+
+def refusal_overflow(exc: BaseException, status: int | None = None) -> tuple[bool, int | None]:
+    """Whether a provider SDK's exception refuses the prompt as too long for the model's
+    window (:func:`rlm.utils.exceptions.context_overflow` of its own message; never for
+    HTTP 404 or 422), and the window it names. Clients that fall back from streaming on
+    a bad request re-raise these: the same prompt would be refused again."""
+    if type(exc).__name__ == "ContextWindowExceededError":  # LiteLLM's
+        return True, _exc.context_overflow(str(exc))[1]
+    status = _status_of(exc) if status is None else status
+    if status in (404, 422):
+        return False, None
+    return _exc.context_overflow(_own_message(exc))
+
+
 def map_provider_error(exc: BaseException, model: str | None = None) -> ProviderError | None:
     """The rlm error for an exception a provider SDK raised, or None (not a provider's).
 
@@ -435,7 +466,7 @@ def map_provider_error(exc: BaseException, model: str | None = None) -> Provider
         return None
     status = _status_of(exc)
     rlm_cls = _rlm_class(exc, status)
-    overflow, window = _exc.context_overflow(str(exc))
+    overflow, window = refusal_overflow(exc, status)
     if overflow and issubclass(rlm_cls, _exc.ProviderBadRequestError):
         rlm_cls = _exc.ProviderContextLengthError
     detail = " ".join(str(exc).split())

@@ -27,6 +27,7 @@ from rlm.clients.base_lm import (  # noqa: E402
     BaseLM,
     Generation,
     Messages,
+    refusal_overflow,
     relay_stream,
     require_model_name,
 )
@@ -135,7 +136,9 @@ class LiteLLMClient(BaseLM):
         args = streaming(self._request(messages, model))
         try:
             chunks = litellm.completion(**args)
-        except (litellm.BadRequestError, litellm.UnprocessableEntityError):
+        except (litellm.BadRequestError, litellm.UnprocessableEntityError) as exc:
+            if refusal_overflow(exc)[0]:
+                raise  # the prompt, not the stream: it would be refused again
             # A server (or a LiteLLM provider) that refuses to stream answers in one piece.
             return self._generate(messages, model)
         text, last = relay_stream(chunks, on_token, delta_texts, _usage_chunk)

@@ -26,6 +26,7 @@ from rlm.clients.base_lm import (
     Messages,
     SDKClientAttribute,
     SDKClients,
+    refusal_overflow,
     relay_stream,
     require_model_name,
     required_setting,
@@ -238,7 +239,9 @@ class OpenAIClient(BaseLM):
         args = streaming(self._request(messages, model, stop))
         try:
             chunks = self._clients.get_sync().chat.completions.create(**args)
-        except (openai.BadRequestError, openai.UnprocessableEntityError):
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            if refusal_overflow(exc)[0]:
+                raise  # the prompt, not the stream: it would be refused again
             # A server that refuses to stream (or its stream_options) answers in one piece.
             return self._generate(messages, model, stop)
         text, usage = relay_stream(chunks, on_token, delta_texts, _usage_of)

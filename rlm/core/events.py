@@ -15,7 +15,8 @@ The contract, in the order a run emits them::
     run_started
       compaction_status? compacted?  (before an iteration, with compaction=True)
       iteration_started
-        history_trimmed*             (the model refused a prompt too long for its window)
+        history_trimmed*             (the model refused a prompt too long for its window;
+                                      also before compacted and the forced answer)
         root_token*                  (as the root model streams, when it can)
         cell_started  cell_output*  cell_finished       (per code block)
         subcall_started ... subcall_finished            (llm_query, each batch item,

@@ -104,10 +104,12 @@ class Run:
         # Size of the root history as last measured by the provider (for compaction).
         self.measured_tokens: int | None = None
         self.measured_messages = 0
-        #: Where the root history's turns start (after the system prompt and setup), how
-        #: many of them were dropped for a model that refused the prompt as too long for
-        #: its window, and that window when the refusal gave it (rlm.utils.compaction).
+        #: Where the root history's turns start (after the system prompt and setup, or
+        #: a compaction's summary), whether a note stands for turns dropped for a model
+        #: that refused the prompt as too long for its window, how many it stands for,
+        #: and that window when a refusal gave it (rlm.utils.compaction).
         self.history_start = 0
+        self.trim_note = False
         self.dropped_messages = 0
         self.refused_window: int | None = None
         self.last_root_usage: Any = None

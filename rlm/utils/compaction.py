@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 
 #: How often one root call is made again with a shorter history.
 MAX_TRIMS = 3
-#: With the window known, the history is cut to this share of it (the estimate of its
-#: tokens is rough, and the answer needs room).
+#: With the window known, the history is cut to this share of it, and to this share of
+#: the last cut on each further refusal of the same call: the estimate of its tokens is
+#: rough (code and numbers take more), and the answer needs room.
 TRIM_TARGET = 0.7
 
 
@@ -45,28 +46,33 @@ def trimmed_note(dropped: int, window: int | None) -> dict[str, str]:
     }
 
 
-def trim_history(run: Run, messages: list[dict[str, Any]], window: int | None) -> bool:
+def trim_history(
+    run: Run, messages: list[dict[str, Any]], window: int | None, attempt: int = 0
+) -> bool:
     """Drop the oldest turns of ``messages`` (the root history; its turns start at
     ``run.history_start``, its last message stays) in place, a note in their place: down
-    to :data:`TRIM_TARGET` of ``window`` when it is known, else the older half. The cut
-    ends before an assistant message (a turn's start). False when nothing is left."""
+    to ``TRIM_TARGET ** (attempt + 1)`` of ``window`` by the estimate when it is known,
+    else (or when the estimate says it fits already) the older half; the cut ends
+    before an assistant message (a turn's start). False when nothing is left to drop."""
     start = run.history_start
-    first = start + (1 if run.dropped_messages else 0)  # after an earlier trim's note
+    first = start + (1 if run.trim_note else 0)  # an earlier trim's note is replaced
     end = len(messages) - 1
     if end <= first:
         return False
+    cut = first
     if window:
         sizes = [count_tokens([message]) for message in messages]
-        cut, left = first, sum(sizes[:start]) + sum(sizes[first:])
-        while cut < end and left > TRIM_TARGET * window:
+        left = sum(sizes[:start]) + sum(sizes[first:])
+        while cut < end and left > TRIM_TARGET ** (attempt + 1) * window:
             left -= sizes[cut]
             cut += 1
-    else:
+    if cut == first:  # no window, or the estimate says it fits: the model counts more
         cut = first + max(1, (end - first) // 2)
     while cut < end and messages[cut].get("role") != "assistant":
         cut += 1
     run.dropped_messages += cut - first
     messages[start:cut] = [trimmed_note(run.dropped_messages, window)]
+    run.trim_note = True
     run.measured_tokens = None
     if window:
         run.refused_window = min(window, run.refused_window or window)
@@ -89,7 +95,7 @@ def ask_fitting(
         try:
             return ask(sent), sent
         except ContextOverflowError as exc:
-            if trims == MAX_TRIMS or not trim_history(run, messages, exc.window):
+            if trims == MAX_TRIMS or not trim_history(run, messages, exc.window, trims):
                 raise
             trims += 1
 
@@ -115,8 +121,9 @@ class Compaction:
         """Summarise and restart the history once it fills ``compaction_threshold_pct`` of the
         window, ``reserve`` tokens (what one more iteration may add) counted in."""
         window = context_window_for(self.client, self.context_window)
-        if run.refused_window:  # the model said it is smaller
-            window = min(window, run.refused_window)
+        if run.refused_window and run.refused_window < window:  # the model said so
+            window = run.refused_window
+            reserve = min(reserve, window // 4)  # it was sized for the larger window
         threshold = int(self.compaction_threshold_pct * window)
         tokens = self._history_tokens(run, messages)
         run.emit(ev.CompactionStatus, tokens=tokens, threshold=threshold, window=window)
@@ -132,7 +139,9 @@ class Compaction:
         if env_supports(env, "compaction"):
             env.append_compaction_entry({"type": "summary", "content": summary})
         run.measured_tokens = None
-        run.dropped_messages = 0  # the restart holds no trimmed-history note
+        # The restart holds no trimmed-history note, and a trim keeps its summary.
+        run.trim_note, run.dropped_messages = False, 0
+        run.history_start = setup_length + 2
         run.emit(
             ev.Compacted, tokens_before=tokens, threshold=threshold, summary_chars=len(summary)
         )

@@ -169,7 +169,11 @@ class ProviderError(RLMError):
     def __reduce__(self) -> tuple[Any, ...]:
         # The class made from both is not importable by name: pickle as the rlm class.
         plain = next(c for c in type(self).__mro__ if globals().get(c.__name__) is c)
-        return (_rebuild_provider_error, (plain, str(self), self.provider, self.status_code))
+        window = getattr(self, "window", None)
+        return (
+            _rebuild_provider_error,
+            (plain, str(self), self.provider, self.status_code, window),
+        )
 
 
 class ProviderAuthenticationError(ProviderError):
@@ -230,16 +234,20 @@ class ProviderServerError(ProviderError):
 
 
 #: How providers say that a prompt does not fit; the group, when there is one, is the
-#: window in tokens. OpenAI, vLLM and llama.cpp's server; llama.cpp itself and OpenAI's
-#: newer wording; Anthropic; Gemini; the error code alone.
+#: window in tokens (a number, not "128k"). OpenAI, vLLM and llama-cpp-python's server;
+#: llama.cpp's own server; llama.cpp itself and OpenAI's newer wording; Anthropic (two
+#: wordings); Gemini; Mistral; the error codes alone.
 _OVERFLOW = [
     re.compile(p, re.IGNORECASE)
     for p in (
-        r"maximum context length is ([\d,]+) tokens",
-        r"exceeds? (?:the )?context window(?: of (?:this model|n_ctx=)?([\d,]+))?",
-        r"prompt is too long: [\d,]+ tokens > ([\d,]+)",
-        r"exceeds the maximum number of tokens allowed \(([\d,]+)\)",
-        r"context_length_exceeded",
+        r"maximum context length is (\d[\d,]*)\b tokens",
+        r"exceeds the available context size(?: \((\d[\d,]*)\b tokens\))?",
+        r"exceeds? (?:the )?context window(?: of (\d[\d,]*)\b)?",
+        r"prompt is too long: [\d,]+ tokens > (\d[\d,]*)\b",
+        r"exceed context limit: [\d,]+ \+ [\d,]+ > (\d[\d,]*)\b",
+        r"exceeds the maximum number of tokens allowed \((\d[\d,]*)\b\)",
+        r"too large for model with (\d[\d,]*)\b maximum context length",
+        r"context_length_exceeded|exceed_context_size_error",
     )
 ]
 
@@ -256,12 +264,16 @@ def context_overflow(text: str) -> tuple[bool, int | None]:
 
 
 def _rebuild_provider_error(
-    cls: type[ProviderError], message: str, provider: str | None, status: int | None
+    cls: type[ProviderError],
+    message: str,
+    provider: str | None,
+    status: int | None,
+    window: int | None = None,
 ) -> ProviderError:
     error = cls(message)
     error.provider, error.status_code = provider, status
     if isinstance(error, ContextOverflowError):
-        error.window = context_overflow(message)[1]
+        error.window = window
     return error
 
 
