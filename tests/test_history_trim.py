@@ -55,11 +55,13 @@ def make_rlm(server: ScriptedOpenAIServer, events: list[ev.Event], **kwargs) -> 
     return rlm
 
 
-def test_a_refused_prompt_is_sent_again_without_the_oldest_turns():
+def test_a_refused_prompt_is_sent_again_without_the_oldest_turns(capsys):
     events: list[ev.Event] = []
     with ScriptedOpenAIServer(policy, window=3_000) as server:
-        result = make_rlm(server, events, max_iterations=8).completion("a small context")
+        rlm = make_rlm(server, events, max_iterations=8, verbose=True)
+        result = rlm.completion("a small context")
         calls, refused = server.calls, server.refused
+    assert "History refused as too long for the window" in capsys.readouterr().out
     # Turn 1's variable outlived its dropped messages: the REPL keeps it.
     assert result.response == "k-42"
     assert refused, "the history never outgrew the window: the test proves nothing"

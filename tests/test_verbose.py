@@ -401,12 +401,17 @@ def test_compaction_status_and_compaction():
     )
     printer.print_compaction_status(current_tokens=10, threshold_tokens=8, max_tokens=0)
     printer.print_compaction()
+    printer.print_history_trimmed(7, 8192)
+    printer.print_history_trimmed(2, None)
     text = out.getvalue()
     assert "90,000" in text
     assert "85,000" in text
     assert "100,000" in text
     assert "90%" in text
     assert "Compacting" in text
+    flat = " ".join(text.split())
+    assert "too long for the window (8,192 tokens): dropped the 7 oldest messages" in flat
+    assert "too long for the window: dropped the 2 oldest messages" in flat
 
 
 def test_final_answer_accepts_any_object():
@@ -506,6 +511,7 @@ def call_every_event(printer: VerbosePrinter) -> None:
     printer.print_limit_exceeded("tokens", "details")
     printer.print_compaction_status(1, 2, 3)
     printer.print_compaction()
+    printer.print_history_trimmed(1, None)
     printer.print_final_answer("answer")
     printer.print_summary(1, 1.0, usage())
 
@@ -521,7 +527,7 @@ def test_disabled_printer_prints_nothing():
 def test_disabled_printer_replaces_every_event_method():
     printer = VerbosePrinter(enabled=False)
     event_methods = [name for name in vars(VerbosePrinter) if name.startswith("print_")]
-    assert len(event_methods) == 13
+    assert len(event_methods) == 14
     for name in event_methods:
         assert name in vars(printer), f"{name} still runs on a disabled printer"
 

@@ -499,6 +499,18 @@ class VerbosePrinter:
         """The history is being summarised to fit the context window."""
         self._emit(Rule(Text("Compacting history", style="bold yellow"), style="yellow"))
 
+    def print_history_trimmed(self, dropped: int, window: int | None) -> None:
+        """The model refused the history as too long for its window: the oldest messages
+        went, and the call is made again."""
+        size = f" ({window:,} tokens)" if window else ""
+        self._emit(
+            Text(
+                f"History refused as too long for the window{size}: "
+                f"dropped the {dropped} oldest messages",
+                style="yellow",
+            )
+        )
+
     # ------------------------------------------------------------------
     # End of run
     # ------------------------------------------------------------------
@@ -547,6 +559,7 @@ _HANDLERS: dict[str, Any] = {
     "limit_stopped": VerbosePrinter._on_limit_stopped,
     "compaction_status": lambda p, e: p.print_compaction_status(e.tokens, e.threshold, e.window),
     "compacted": lambda p, e: p.print_compaction(),
+    "history_trimmed": lambda p, e: p.print_history_trimmed(e.dropped, e.window),
     "final_answer": lambda p, e: p.print_final_answer(e.answer),
     "run_finished": VerbosePrinter._on_run_finished,
 }

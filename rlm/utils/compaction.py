@@ -88,7 +88,7 @@ def ask_fitting(
 ) -> tuple[str, list[dict[str, Any]]]:
     """``ask(messages + tail)``, and what was sent; when the model refuses the prompt as
     too long for its window, :func:`trim_history` and again, up to :data:`MAX_TRIMS`
-    times. The refusal is raised when nothing is left to drop."""
+    times. The refusal is raised when nothing is left to drop, or after the last try."""
     trims = 0
     while True:
         sent = [*messages, *tail]
