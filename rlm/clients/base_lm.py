@@ -377,7 +377,6 @@ _BY_NAME: dict[str, type[ProviderError]] = {
     "TransportError": _exc.ProviderConnectionError,
     "ServiceUnavailableError": _exc.ProviderServerError,
     "InternalServerError": _exc.ProviderServerError,
-    "ContextWindowExceededError": _exc.ProviderContextLengthError,  # LiteLLM's
     "BadRequestError": _exc.ProviderBadRequestError,
     "NotFoundError": _exc.ProviderBadRequestError,
     "UnprocessableEntityError": _exc.ProviderBadRequestError,

@@ -220,9 +220,9 @@ class ContextOverflowError(RLMError):
 
 class ProviderContextLengthError(ProviderBadRequestError, ContextOverflowError):
     """The provider refused the request because the prompt does not fit the model's
-    window: OpenAI's and llama.cpp's server's ``context_length_exceeded``, vLLM's
-    "maximum context length", Anthropic's "prompt is too long", Gemini's "exceeds the
-    maximum number of tokens allowed". ``window`` is the size the message gives."""
+    window (the wordings :func:`context_overflow` knows, and LiteLLM's own class:
+    :func:`rlm.clients.base_lm.refusal_overflow`). ``window`` is the size the message
+    gives."""
 
     kind = "prompt too long for the model's context window"
 
