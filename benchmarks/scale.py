@@ -26,6 +26,10 @@ The curves (all with scripted models, so no model time except where stated):
   asking its children in turn (``rlm_query``) or at once (``rlm_query_batched``): time,
   peak threads and sockets of the process.
 
+With the iterations curve it also times a round trip between two threads through the
+wake-ups a LocalREPL's cell thread uses: the least a cell's hand-off to its own thread
+costs on this machine (rlms runs cells in the caller's thread).
+
 Fitted exponents are least-squares slopes on log-log axes (1.0: linear). The
 figures are noisy on a shared machine; the ratios are from the same run.
 """
@@ -40,6 +44,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,6 +337,34 @@ def print_curve(curve: Curve) -> dict[str, Any]:
     return summary
 
 
+def thread_round_trip(trips: int = 2000, reps: int = 5) -> float:
+    """Seconds for one thread to wake another and be woken back (median of ``reps`` runs
+    of ``trips``), through the wake-ups a LocalREPL's cell thread uses
+    (``rlm.comms.workers.Wake``): what handing a cell to its own thread costs at least,
+    where rlms runs it in the caller's thread."""
+    sys.path.insert(0, str(ROOT))
+    from rlm.comms.workers import Wake
+
+    times = []
+    for _ in range(reps):
+        there, back = Wake(), Wake()
+
+        def echo(there: Wake, back: Wake) -> None:
+            for _ in range(trips):
+                there.wait()
+                back.set()
+
+        helper = threading.Thread(target=echo, args=(there, back), daemon=True)
+        helper.start()
+        start = time.perf_counter()
+        for _ in range(trips):
+            there.set()
+            back.wait()
+        times.append((time.perf_counter() - start) / trips)
+        helper.join()
+    return statistics.median(times)
+
+
 def paired(labels: list[str]) -> list[tuple[str, str]]:
     """(ours, rlms) label pairs of the same configuration, e.g. "ours + log"/"rlms + log"."""
     out = []
@@ -342,7 +376,9 @@ def paired(labels: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def targets(by_name: dict[str, Curve], quick: bool) -> list[dict[str, Any]]:
+def targets(
+    by_name: dict[str, Curve], quick: bool, round_trip: float | None = None
+) -> list[dict[str, Any]]:
     """The issue's targets, as ratios from this run."""
     rows: list[dict[str, Any]] = []
 
@@ -364,6 +400,22 @@ def targets(by_name: dict[str, Curve], quick: bool) -> list[dict[str, Any]]:
         ),
         1.0,
     )
+    if round_trip is not None:
+        ours = at("iterations", "ours", 200, "per_iteration")
+        add(
+            "a thread round trip (a cell's hand-off), us",
+            round_trip * 1e6,
+            None,
+            "rlms runs a cell in the caller's thread",
+        )
+        add(
+            "time per iteration less one round trip, ours/rlms",
+            ratio_of(
+                None if ours is None else ours - round_trip,
+                at("iterations", "rlms", 200, "per_iteration"),
+            ),
+            None,
+        )
     for label, note in (
         ("ours + compact log", ""),
         ("ours + log", "the default format is rlms': every line repeats the history"),
@@ -476,7 +528,9 @@ def main() -> None:
     for curve in selected:
         measure(curve, sides, args.reps)
         summaries[curve.name] = print_curve(curve)
-    rows = targets({c.name: c for c in selected}, args.quick)
+    by_name = {c.name: c for c in selected}
+    round_trip = thread_round_trip() if "iterations" in by_name else None
+    rows = targets(by_name, args.quick, round_trip)
     print_targets(rows)
     if args.json:
         data = {
